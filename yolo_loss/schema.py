@@ -1,0 +1,220 @@
+"""The typed configuration schema.
+
+Every YAML config and every ``--set`` override is checked against these dataclasses by
+:mod:`yolo_loss.config`. Field metadata carries what the checker needs:
+
+- ``choices``: the allowed values of a string field;
+- ``range``: ``(low, high, low_open, high_open)`` bounds of a number (``None`` for unbounded);
+- ``path``: the value is a filesystem path, resolved against the folder of the file that set it.
+
+Cross-field rules live in each section's ``check()`` method, which returns ``(key, message)`` pairs.
+The defaults of :class:`LossConfig` are darknet's loss (``configs/presets/darknet.yaml`` states
+them explicitly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# YOLOv3 anchors in input pixels at 416 px: three per level, strides 8, 16, 32.
+YOLOV3_ANCHORS: list[list[float]] = [
+    [10, 13], [16, 30], [33, 23],
+    [30, 61], [62, 45], [59, 119],
+    [116, 90], [156, 198], [373, 326],
+]
+
+
+def choice(default: str, *choices: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"choices": choices, **kw})
+
+
+def bounded(default: float | int, low: float | None = None, high: float | None = None,
+            *, low_open: bool = False, high_open: bool = False) -> Any:
+    return field(default=default, metadata={"range": (low, high, low_open, high_open)})
+
+
+def path_field(default: str) -> Any:
+    return field(default=default, metadata={"path": True})
+
+
+@dataclass
+class ModelConfig:
+    width: float = bounded(0.25, 0.0, 4.0, low_open=True)  # channel multiplier; 1.0 is Darknet-53
+    depth: float = bounded(0.33, 0.0, 4.0, low_open=True)  # residual-block multiplier; 1.0 is 1-2-8-8-4
+    anchors: list[list[float]] = field(default_factory=lambda: [list(a) for a in YOLOV3_ANCHORS])
+    # The anchors are given for this input size and scaled to data.img_size; 0 uses them as given.
+    anchors_img_size: int = bounded(416, 0, None)
+    prior_obj: float = bounded(0.01, 0.0, 1.0, low_open=True, high_open=True)  # head bias init
+    prior_cls: float = bounded(0.01, 0.0, 1.0, low_open=True, high_open=True)
+
+    def check(self) -> list[tuple[str, str]]:
+        errors = []
+        if len(self.anchors) != 9 or any(len(a) != 2 or min(a) <= 0 for a in self.anchors):
+            errors.append(("anchors", "must be 9 [w, h] pairs of positive pixels, 3 per level (strides 8, 16, 32)"))
+        return errors
+
+
+@dataclass
+class ShapesConfig:
+    """The embedded synthetic data set, generated on first use and cached by these parameters."""
+
+    num_train: int = bounded(2000, 1, None)
+    num_val: int = bounded(200, 1, None)
+    image_size: int = bounded(160, 32, None)
+    max_objects: int = bounded(6, 1, None)
+    seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    flip: float = bounded(0.5, 0.0, 1.0)  # probability of a horizontal flip
+    hsv_h: float = bounded(0.015, 0.0, 0.5)  # hue jitter (fraction of the circle)
+    hsv_s: float = bounded(0.5, 0.0, 1.0)  # saturation jitter (darknet: saturation 1.5 -> 0.5)
+    hsv_v: float = bounded(0.5, 0.0, 1.0)  # value jitter (darknet: exposure 1.5 -> 0.5)
+    jitter: float = bounded(0.2, 0.0, 0.9)  # darknet's random scale and aspect jitter
+    multiscale: list[int] = field(default_factory=list)  # input sizes to draw from per batch; [] = off
+
+
+@dataclass
+class DataConfig:
+    format: str = choice("shapes", "shapes", "coco", "voc")
+    root: str = path_field("../data/shapes")  # shapes: where to generate; coco/voc: the data set folder
+    # coco: image folders and instances JSON files, relative to root
+    train_images: str = "images/train2017"
+    train_annotations: str = "annotations/instances_train2017.json"
+    val_images: str = "images/val2017"
+    val_annotations: str = "annotations/instances_val2017.json"
+    # voc: "<year folder>/<split>" pairs under root (the VOCdevkit folder)
+    train_sets: list[str] = field(default_factory=lambda: ["VOC2007/trainval", "VOC2012/trainval"])
+    val_sets: list[str] = field(default_factory=lambda: ["VOC2007/test"])
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    img_size: int = bounded(160, 32, None)  # network input (square, letterboxed); a multiple of 32
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cache: bool = False  # keep decoded, resized images in memory
+    workers: int = bounded(0, 0, None)
+    on_bad: str = choice("skip", "skip", "error")  # a broken image or box: drop and count, or stop
+
+    def check(self) -> list[tuple[str, str]]:
+        errors = []
+        if self.img_size % 32:
+            errors.append(("img_size", f"must be a multiple of 32, got {self.img_size}"))
+        if any(s % 32 or s < 32 for s in self.augment.multiscale):
+            errors.append(("augment.multiscale", "every size must be a positive multiple of 32"))
+        return errors
+
+
+@dataclass
+class LossWeights:
+    """Per-term weights, applied once, after the reduction."""
+
+    xy: float = bounded(1.0, 0.0, None)
+    wh: float = bounded(1.0, 0.0, None)
+    box: float = bounded(1.0, 0.0, None)
+    obj_pos: float = bounded(1.0, 0.0, None)
+    obj_neg: float = bounded(1.0, 0.0, None)
+    cls: float = bounded(1.0, 0.0, None)
+
+
+@dataclass
+class LevelWeights:
+    """Per-term, per-level weights for strides 8, 16, 32 (ultralytics: obj 4.0, 1.0, 0.4)."""
+
+    xy: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    wh: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    box: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    obj_pos: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    obj_neg: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    cls: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+    def check(self) -> list[tuple[str, str]]:
+        return [(name, "must be 3 non-negative numbers, one per level (strides 8, 16, 32)")
+                for name, value in vars(self).items() if len(value) != 3 or min(value) < 0]
+
+
+@dataclass
+class LossConfig:
+    """Which term does what. Defaults are darknet's loss (see loss-reference.md)."""
+
+    xy: str = choice("bce", "bce", "mse", "mse_t", "none")
+    wh: str = choice("mse", "mse", "smooth_l1", "l1", "none")
+    smooth_l1_beta: float = bounded(1.0, 0.0, None, low_open=True)
+    box: str = choice("none", "none", "iou", "log_iou", "giou", "diou", "ciou")
+    box_with_xywh: bool = False  # allow an IoU box term beside the xy/wh terms (off: it replaces them)
+    box_scale: str = choice("two_minus_wh", "two_minus_wh", "none")
+    obj: str = choice("bce", "bce", "focal", "mse")
+    obj_target: str = choice("one", "one", "iou")
+    cls: str = choice("bce", "bce", "ce", "focal", "poly1")
+    focal_alpha: float = 0.25  # in [0, 1], or -1 to disable the alpha weighting
+    focal_gamma: float = bounded(2.0, 0.0, None)
+    poly1_eps: float = 1.0
+    label_smoothing: float = bounded(0.0, 0.0, 1.0, high_open=True)  # targets 1 - eps/2 and eps/2
+    assign: str = choice("best_anchor", "best_anchor", "multi_anchor", "ratio")
+    assign_iou_thresh: float = bounded(0.213, 0.0, 1.0, low_open=True)  # multi_anchor
+    anchor_t: float = bounded(4.0, 1.0, None, low_open=True)  # ratio
+    ignore: str = choice("prediction", "prediction", "prior", "none")
+    ignore_thresh: float = bounded(0.7, 0.0, 1.0, low_open=True)
+    reduction: str = choice("sum_per_image", "sum_per_image", "mean_per_term")
+    weights: LossWeights = field(default_factory=LossWeights)
+    level_weights: LevelWeights = field(default_factory=LevelWeights)
+
+    def check(self) -> list[tuple[str, str]]:
+        errors = []
+        if not (0.0 <= self.focal_alpha <= 1.0 or self.focal_alpha == -1.0):
+            errors.append(("focal_alpha", f"must be in [0, 1], or -1 to disable, got {self.focal_alpha}"))
+        if self.box != "none" and (self.xy != "none" or self.wh != "none") and not self.box_with_xywh:
+            errors.append(("box", f"box={self.box} would be added to xy={self.xy} and wh={self.wh}; "
+                                  "set loss.xy=none and loss.wh=none (configs/loss/box_*.yaml does), "
+                                  "or loss.box_with_xywh=true if both are intended"))
+        if self.box == "none" and self.xy == "none" and self.wh == "none":
+            errors.append(("box", "no box term at all: xy, wh and box are all 'none'"))
+        return errors
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = bounded(10, 1, None)
+    batch_size: int = bounded(16, 1, None)
+    lr: float = bounded(0.01, 0.0, None, low_open=True)  # per image of the batch: see README, "Learning rate"
+    momentum: float = bounded(0.9, 0.0, 1.0, high_open=True)
+    weight_decay: float = bounded(5e-4, 0.0, None)  # not applied to BatchNorm weights and biases
+    burn_in: int = bounded(100, 0, None)  # iterations of darknet's (i / burn_in)^4 warm-up
+    schedule: str = choice("cosine", "cosine", "step")
+    steps: list[float] = field(default_factory=lambda: [0.8, 0.9])  # step schedule, fractions of training
+    step_scale: float = bounded(0.1, 0.0, 1.0, low_open=True)
+    ema: bool = True
+    ema_decay: float = bounded(0.999, 0.0, 1.0, low_open=True, high_open=True)
+    grad_clip: float = bounded(10.0, 0.0, None)  # max gradient norm; 0 = off
+    amp: bool = False  # CUDA only
+    eval_interval: int = bounded(1, 0, None)  # epochs between evaluations; 0 = only at the end
+    log_interval: int = bounded(20, 1, None)  # iterations between scalar logs
+    seed: int = 0
+    device: str = choice("auto", "auto", "cpu", "cuda")
+    deterministic: bool = False
+    on_nonfinite: str = choice("stop", "stop", "skip")
+    max_nonfinite: int = bounded(10, 0, None)  # skip: stop after this many skipped steps
+    max_steps: int = bounded(0, 0, None)  # stop after this many iterations; 0 = run all epochs
+    out_dir: str = "runs"  # run folders are created below this (relative to the working directory)
+
+    def check(self) -> list[tuple[str, str]]:
+        if any(not 0.0 < s < 1.0 for s in self.steps) or self.steps != sorted(self.steps):
+            return [("steps", "must be increasing fractions of training in (0, 1)")]
+        return []
+
+
+@dataclass
+class EvalConfig:
+    conf_thresh: float = bounded(0.005, 0.0, 1.0)
+    nms_iou: float = bounded(0.45, 0.0, 1.0, low_open=True)
+    max_det: int = bounded(100, 1, None)
+    batch_size: int = bounded(32, 1, None)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = ""  # a label for the run; the run folder is named after it
