@@ -1,0 +1,376 @@
+"""The criterion against independent references: a plain-loop darknet, the paper's t - t_hat, hand values."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from yolo_loss.losses.assign import assign_targets
+from yolo_loss.losses.criterion import TERMS, YoloCriterion, build_criterion
+from yolo_loss.schema import YOLOV3_ANCHORS, LossConfig
+
+STRIDES = (8, 16, 32)
+IMG = 128
+ANCHORS = [torch.tensor(YOLOV3_ANCHORS[3 * level:3 * level + 3], dtype=torch.float64) * IMG / 416
+           for level in range(3)]
+
+
+def sig(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def head_maps(batch: int, num_classes: int, seed: int, scale: float = 1.0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3 * (5 + num_classes), IMG // s, IMG // s, generator=gen, dtype=torch.float64)
+             * scale).requires_grad_() for s in STRIDES]
+
+
+def shape_iou(w1: float, h1: float, w2: float, h2: float) -> float:
+    inter = min(w1, w2) * min(h1, h2)
+    return inter / (w1 * h1 + w2 * h2 - inter)
+
+
+def box_iou_cxcywh(a, b) -> float:
+    ax1, ay1, ax2, ay2 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
+    bx1, by1, bx2, by2 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
+    iw, ih = max(0.0, min(ax2, bx2) - max(ax1, bx1)), max(0.0, min(ay2, by2) - max(ay1, by1))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def darknet_delta(preds: list[torch.Tensor], targets: torch.Tensor, num_classes: int,
+                  ignore_thresh: float) -> list[torch.Tensor]:
+    """A plain-loop re-implementation of darknet's forward_yolo_layer (src/yolo_layer.c), from the spec.
+
+    Per image, per level: every cell/anchor starts as a negative with delta_obj = 0 - p unless its decoded box
+    overlaps a truth of the image by more than ignore_thresh (delta 0). Then per truth: the best of all nine
+    anchors by shape IoU (strict '>'); when it lives on this level, at cell (int(x * W), int(y * H)) the box deltas
+    are s * (g - sig(t)) for x, y and s * (g - t) for w, h with s = 2 - w * h; objectness 1 - p; classes: when the
+    class delta of that cell is already set (a collision), only the new class is set to 1 - p (union), else every
+    class k gets (k == c) - p.
+    """
+    all_anchors = torch.cat(ANCHORS).tolist()
+    deltas = []
+    for level, (pred, stride) in enumerate(zip(preds, STRIDES)):
+        out = pred.detach().view(pred.shape[0], 3, 5 + num_classes, *pred.shape[-2:])
+        delta = torch.zeros_like(out)
+        batch, _, _, height, width = out.shape
+        for b in range(batch):
+            truths = [row[1:].tolist() for row in targets if int(row[0]) == b]
+            for n in range(3):
+                a_w, a_h = ANCHORS[level][n].tolist()
+                for j in range(height):
+                    for i in range(width):
+                        tx, ty, tw, th, to = out[b, n, :5, j, i].tolist()
+                        box = ((i + sig(tx)) * stride, (j + sig(ty)) * stride,
+                               a_w * math.exp(tw), a_h * math.exp(th))
+                        best_iou = max((box_iou_cxcywh(box, [t[1] * IMG, t[2] * IMG, t[3] * IMG, t[4] * IMG])
+                                        for t in truths), default=0.0)
+                        delta[b, n, 4, j, i] = 0.0 if best_iou > ignore_thresh else 0.0 - sig(to)
+            class_set = set()
+            for cls, x, y, w, h in truths:
+                best_n, best = 0, 0.0
+                for k, (a_w, a_h) in enumerate(all_anchors):
+                    iou = shape_iou(w * IMG, h * IMG, a_w, a_h)
+                    if iou > best:
+                        best_n, best = k, iou
+                if best_n // 3 != level:
+                    continue
+                n = best_n % 3
+                i, j = int(x * width), int(y * height)
+                a_w, a_h = all_anchors[best_n]
+                s = 2.0 - w * h
+                tx, ty, tw, th, to = out[b, n, :5, j, i].tolist()
+                delta[b, n, 0, j, i] = s * (x * width - i - sig(tx))
+                delta[b, n, 1, j, i] = s * (y * height - j - sig(ty))
+                delta[b, n, 2, j, i] = s * (math.log(w * IMG / a_w) - tw)
+                delta[b, n, 3, j, i] = s * (math.log(h * IMG / a_h) - th)
+                delta[b, n, 4, j, i] = 1.0 - sig(to)
+                probs = out[b, n, 5:, j, i].sigmoid()
+                if (n, j, i) in class_set:
+                    delta[b, n, 5 + int(cls), j, i] = 1.0 - probs[int(cls)]
+                else:
+                    delta[b, n, 5:, j, i] = torch.nn.functional.one_hot(
+                        torch.tensor(int(cls)), num_classes).to(probs) - probs
+                    class_set.add((n, j, i))
+        deltas.append(delta.view_as(pred))
+    return deltas
+
+
+def hard_targets(preds: list[torch.Tensor]) -> torch.Tensor:
+    """Truths covering the cases that matter: a collision (two truths, same level/cell/anchor, different classes),
+    truths whose best anchor lives on each of the three levels, an image without truths, and negatives above the
+    ignore threshold (the predictions at some cells are set to decode onto a truth)."""
+    rows = [
+        # image 0: two truths of the same size in the same stride-8 cell (best anchor 0) -> collision
+        [0, 1, 0.30, 0.30, 0.06, 0.08],
+        [0, 2, 0.31, 0.29, 0.06, 0.08],
+        [0, 0, 0.70, 0.60, 0.45, 0.50],   # large: stride 32
+        [0, 3, 0.52, 0.20, 0.15, 0.25],   # medium: stride 16
+        # image 1: nothing; image 2: a few
+        [2, 3, 0.10, 0.90, 0.06, 0.05],
+        [2, 1, 0.55, 0.45, 0.80, 0.70],
+        [2, 2, 0.97, 0.03, 0.05, 0.04],   # near the corner: cell index at the border
+    ]
+    targets = torch.tensor(rows, dtype=torch.float64)
+    # Make the prediction at a few non-positive cells decode almost onto a truth so the ignore rule triggers:
+    # at stride 16, image 2, every anchor at the cell of the large truth, with tw/th matching it.
+    with torch.no_grad():
+        pred = preds[1].view(3, 3, -1, IMG // 16, IMG // 16)
+        cx, cy, w, h = (targets[5, 2:] * IMG).tolist()
+        i, j = int(cx / 16), int(cy / 16)
+        for n in range(3):
+            a_w, a_h = ANCHORS[1][n].tolist()
+            pred[2, n, 0, j, i] = math.log((cx / 16 - i) / (1 - (cx / 16 - i)))
+            pred[2, n, 1, j, i] = math.log((cy / 16 - j) / (1 - (cy / 16 - j)))
+            pred[2, n, 2, j, i] = math.log(w * 1.05 / a_w)
+            pred[2, n, 3, j, i] = math.log(h * 0.97 / a_h)
+    return targets
+
+
+def darknet_criterion(num_classes: int, ignore_thresh: float = 0.7) -> YoloCriterion:
+    return build_criterion(LossConfig(ignore_thresh=ignore_thresh), num_classes=num_classes,
+                           anchors_per_level=ANCHORS, strides=STRIDES)
+
+
+def test_darknet_gradient_equals_plain_loop_delta():
+    """B * dL/dz == -delta of darknet's loops, on every channel of every cell, to 1e-5."""
+    num_classes = 4
+    preds = head_maps(3, num_classes, seed=0)
+    targets = hard_targets(preds)
+    criterion = darknet_criterion(num_classes)
+    result = criterion(preds, targets, IMG)
+    result.total.backward()
+    deltas = darknet_delta(preds, targets, num_classes, ignore_thresh=0.7)
+    for pred, delta in zip(preds, deltas):
+        torch.testing.assert_close(pred.grad * pred.shape[0], -delta, atol=1e-5, rtol=0)
+    # The test cases really occur: a collision, ignored negatives, positives on all three levels.
+    assert result.diagnostics["ignored"][1] >= 2
+    assert (result.diagnostics["positives"] > 0).all()
+    level0 = assign_targets(targets, num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES,
+                            grid_sizes=[(16, 16), (8, 8), (4, 4)], img_size=(IMG, IMG))[0]
+    assert (level0.target_cls.sum(-1) == 2).any(), "the collision case did not occur"
+
+
+def test_darknet_loss_value_by_hand_single_truth():
+    """One image, one truth, all logits 0: every p = 0.5. The truth (w = h = 0.25 of 128 = 32 px) has its best
+    anchor (33, 23)*128/416 ... computed below; ignore off. Then per image
+
+        L = (cells - 1) * ln 2                      (negatives: BCE(0.5, 0) = ln 2)
+          + ln 2 + C ln 2                           (objectness and classes of the positive)
+          + s * (BCE(0.5, gx) + BCE(0.5, gy))       (BCE(0.5, g) = ln 2 for any g)
+          + s/2 * (gw^2 + gh^2)                     (tw = th = 0)
+    """
+    num_classes = 2
+    preds = [torch.zeros(1, 3 * (5 + num_classes), IMG // s, IMG // s, dtype=torch.float64, requires_grad=True)
+             for s in STRIDES]
+    w = h = 0.25
+    targets = torch.tensor([[0, 1, 0.5, 0.5, w, h]], dtype=torch.float64)
+    criterion = build_criterion(LossConfig(ignore="none"), num_classes=num_classes, anchors_per_level=ANCHORS,
+                                strides=STRIDES)
+    total = criterion(preds, targets, IMG).total.item()
+    all_anchors = torch.cat(ANCHORS)
+    best = max(range(9), key=lambda k: (shape_iou(32, 32, *all_anchors[k].tolist()), -k))
+    gw, gh = math.log(32 / all_anchors[best, 0].item()), math.log(32 / all_anchors[best, 1].item())
+    cells = 3 * sum((IMG // s) ** 2 for s in STRIDES)
+    s = 2 - w * h
+    expected = (cells - 1) * math.log(2) + (1 + num_classes) * math.log(2) + s * 2 * math.log(2) \
+        + s / 2 * (gw ** 2 + gh ** 2)
+    assert total == pytest.approx(expected, rel=1e-12)
+
+
+def test_paper_coordinate_gradient_is_t_minus_t_hat():
+    """Paper preset: dL/dt = t - t_hat with t_hat from inverting the decode (no 2 - wh scale)."""
+    num_classes = 3
+    preds = head_maps(2, num_classes, seed=1)
+    targets = torch.tensor([[0, 1, 0.41, 0.63, 0.2, 0.3], [1, 0, 0.2, 0.2, 0.05, 0.07]], dtype=torch.float64)
+    cfg = LossConfig(xy="mse_t", box_scale="none", ignore="prior", ignore_thresh=0.5)
+    criterion = build_criterion(cfg, num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES)
+    criterion(preds, targets, IMG).total.backward()
+    levels = assign_targets(targets, num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES,
+                            grid_sizes=[(IMG // s, IMG // s) for s in STRIDES], img_size=(IMG, IMG))
+    checked = 0
+    for pred, pos, stride in zip(preds, levels, STRIDES):
+        view = pred.view(2, 3, 5 + num_classes, IMG // stride, IMG // stride)
+        grad = pred.grad.view_as(view) * 2
+        for k in range(pos.num_positives):
+            b, n, j, i = (int(t[k]) for t in (pos.image, pos.anchor, pos.cell_y, pos.cell_x))
+            cx, cy, w, h = (targets[int(pos.truth[k]), 2:] * IMG).tolist()
+            a_w, a_h = ANCHORS[[8, 16, 32].index(stride)][n].tolist()
+            gx, gy = cx / stride - i, cy / stride - j
+            t_hat = [math.log(gx / (1 - gx)), math.log(gy / (1 - gy)), math.log(w / a_w), math.log(h / a_h)]
+            t = view[b, n, :4, j, i].tolist()
+            expected = torch.tensor([t[c] - t_hat[c] for c in range(4)], dtype=torch.float64)
+            torch.testing.assert_close(grad[b, n, :4, j, i], expected, atol=1e-9, rtol=1e-9)
+            checked += 1
+    assert checked == 2
+
+
+def test_assignment_hand_placed_boxes():
+    """A box the size of an anchor lands on that anchor's level, anchor index and cell."""
+    num_classes = 1
+    grid = [(IMG // s, IMG // s) for s in STRIDES]
+    for k in range(9):
+        a_w, a_h = torch.cat(ANCHORS)[k].tolist()
+        level, n = divmod(k, 3)
+        stride = STRIDES[level]
+        cx, cy = 37.0, 90.0
+        targets = torch.tensor([[0, 0, cx / IMG, cy / IMG, a_w / IMG, a_h / IMG]], dtype=torch.float64)
+        levels = assign_targets(targets, num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES,
+                                grid_sizes=grid, img_size=(IMG, IMG))
+        assert [lv.num_positives for lv in levels] == [int(lv == level) for lv in range(3)]
+        pos = levels[level]
+        assert (pos.anchor.item(), pos.cell_x.item(), pos.cell_y.item()) == (n, int(cx // stride), int(cy // stride))
+        torch.testing.assert_close(pos.target_xy, torch.tensor([[cx / stride % 1, cy / stride % 1]],
+                                                               dtype=torch.float64))
+        torch.testing.assert_close(pos.target_wh, torch.zeros(1, 2, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_assignment_multi_anchor_and_ratio():
+    """multi_anchor adds anchors above the shape-IoU threshold; ratio keeps anchors within anchor_t per side."""
+    grid = [(IMG // s, IMG // s) for s in STRIDES]
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 20 / IMG, 20 / IMG]], dtype=torch.float64)
+
+    def count(**kw):
+        return [lv.num_positives for lv in assign_targets(targets, num_classes=1, anchors_per_level=ANCHORS,
+                                                          strides=STRIDES, grid_sizes=grid, img_size=(IMG, IMG),
+                                                          **kw)]
+    all_anchors = torch.cat(ANCHORS)
+    ious = [shape_iou(20, 20, *a) for a in all_anchors.tolist()]
+    expected_multi = [sum(1 for k in range(3 * lv, 3 * lv + 3) if ious[k] > 0.213 or ious[k] == max(ious))
+                      for lv in range(3)]
+    best = max(range(9), key=lambda k: (ious[k], -k))
+    assert count(rule="best_anchor") == [int(best // 3 == lv) for lv in range(3)]
+    assert count(rule="multi_anchor", iou_thresh=0.213) == expected_multi
+    ratios = [max(20 / a_w, a_w / 20, 20 / a_h, a_h / 20) for a_w, a_h in all_anchors.tolist()]
+    assert count(rule="ratio", anchor_t=4.0) == [sum(r < 4.0 for r in ratios[3 * lv:3 * lv + 3]) for lv in range(3)]
+
+
+def test_one_image_does_not_depend_on_the_batch():
+    """With sum_per_image, B * L(batch) equals the sum of the single-image losses, term by term."""
+    num_classes = 4
+    preds = head_maps(3, num_classes, seed=2)
+    targets = hard_targets(preds)
+    criterion = darknet_criterion(num_classes)
+    batch_terms = criterion([p.detach() for p in preds], targets, IMG).terms
+    singles = []
+    for b in range(3):
+        rows = targets[targets[:, 0] == b].clone()
+        rows[:, 0] = 0
+        singles.append(criterion([p.detach()[b:b + 1] for p in preds], rows, IMG).terms)
+    for term in batch_terms:
+        torch.testing.assert_close(batch_terms[term] * 3, sum(s[term] for s in singles))
+
+
+def test_weights_applied_once_and_total_is_their_sum():
+    num_classes = 2
+    preds = head_maps(2, num_classes, seed=3)
+    targets = torch.tensor([[0, 1, 0.4, 0.4, 0.3, 0.2], [1, 0, 0.6, 0.5, 0.1, 0.1]], dtype=torch.float64)
+    cfg = LossConfig()
+    cfg.weights.obj_neg, cfg.weights.cls = 0.5, 2.0
+    cfg.level_weights.obj_neg = [4.0, 1.0, 0.4]
+    result = build_criterion(cfg, num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES)(
+        preds, targets, IMG)
+    torch.testing.assert_close(result.weighted["obj_neg"],
+                               result.terms["obj_neg"] * torch.tensor([2.0, 0.5, 0.2], dtype=torch.float64))
+    torch.testing.assert_close(result.weighted["cls"], 2.0 * result.terms["cls"])
+    torch.testing.assert_close(result.total, sum(w.sum() for w in result.weighted.values()))
+
+
+def test_mean_per_term_divides_by_positives_and_cells():
+    num_classes = 2
+    preds = head_maps(2, num_classes, seed=4)
+    targets = torch.tensor([[0, 1, 0.4, 0.4, 0.3, 0.2], [1, 0, 0.6, 0.5, 0.3, 0.25],
+                            [1, 1, 0.2, 0.5, 0.28, 0.22]], dtype=torch.float64)
+    common = dict(num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES)
+    summed = build_criterion(LossConfig(), **common)(preds, targets, IMG)
+    mean = build_criterion(LossConfig(reduction="mean_per_term"), **common)(preds, targets, IMG)
+    positives = summed.diagnostics["positives"].clamp(min=1)
+    cells = torch.tensor([3 * (IMG // s) ** 2 * 2 for s in STRIDES], dtype=torch.float64)
+    for term in ("xy", "wh", "cls"):
+        torch.testing.assert_close(mean.terms[term], summed.terms[term] * 2 / positives)
+    for term in ("obj_pos", "obj_neg"):
+        torch.testing.assert_close(mean.terms[term], summed.terms[term] * 2 / cells)
+
+
+@pytest.mark.parametrize("case", ["no_targets", "extreme_logits", "zero_size_box", "one_empty_level"])
+def test_numerically_safe(case):
+    """No NaN or inf for any finite input; empty positives give 0 with a gradient."""
+    num_classes = 3
+    scale = 100.0 if case == "extreme_logits" else 1.0
+    preds = head_maps(2, num_classes, seed=5, scale=scale)
+    if case == "extreme_logits":
+        with torch.no_grad():
+            for p in preds:
+                v = p.view(2, 3, -1, *p.shape[-2:])
+                v[:, :, 2:4] = torch.where(v[:, :, 2:4] > 0, 50.0, -50.0)
+    targets = {
+        "no_targets": torch.zeros(0, 6, dtype=torch.float64),
+        "extreme_logits": torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.3]], dtype=torch.float64),
+        "zero_size_box": torch.tensor([[0, 1, 0.5, 0.5, 1e-9, 1e-9], [1, 2, 0.2, 0.2, 0.0, 0.1]],
+                                      dtype=torch.float64).clamp(min=1e-12),
+        "one_empty_level": torch.tensor([[0, 0, 0.5, 0.5, 0.05, 0.05]], dtype=torch.float64),
+    }[case]
+    for cfg in (LossConfig(), LossConfig(xy="none", wh="none", box="ciou", obj="focal", cls="focal"),
+                LossConfig(xy="mse_t", box_scale="none", ignore="prior", ignore_thresh=0.5),
+                LossConfig(xy="none", wh="none", box="log_iou", cls="ce", obj_target="iou",
+                           reduction="mean_per_term")):
+        for p in preds:
+            p.grad = None
+        result = build_criterion(cfg, num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES)(
+            preds, targets, IMG)
+        result.total.backward()
+        assert torch.isfinite(result.total)
+        for values in (*result.terms.values(), *result.diagnostics.values()):
+            assert torch.isfinite(values).all()
+        for p in preds:
+            assert p.grad is not None and torch.isfinite(p.grad).all()
+        if case == "no_targets":
+            for term in ("xy", "wh", "box", "cls", "obj_pos"):
+                if term in result.terms:
+                    assert (result.terms[term] == 0).all()
+
+
+def test_every_component_combination_runs_and_backpropagates():
+    num_classes = 3
+    preds = head_maps(2, num_classes, seed=6)
+    targets = torch.tensor([[0, 1, 0.4, 0.4, 0.3, 0.2], [1, 0, 0.6, 0.5, 0.1, 0.1]], dtype=torch.float64)
+    boxes = [("bce", "mse", "none"), ("mse", "smooth_l1", "none"), ("mse_t", "l1", "none")] + \
+        [("none", "none", b) for b in ("iou", "log_iou", "giou", "diou", "ciou")]
+    for (xy, wh, box), obj, cls in itertools.product(boxes, ("bce", "focal", "mse"), ("bce", "ce", "focal", "poly1")):
+        cfg = LossConfig(xy=xy, wh=wh, box=box, obj=obj, cls=cls, label_smoothing=0.1)
+        result = build_criterion(cfg, num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES)(
+            preds, targets, IMG)
+        grads = torch.autograd.grad(result.total, preds)
+        assert torch.isfinite(result.total) and result.total > 0
+        assert all(torch.isfinite(g).all() for g in grads)
+        assert set(result.terms) == {t for t, on in zip(TERMS, (xy, wh, box, obj, obj, cls)) if on != "none"}
+
+
+def test_prior_ignore_rule_by_hand():
+    """Paper's rule: an anchor box placed at its cell centre that overlaps a truth by > 0.5 is ignored, whatever
+    the network predicts there; the positive itself is not. Counted here by a plain loop over every cell.
+
+    A 130 x 130 truth (at 416 px) has shape IoU 10440/16900 = 0.62 with anchor (116, 90) (its positive) and
+    16900/30888 = 0.547 with anchor (156, 198) at the same cell, so the latter is ignored."""
+    w = h = 130 * IMG / 416
+    cx = cy = 1.5 * 32
+    targets = torch.tensor([[0, 0, cx / IMG, cy / IMG, w / IMG, h / IMG]], dtype=torch.float64)
+    preds = head_maps(1, 1, seed=7)
+    criterion = build_criterion(LossConfig(ignore="prior", ignore_thresh=0.5), num_classes=1,
+                                anchors_per_level=ANCHORS, strides=STRIDES)
+    result = criterion(preds, targets, IMG)
+    expected = []
+    for level, stride in enumerate(STRIDES):
+        cells = IMG // stride
+        expected.append(sum(
+            box_iou_cxcywh(((i + 0.5) * stride, (j + 0.5) * stride, *ANCHORS[level][n].tolist()),
+                           (cx, cy, w, h)) > 0.5 and (level, n, i, j) != (2, 0, 1, 1)
+            for n in range(3) for j in range(cells) for i in range(cells)))
+    assert result.diagnostics["ignored"].tolist() == expected
+    assert expected[2] >= 1
+    assert result.diagnostics["positives"].tolist() == [0, 0, 1]

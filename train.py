@@ -1,0 +1,46 @@
+"""Train a compact YOLOv3 with a configurable loss, then evaluate it.
+
+    python train.py --config configs/shapes_nano.yaml [--set loss.xy=mse train.epochs=3] [--resume RUN/last.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from yolo_loss.config import add_config_arguments, config_from_args, dump_config, exit_on_config_error
+from yolo_loss.engine import format_metrics, train
+from yolo_loss.runtime import make_run_dir, write_run_info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--resume", type=Path, help="a checkpoint (last.pt) to continue; its run folder is reused")
+    parser.add_argument("--force-resume", action="store_true", help="resume even if the config changed")
+    parser.add_argument("--run-dir", type=Path, help="use this run folder (default: <train.out_dir>/<name>[-N])")
+    args = parser.parse_args()
+    with exit_on_config_error():
+        cfg = config_from_args(args)
+    if args.print_config:
+        print(dump_config(cfg))
+        return
+    if args.resume is not None:
+        run_dir = args.resume.resolve().parent
+    elif args.run_dir is not None:
+        run_dir = args.run_dir
+        run_dir.mkdir(parents=True, exist_ok=False)
+    else:
+        run_dir = make_run_dir(Path(cfg.train.out_dir), cfg.name or Path(args.config).stem)
+    write_run_info(run_dir, dump_config(cfg), sys.argv)
+    print(f"run folder: {run_dir}")
+    result = train(cfg, run_dir, resume=args.resume, force_resume=args.force_resume)
+    print(f"\nfinished {result.steps} steps; validation metrics:\n{format_metrics(result.metrics)}\n")
+    print(f"checkpoints: {run_dir / 'best.pt'}, {run_dir / 'last.pt'}")
+    print(f"evaluate again: python eval.py --checkpoint {run_dir / 'best.pt'}")
+    print(f"TensorBoard:    tensorboard --logdir {run_dir / 'tensorboard'}")
+
+
+if __name__ == "__main__":
+    main()

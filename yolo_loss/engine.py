@@ -1,0 +1,278 @@
+"""Training and evaluation loops. ``train.py`` and ``eval.py`` only wire these to the command line.
+
+The training step reads top to bottom: learning rate, forward, loss, non-finite check, backward, clip, step, EMA,
+log; then per epoch evaluation and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from yolo_loss.checkpoint import load_checkpoint, save_checkpoint, state_has_nonfinite
+from yolo_loss.config import config_hash, config_to_dict
+from yolo_loss.data import build_dataset, build_loader
+from yolo_loss.data.transforms import unletterbox_boxes
+from yolo_loss.evaluation import Evaluator, postprocess
+from yolo_loss.losses.criterion import LossResult, YoloCriterion, build_criterion
+from yolo_loss.model import anchors_per_level, build_model
+from yolo_loss.optim import ModelEMA, build_optimizer, grad_norm_and_clip, lr_at, set_lr
+from yolo_loss.runtime import rng_state, seed_everything, select_device, set_rng_state
+from yolo_loss.schema import Config
+
+LEVEL_NAMES = ("P3", "P4", "P5")  # strides 8, 16, 32
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "VOC07_AP50", "VOC_AP50")
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or inf; the message names the term and the level."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, float]
+    steps: int
+
+
+def loss_scalars(result: LossResult, prefix: str) -> dict[str, float]:
+    """Flatten a :class:`LossResult` into TensorBoard tags: ``<prefix>/loss/total``, ``<prefix>/<term>/<level>``
+    (unweighted), ``<prefix>/weighted/<term>/<level>``, ``<prefix>/<term>/sum`` and ``<prefix>/diag/<name>/<level>``."""
+    scalars = {f"{prefix}/loss/total": float(result.total)}
+    for group, values in (("", result.terms), ("weighted/", result.weighted), ("diag/", result.diagnostics)):
+        for name, per_level in values.items():
+            per_level = per_level.detach().tolist()
+            for level, value in zip(LEVEL_NAMES, per_level):
+                scalars[f"{prefix}/{group}{name}/{level}"] = value
+            if group != "diag/" or name in ("positives", "ignored"):
+                scalars[f"{prefix}/{group}{name}/sum"] = sum(per_level)
+    return scalars
+
+
+def first_nonfinite(result: LossResult) -> str | None:
+    """``'<term> at <level>'`` of the first non-finite loss term, or None."""
+    for name, per_level in result.terms.items():
+        for level, value in zip(LEVEL_NAMES, per_level.detach().tolist()):
+            if not math.isfinite(value):
+                return f"loss term '{name}' at level {level} is {value}"
+    if not torch.isfinite(result.total):
+        return f"the weighted total is {float(result.total)}"
+    return None
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, criterion: YoloCriterion | None, cfg: Config, device: torch.device,
+             ) -> tuple[dict[str, float], dict[str, float], Evaluator]:
+    """Run the model over a loader: COCO and VOC metrics, and (when a criterion is given) the mean loss terms."""
+    model.eval()
+    dataset = loader.dataset
+    evaluator = Evaluator(dataset.ground_truth_coco, dataset.category_ids)
+    anchors = [a.to(device) for a in anchors_per_level(cfg.model, cfg.data.img_size)]
+    loss_sums: dict[str, float] = {}
+    batches = 0
+    for images, targets, metas in loader:
+        images = images.to(device, non_blocking=True)
+        preds = [p.float() for p in model(images)]
+        if criterion is not None:
+            for tag, value in loss_scalars(criterion(preds, targets.to(device), images.shape[-2:]), "val").items():
+                loss_sums[tag] = loss_sums.get(tag, 0.0) + value
+            batches += 1
+        detections = postprocess(preds, anchors, model.strides, conf_thresh=cfg.eval.conf_thresh,
+                                 nms_iou=cfg.eval.nms_iou, max_det=cfg.eval.max_det)
+        for det, meta in zip(detections, metas):
+            det.boxes_xyxy = unletterbox_boxes(det.boxes_xyxy.cpu(), meta["scale"], meta["pad"])
+            det.scores, det.labels = det.scores.cpu(), det.labels.cpu()
+        evaluator.update([m["image_id"] for m in metas], detections)
+    metrics = evaluator.compute()
+    return metrics, {k: v / max(batches, 1) for k, v in loss_sums.items()}, evaluator
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM: finish the current step, save a checkpoint, exit cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> "_StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(f"signal {signum}: stopping after this step and saving a checkpoint")
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resume: bool = False) -> TrainResult:
+    """Train ``cfg`` in ``run_dir`` (created by the caller); resume from a checkpoint when given."""
+    device = select_device(cfg.train.device)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    train_set = build_dataset(cfg.data, "train", train=True)
+    val_set = build_dataset(cfg.data, "val", train=False)
+    if hasattr(train_set, "bad_input") and train_set.bad_input.total:
+        tqdm.write(train_set.bad_input.summary())
+        train_set.bad_input.write(run_dir / "bad_inputs.txt")
+    train_loader = build_loader(train_set, cfg.train.batch_size, shuffle=True, workers=cfg.data.workers,
+                                seed=cfg.train.seed)
+    val_loader = build_loader(val_set, cfg.eval.batch_size, shuffle=False, workers=cfg.data.workers,
+                              seed=cfg.train.seed)
+    num_classes = train_set.num_classes
+    model = build_model(cfg.model, num_classes).to(device)
+    criterion = build_criterion(cfg.loss, num_classes=num_classes,
+                                anchors_per_level=anchors_per_level(cfg.model, cfg.data.img_size),
+                                strides=model.strides)
+    optimizer = build_optimizer(model, cfg.train)
+    ema = ModelEMA(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
+    use_amp = cfg.train.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    steps_per_epoch = len(train_loader)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+
+    step, start_epoch, best_ap, nonfinite_skipped = 0, 0, -1.0, 0
+    if resume is not None:
+        state = load_checkpoint(resume, map_location=device)
+        if state["config_hash"] != config_hash(cfg) and not force_resume:
+            raise ValueError(f"{resume} was written with a different config (hash {state['config_hash']} vs "
+                             f"{config_hash(cfg)}); pass --force-resume to continue anyway")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        scaler.load_state_dict(state["scaler"])
+        step, start_epoch, best_ap = state["step"], state["epoch"], state["best_ap"]
+        nonfinite_skipped = state.get("nonfinite_skipped", 0)
+        set_rng_state(state["rng"])
+        train_loader.generator.set_state(state["loader_generator"])
+        tqdm.write(f"resumed from {resume} at epoch {start_epoch}, step {step}")
+
+    def checkpoint_state(epoch: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
+                "epoch": epoch, "step": step, "best_ap": best_ap, "nonfinite_skipped": nonfinite_skipped,
+                "rng": rng_state(), "loader_generator": train_loader.generator.get_state(),
+                "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
+                "class_names": list(train_set.class_names), "category_ids": list(train_set.category_ids)}
+
+    def save(name: str, epoch: int) -> None:
+        state = checkpoint_state(epoch)
+        bad = state_has_nonfinite(state["model"])
+        if bad:  # never replace a good checkpoint with NaN weights
+            tqdm.write(f"not saving {name}: non-finite weights in {', '.join(bad[:3])}")
+            return
+        save_checkpoint(state, run_dir / name)
+
+    writer = SummaryWriter(run_dir / "tensorboard", purge_step=step if resume else None)
+    metrics: dict[str, float] = {}
+    multiscale = cfg.data.augment.multiscale
+    size_rng = random.Random(cfg.train.seed)
+    with _StopRequest() as stop:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            model.train()
+            size_rng.seed(cfg.train.seed * 1000 + epoch)
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
+            tick = time.perf_counter()
+            for images, targets, metas in bar:
+                if step >= total_steps or stop.requested:
+                    break
+                lr = lr_at(step, total_steps, cfg.train)
+                set_lr(optimizer, lr)
+                images = images.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                if multiscale:  # darknet's 'random': one size per batch; targets are normalised, so unchanged
+                    size = size_rng.choice(multiscale)
+                    images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
+                                                             align_corners=False)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    preds = model(images)
+                result = criterion([p.float() for p in preds], targets, images.shape[-2:])
+
+                problem = first_nonfinite(result)
+                if problem is not None:
+                    dump = run_dir / "nonfinite" / f"step{step}.pt"
+                    save_checkpoint({"images": images.cpu(), "targets": targets.cpu(), "step": step,
+                                     "image_ids": [m["image_id"] for m in metas], "model": model.state_dict()},
+                                    dump)
+                    message = f"step {step}: {problem}; batch and weights saved to {dump}"
+                    nonfinite_skipped += 1
+                    if cfg.train.on_nonfinite == "stop" or nonfinite_skipped > cfg.train.max_nonfinite:
+                        writer.close()
+                        raise NonFiniteLoss(message)
+                    tqdm.write(f"skipping {message}")
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    continue
+
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(result.total).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = grad_norm_and_clip(model.parameters(), cfg.train.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+
+                if step % cfg.train.log_interval == 0 or step == 1:
+                    elapsed = time.perf_counter() - tick
+                    scalars = loss_scalars(result, "train")
+                    scalars.update({"train/lr": lr, "train/grad_norm": grad_norm,
+                                    "train/images_per_sec": images.shape[0] * (cfg.train.log_interval if step > 1
+                                                                               else 1) / max(elapsed, 1e-9)})
+                    for tag, value in scalars.items():
+                        writer.add_scalar(tag, value, step)
+                    tick = time.perf_counter()
+                bar.set_postfix({name: f"{float(v.sum()):.3f}" for name, v in result.weighted.items()}
+                                | {"lr": f"{lr:.4f}"})
+
+            finished = step >= total_steps or epoch + 1 == cfg.train.epochs
+            if stop.requested:
+                save("last.pt", epoch)  # the epoch is not finished: resume repeats its remaining batches
+                writer.close()
+                tqdm.write(f"stopped at step {step}; resume with --resume {run_dir / 'last.pt'}")
+                return TrainResult(run_dir, metrics, step)
+            interval = cfg.train.eval_interval
+            if finished or (interval and (epoch + 1) % interval == 0):
+                eval_model = ema.module if ema is not None else model
+                metrics, val_losses, _ = evaluate(eval_model, val_loader, criterion, cfg, device)
+                for tag, value in {**{f"val/{k}": v for k, v in metrics.items()}, **val_losses}.items():
+                    writer.add_scalar(tag, value, step)
+                tqdm.write(f"epoch {epoch + 1}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in METRIC_KEYS
+                                                                if k in metrics))
+                if metrics.get("AP", 0.0) > best_ap:
+                    best_ap = metrics["AP"]
+                    save("best.pt", epoch + 1)
+            save("last.pt", epoch + 1)
+            if finished:
+                break
+    writer.close()
+    (run_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "steps": step,
+                                                      "nonfinite_skipped": nonfinite_skipped}, indent=2))
+    return TrainResult(run_dir, metrics, step)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A small markdown table of the metrics."""
+    keys = [k for k in METRIC_KEYS if k in metrics]
+    return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n| "
+            + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |")

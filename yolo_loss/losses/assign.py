@@ -1,0 +1,201 @@
+"""Target assignment: which (level, anchor, cell) is positive for which truth, and which negatives are ignored.
+
+Assignment is a ``no_grad`` step that returns named index tensors (:class:`LevelTargets`); the criterion reads
+the predictions at those indices. Three rules (see ``loss-reference.md``):
+
+- ``best_anchor`` (YOLOv3 paper and darknet): the single anchor of all nine with the highest shape IoU
+  (boxes centred at the origin; strict greater-than, so the first anchor wins ties) is the only positive.
+- ``multi_anchor`` (AlexeyAB's darknet, ``iou_thresh``): the best anchor, plus every anchor whose shape IoU
+  exceeds ``iou_thresh``.
+- ``ratio`` (ultralytics YOLOv3/v5, ``anchor_t``): every anchor with ``max(w/a_w, a_w/w, h/a_h, a_h/h) < anchor_t``;
+  a truth that fits no anchor has no positive, as in ultralytics.
+
+Collisions (two truths on the same level, cell and anchor) follow darknet's ``yolo_layer.c``: the box targets of
+the later truth (later in the ``targets`` rows) overwrite the earlier; objectness stays 1; the class targets are
+the union of both classes (multi-hot).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise
+from yolo_loss.decode import grid_xy
+
+ASSIGN_RULES = ("best_anchor", "multi_anchor", "ratio")
+
+
+@dataclass
+class LevelTargets:
+    """The positives of one level, one row per positive (level, image, anchor, cell).
+
+    Attributes:
+        image, anchor, cell_y, cell_x: ``Tensor[P]`` int64 indices into the level's ``[B, A, H, W]`` grid.
+        truth: ``Tensor[P]`` int64 row of ``targets`` whose box this positive regresses to (the later truth
+            on a collision).
+        target_xy: ``Tensor[P, 2]`` cell offsets ``(cx / stride - i, cy / stride - j)`` in ``[0, 1)``.
+        target_wh: ``Tensor[P, 2]`` ``ln(w / a_w), ln(h / a_h)``.
+        target_box_cxcywh: ``Tensor[P, 4]`` the truth box in input pixels.
+        target_cls: ``Tensor[P, C]`` multi-hot class targets (the union on a collision).
+        anchor_wh: ``Tensor[P, 2]`` the anchor size in input pixels.
+        truth_area_norm: ``Tensor[P]`` ``w * h`` of the truth as a fraction of the input area (for ``2 - w * h``).
+    """
+
+    image: Tensor
+    anchor: Tensor
+    cell_y: Tensor
+    cell_x: Tensor
+    truth: Tensor
+    target_xy: Tensor
+    target_wh: Tensor
+    target_box_cxcywh: Tensor
+    target_cls: Tensor
+    anchor_wh: Tensor
+    truth_area_norm: Tensor
+
+    @property
+    def num_positives(self) -> int:
+        return self.image.numel()
+
+
+def shape_iou(wh_a: Tensor, wh_b: Tensor) -> Tensor:
+    """IoU of boxes of sizes ``Tensor[N, 2]`` and ``Tensor[M, 2]`` centred at the same point: ``Tensor[N, M]``."""
+    inter = torch.minimum(wh_a[:, None], wh_b[None]).prod(-1)
+    union = wh_a.prod(-1)[:, None] + wh_b.prod(-1)[None] - inter
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+
+
+def anchor_matches(truth_wh: Tensor, anchors_wh: Tensor, rule: str, *, iou_thresh: float = 0.213,
+                   anchor_t: float = 4.0) -> Tensor:
+    """Which of all anchors each truth is assigned to: ``Tensor[N, K]`` bool.
+
+    Args:
+        truth_wh: ``Tensor[N, 2]`` truth sizes in input pixels.
+        anchors_wh: ``Tensor[K, 2]`` all anchors of all levels in input pixels.
+    """
+    if rule == "ratio":
+        ratio = truth_wh[:, None] / anchors_wh[None]
+        return torch.maximum(ratio, 1.0 / ratio).amax(-1) < anchor_t
+    ious = shape_iou(truth_wh, anchors_wh)
+    # torch.argmax returns the first maximal index, i.e. darknet's strict '>' tie rule.
+    best = torch.zeros_like(ious, dtype=torch.bool)
+    if truth_wh.shape[0]:
+        best[torch.arange(truth_wh.shape[0], device=truth_wh.device), ious.argmax(-1)] = True
+    if rule == "best_anchor":
+        return best
+    if rule == "multi_anchor":
+        return best | (ious > iou_thresh)
+    raise ValueError(f"unknown assignment rule {rule!r}; valid: {', '.join(ASSIGN_RULES)}")
+
+
+@torch.no_grad()
+def assign_targets(targets: Tensor, *, num_classes: int, anchors_per_level: list[Tensor],
+                   strides: tuple[int, ...], grid_sizes: list[tuple[int, int]], img_size: tuple[int, int],
+                   rule: str = "best_anchor", iou_thresh: float = 0.213, anchor_t: float = 4.0,
+                   ) -> list[LevelTargets]:
+    """Assign truths to (level, anchor, cell) positives.
+
+    Args:
+        targets: ``Tensor[N, 6]`` rows ``(image index, class index, cx, cy, w, h)``, box normalised to the input.
+        anchors_per_level: one ``Tensor[A, 2]`` per level, input pixels.
+        grid_sizes: ``(H, W)`` of each level's map.
+        img_size: ``(height, width)`` of the network input in pixels.
+
+    Returns:
+        One :class:`LevelTargets` per level.
+    """
+    device, dtype = targets.device, targets.dtype
+    img_h, img_w = img_size
+    image = targets[:, 0].long()
+    label = targets[:, 1].long()
+    box_cxcywh = targets[:, 2:6] * targets.new_tensor([img_w, img_h, img_w, img_h])
+    all_anchors = torch.cat(anchors_per_level).to(device=device, dtype=dtype)
+    matches = anchor_matches(box_cxcywh[:, 2:], all_anchors, rule, iou_thresh=iou_thresh, anchor_t=anchor_t)
+    truth_idx, anchor_idx = matches.nonzero(as_tuple=True)  # sorted by truth row, so later truths come later
+
+    levels = []
+    first_anchor = 0
+    for anchors, stride, (height, width) in zip(anchors_per_level, strides, grid_sizes):
+        num_anchors = anchors.shape[0]
+        on_level = (anchor_idx >= first_anchor) & (anchor_idx < first_anchor + num_anchors)
+        truth, anchor = truth_idx[on_level], anchor_idx[on_level] - first_anchor
+        first_anchor += num_anchors
+        box = box_cxcywh[truth]
+        cell_x = (box[:, 0] / stride).floor().long().clamp(0, width - 1)
+        cell_y = (box[:, 1] / stride).floor().long().clamp(0, height - 1)
+        img = image[truth]
+
+        # Darknet's collision rule. A cell keeps the box of its last truth and the union of all classes.
+        flat = ((img * num_anchors + anchor) * height + cell_y) * width + cell_x
+        cells, slot = torch.unique(flat, return_inverse=True)
+        owner = torch.full((cells.numel(),), -1, dtype=torch.long, device=device)
+        owner.scatter_reduce_(0, slot, torch.arange(truth.numel(), device=device), reduce="amax")
+        target_cls = torch.zeros(cells.numel(), num_classes, dtype=dtype, device=device)
+        target_cls[slot, label[truth]] = 1.0
+
+        truth, anchor, cell_x, cell_y, img, box = (t[owner] for t in (truth, anchor, cell_x, cell_y, img, box))
+        anchor_wh = anchors.to(device=device, dtype=dtype)[anchor]
+        levels.append(LevelTargets(
+            image=img, anchor=anchor, cell_y=cell_y, cell_x=cell_x, truth=truth,
+            target_xy=box[:, :2] / stride - torch.stack((cell_x, cell_y), -1).to(dtype),
+            target_wh=torch.log(box[:, 2:] / anchor_wh),
+            target_box_cxcywh=box,
+            target_cls=target_cls,
+            anchor_wh=anchor_wh,
+            truth_area_norm=targets[truth, 4] * targets[truth, 5],
+        ))
+    return levels
+
+
+def truths_per_image(targets: Tensor, batch_size: int, img_size: tuple[int, int]) -> Tensor:
+    """Pad the truth boxes into ``Tensor[B, T, 4]`` xyxy input pixels (T = most truths in one image).
+
+    Padding rows are zero-size boxes, whose IoU with anything is 0, so they never pass an ignore threshold.
+    """
+    img_h, img_w = img_size
+    image = targets[:, 0].long()
+    counts = torch.bincount(image, minlength=batch_size)
+    most = int(counts.max()) if targets.shape[0] else 0
+    padded = targets.new_zeros(batch_size, most, 4)
+    if most:
+        order = torch.sort(image, stable=True).indices
+        start = torch.cumsum(counts, 0) - counts
+        sorted_image = image[order]
+        rank = torch.arange(order.numel(), device=targets.device) - start[sorted_image]
+        box = targets[order, 2:6] * targets.new_tensor([img_w, img_h, img_w, img_h])
+        padded[sorted_image, rank] = box_cxcywh_to_xyxy(box)
+    return padded
+
+
+@torch.no_grad()
+def ignore_mask(boxes_cxcywh: Tensor, truths_xyxy: Tensor, thresh: float) -> Tensor:
+    """Negatives to ignore: ``max_t IoU(box, truth_t) > thresh`` per image.
+
+    Args:
+        boxes_cxcywh: ``Tensor[B, A, H, W, 4]`` (decoded predictions for darknet's rule) or ``Tensor[A, H, W, 4]``
+            (anchor boxes at cell centres for the paper's rule), input pixels.
+        truths_xyxy: ``Tensor[B, T, 4]`` from :func:`truths_per_image`.
+
+    Returns:
+        ``Tensor[B, A, H, W]`` bool.
+    """
+    batch, most = truths_xyxy.shape[:2]
+    if boxes_cxcywh.dim() == 4:
+        boxes_cxcywh = boxes_cxcywh.unsqueeze(0)
+    spatial = boxes_cxcywh.shape[1:4]
+    if most == 0:
+        return torch.zeros(batch, *spatial, dtype=torch.bool, device=truths_xyxy.device)
+    boxes = box_cxcywh_to_xyxy(boxes_cxcywh).reshape(boxes_cxcywh.shape[0], -1, 1, 4)
+    best = box_iou_pairwise(boxes, truths_xyxy[:, None]).amax(-1)  # [B, A*H*W]
+    return (best > thresh).view(batch, *spatial)
+
+
+def anchor_boxes_at_cells(anchors_wh: Tensor, stride: int, height: int, width: int) -> Tensor:
+    """Each anchor placed at each cell centre: ``Tensor[A, H, W, 4]`` cxcywh input pixels (the paper's ignore rule)."""
+    centres = (grid_xy(height, width, device=anchors_wh.device, dtype=anchors_wh.dtype) + 0.5) * stride
+    num_anchors = anchors_wh.shape[0]
+    return torch.cat((centres.expand(num_anchors, height, width, 2),
+                      anchors_wh.view(num_anchors, 1, 1, 2).expand(num_anchors, height, width, 2)), dim=-1)
