@@ -1,0 +1,78 @@
+"""Time the loss forward + backward against a floor that touches the same head tensors.
+
+    python scripts/bench_loss.py [--repeats 15] [--threads N]
+
+For batch 16 at 416 px with 80 classes and 6 boxes per image, and batch 64 with 20 boxes per image, prints the
+median time of: the floor (``sum(p).backward()`` over the three head maps), the darknet preset, and the
+CIoU + focal variant; and each one's ratio to the floor. Target: at most 2.5x the floor at both sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from yolo_loss.losses.criterion import build_criterion  # noqa: E402
+from yolo_loss.schema import YOLOV3_ANCHORS, LossConfig  # noqa: E402
+
+STRIDES = (8, 16, 32)
+
+
+def make_inputs(batch: int, boxes_per_image: int, img: int, num_classes: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    preds = [torch.randn(batch, 3 * (5 + num_classes), img // s, img // s, generator=gen).requires_grad_()
+             for s in STRIDES]
+    n = batch * boxes_per_image
+    wh = torch.rand(n, 2, generator=gen) * 0.6 + 0.02
+    cxcy = wh / 2 + torch.rand(n, 2, generator=gen) * (1 - wh)
+    targets = torch.cat([torch.arange(batch).repeat_interleave(boxes_per_image)[:, None].float(),
+                         torch.randint(0, num_classes, (n, 1), generator=gen).float(), cxcy, wh], dim=1)
+    return preds, targets
+
+
+def median_ms(fn, preds, repeats: int) -> float:
+    times = []
+    for i in range(repeats + 2):
+        for p in preds:
+            p.grad = None
+        start = time.perf_counter()
+        fn()
+        if i >= 2:  # two warm-up runs
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    img, num_classes = 416, 80
+    anchors = [torch.tensor(YOLOV3_ANCHORS[3 * i:3 * i + 3], dtype=torch.float32) for i in range(3)]
+    variants = {
+        "darknet": LossConfig(),
+        "ciou+focal": LossConfig(xy="none", wh="none", box="ciou", cls="focal"),
+    }
+    malloc = {k: os.environ.get(k) for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, glibc malloc env {malloc}")
+    print("| batch | boxes/img | floor ms | variant | loss ms | ratio |")
+    print("|---|---|---|---|---|---|")
+    for batch, boxes in ((16, 6), (64, 20)):
+        preds, targets = make_inputs(batch, boxes, img, num_classes)
+        floor = median_ms(lambda: sum(p.sum() for p in preds).backward(), preds, args.repeats)
+        for name, cfg in variants.items():
+            criterion = build_criterion(cfg, num_classes=num_classes, anchors_per_level=anchors, strides=STRIDES)
+            loss = median_ms(lambda: criterion(preds, targets, img).total.backward(), preds, args.repeats)
+            print(f"| {batch} | {boxes} | {floor:.1f} | {name} | {loss:.1f} | {loss / floor:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
