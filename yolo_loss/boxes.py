@@ -150,9 +150,10 @@ def ciou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, eps: float = 1e-7) -> T
     has the value pi/2 but a NaN gradient). Equals ``torchvision.ops.complete_box_iou_loss`` up to that eps.
     When the two aspect ratios are equal, ``v = 0`` and CIoU is DIoU.
     """
+    pred_xyxy, target_xyxy = _upcast(pred_xyxy), _upcast(target_xyxy)
     diou, iou = _diou_loss_and_iou(pred_xyxy, target_xyxy, eps)
-    pred_wh = _upcast(pred_xyxy)[..., 2:] - _upcast(pred_xyxy)[..., :2]
-    target_wh = _upcast(target_xyxy)[..., 2:] - _upcast(target_xyxy)[..., :2]
+    pred_wh = pred_xyxy[..., 2:] - pred_xyxy[..., :2]
+    target_wh = target_xyxy[..., 2:] - target_xyxy[..., :2]
     v = (4.0 / math.pi ** 2) * (torch.atan(target_wh[..., 0] / (target_wh[..., 1] + eps))
                                 - torch.atan(pred_wh[..., 0] / (pred_wh[..., 1] + eps))).square()
     with torch.no_grad():

@@ -106,10 +106,11 @@ def sigmoid_focal(logits: Tensor, targets: Tensor, *, alpha: float = 0.25, gamma
     if not (0.0 <= alpha <= 1.0 or alpha == -1.0):
         raise ValueError(f"focal alpha must be in [0, 1], or -1 to disable, got {alpha}")
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    # 1 - p_t written with sig(-z) instead of 1 - sig(z): for a saturated logit the latter rounds to exactly 0,
-    # and 0^gamma for gamma < 1 has an infinite derivative, which times the zero sigmoid slope gives NaN.
+    # 1 - p_t as sig(-z) rather than 1 - sig(z), which cancels to 0 for z > 17 in float32. For a saturated logit
+    # it still underflows to 0 (float32, z = 100), and x^gamma with gamma < 1 has an infinite slope at 0 that
+    # times the zero sigmoid slope gives NaN: the clamp at the smallest normal number keeps the slope finite.
     one_minus_p_t = targets * torch.sigmoid(-logits) + (1.0 - targets) * torch.sigmoid(logits)
-    loss = bce * one_minus_p_t.pow(gamma)
+    loss = bce * one_minus_p_t.clamp(min=torch.finfo(one_minus_p_t.dtype).tiny).pow(gamma)
     if alpha >= 0:
         loss = (alpha * targets + (1.0 - alpha) * (1.0 - targets)) * loss
     return loss
@@ -125,7 +126,10 @@ def mse_on_sigmoid(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def cls_bce(logits: Tensor, targets: Tensor) -> Tensor:
-    """YOLOv3's independent logistic classifiers: ``BCE(sig(z_k), t_k)`` per class. ``Tensor[N, C]`` -> ``Tensor[N, C]``."""
+    """YOLOv3's independent logistic classifiers: ``BCE(sig(z_k), t_k)`` per class.
+
+    ``Tensor[N, C]`` x ``Tensor[N, C]`` -> ``Tensor[N, C]``.
+    """
     return bce_with_logits(logits, targets)
 
 
