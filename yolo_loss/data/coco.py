@@ -1,0 +1,141 @@
+"""COCO instances files in and out: :func:`read_coco` to records, :func:`to_coco_gt` back to a ``COCO`` object.
+
+COCO boxes are ``[x, y, w, h]`` with ``(x, y)`` the top-left corner in continuous 0-based pixels (pixel ``j``
+spans ``[j, j + 1)``), so the corners are ``x1 = x, x2 = x + w``, without the VOC ``-1``. Category ids are
+not contiguous (1..90 for the 80 COCO classes); class index ``i`` is the ``i``-th id in increasing order, and
+``category_ids[i]`` maps it back for the results file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+
+from yolo_loss.data.dataset import (UNKNOWN_CATEGORY, UNREADABLE_ANNOTATION, AnnotationSet, BadInputReport,
+                                    DataError, ImageRecord, clip_box_xyxy)
+
+
+def _quiet_coco(dataset: dict[str, Any]) -> COCO:
+    """A ``COCO`` object over an in-memory dict, without pycocotools' progress prints."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def read_coco(annotation_file: Path, image_folder: Path, *, report: BadInputReport | None = None,
+              on_bad: str = "skip") -> AnnotationSet:
+    """Read a COCO instances JSON into :class:`~yolo_loss.data.dataset.ImageRecord` s, sorted by image id.
+
+    - Class index ``i`` is the ``i``-th category id in increasing order; the names come with it.
+    - ``iscrowd`` boxes are kept with ``difficult=True``: not trained on, ignored by the evaluation.
+    - Images without boxes are kept (negatives).
+    - ``area`` is kept for the evaluation's size ranges.
+    - Bad boxes (non-finite, non-positive size, outside the image) and unknown category ids are dropped
+      (``skip``) or raise (``error``); boxes partly outside are clipped and counted. An image entry without a
+      positive ``width``/``height`` is dropped. Image files are checked later, by the dataset.
+
+    Args:
+        annotation_file: the instances JSON.
+        image_folder: where the ``file_name`` s of the JSON are.
+        report: where to record bad input (its ``on_bad`` applies); a new one with ``on_bad`` when ``None``.
+
+    Raises:
+        DataError: the file or the folder does not exist, the JSON does not parse or is not a COCO instances
+            file (these are errors under both policies: nothing of the file can be used).
+    """
+    report = report if report is not None else BadInputReport(on_bad)
+    annotation_file, image_folder = Path(annotation_file), Path(image_folder)
+    if not annotation_file.is_file():
+        raise DataError(f"{annotation_file}: COCO annotation file does not exist")
+    if not image_folder.is_dir():
+        raise DataError(f"{image_folder}: COCO image folder does not exist")
+    try:
+        dataset = json.loads(annotation_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{annotation_file}: cannot read the COCO annotation file ({error})") from None
+    if not isinstance(dataset, dict) or not all(isinstance(dataset.get(key), list)
+                                                for key in ("images", "annotations", "categories")):
+        raise DataError(f"{annotation_file}: not a COCO instances file (needs lists 'images', 'annotations' "
+                        f"and 'categories')")
+    try:
+        coco = _quiet_coco(dataset)
+    except (KeyError, TypeError) as error:
+        raise DataError(f"{annotation_file}: not a COCO instances file (an entry lacks {error})") from None
+
+    categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+    category_ids = [int(c["id"]) for c in categories]
+    class_names = [str(c["name"]) for c in categories]
+    index_of_category = {category_id: index for index, category_id in enumerate(category_ids)}
+
+    records = []
+    for image_id in sorted(coco.getImgIds()):
+        image = coco.imgs[image_id]
+        path = image_folder / str(image.get("file_name", ""))
+        width, height = image.get("width"), image.get("height")
+        if not (isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0):
+            report.reject(UNREADABLE_ANNOTATION, path, f"image {image_id} in {annotation_file.name}: no positive "
+                                                       f"width and height (width={width}, height={height})")
+            continue
+        width, height = int(width), int(height)
+        boxes, labels, crowd, areas = [], [], [], []
+        for annotation in coco.imgToAnns.get(image_id, []):
+            what = f"annotation {annotation.get('id')} (category {annotation.get('category_id')})"
+            if annotation.get("category_id") not in index_of_category:
+                report.reject(UNKNOWN_CATEGORY, path, f"{what}: category id not in the categories of "
+                                                      f"{annotation_file.name}")
+                continue
+            bbox = annotation.get("bbox")
+            try:
+                x, y, w, h = (float(v) for v in bbox)
+            except (TypeError, ValueError):
+                x = y = w = h = float("nan")  # not four numbers: reported as a non-finite box
+            box = clip_box_xyxy(report, path, what, (x, y, x + w, y + h), width, height)
+            if box is None:
+                continue
+            boxes.append(box)
+            labels.append(index_of_category[annotation["category_id"]])
+            crowd.append(bool(annotation.get("iscrowd", 0)))
+            areas.append(float(annotation.get("area", w * h)))
+        records.append(ImageRecord(
+            image_id=int(image_id), path=path, width=width, height=height,
+            boxes_xyxy=np.array(boxes, dtype=np.float32).reshape(-1, 4),
+            labels=np.array(labels, dtype=np.int64), difficult=np.array(crowd, dtype=bool),
+            name=str(image.get("file_name", "")), areas=np.array(areas, dtype=np.float32)))
+    return AnnotationSet(records, class_names, category_ids, report)
+
+
+def to_coco_gt(records: Sequence[ImageRecord], class_names: Sequence[str], category_ids: Sequence[int]) -> COCO:
+    """The records as an in-memory pycocotools ``COCO`` ground truth, for COCO and VOC evaluation alike.
+
+    Boxes go back to ``[x, y, w, h]`` with ``category_ids[label]``; difficult boxes (VOC ``difficult``, COCO
+    crowds) become ``iscrowd=1``, which COCOeval ignores: a detection matching one is neither a true nor a
+    false positive. (COCOeval matches crowds by intersection over the *detection's* area, slightly more
+    lenient than VOC's IoU rule for difficult objects.) ``area`` is the record's area when known, else the
+    box area. Image ids are the records' (the original COCO ids for COCO).
+    """
+    images, annotations = [], []
+    for record in records:
+        images.append({"id": record.image_id, "file_name": record.name or record.path.name,
+                       "width": record.width, "height": record.height})
+        widths = record.boxes_xyxy[:, 2] - record.boxes_xyxy[:, 0]
+        heights = record.boxes_xyxy[:, 3] - record.boxes_xyxy[:, 1]
+        areas = record.areas if record.areas is not None else widths * heights
+        for box, width, height, area, label, difficult in zip(record.boxes_xyxy.tolist(), widths.tolist(),
+                                                              heights.tolist(), areas.tolist(),
+                                                              record.labels.tolist(), record.difficult.tolist()):
+            annotations.append({"id": len(annotations) + 1, "image_id": record.image_id,
+                                "category_id": int(category_ids[label]), "bbox": [box[0], box[1], width, height],
+                                "area": area, "iscrowd": int(difficult)})
+    categories = [{"id": int(category_id), "name": name, "supercategory": ""}
+                  for category_id, name in zip(category_ids, class_names)]
+    return _quiet_coco({"info": {"description": "yolo-loss ground truth"}, "licenses": [], "images": images,
+                        "annotations": annotations, "categories": categories})
