@@ -5,14 +5,19 @@
 
 from __future__ import annotations
 
+from yolo_loss.allocator import reexec_with_allocator_settings
+
+if __name__ == "__main__":
+    reexec_with_allocator_settings()  # before torch is imported: glibc reads its settings at start-up
+
 import argparse
 import json
 from pathlib import Path
 
-from yolo_loss.checkpoint import load_checkpoint
+from yolo_loss.checkpoint import CheckpointError, load_checkpoint
 from yolo_loss.config import apply_overrides, config_from_dict, exit_on_config_error
-from yolo_loss.data import build_dataset, build_loader
-from yolo_loss.engine import evaluate, format_metrics
+from yolo_loss.data import DataError, build_dataset, build_loader
+from yolo_loss.engine import evaluate, format_metrics, memory_format
 from yolo_loss.evaluation import write_results_json
 from yolo_loss.model import build_model
 from yolo_loss.runtime import select_device
@@ -28,13 +33,13 @@ def main() -> None:
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                         help="evaluate the EMA weights when the checkpoint has them")
     args = parser.parse_args()
-    state = load_checkpoint(args.checkpoint)
-    with exit_on_config_error():
+    with exit_on_config_error(CheckpointError, DataError):
+        state = load_checkpoint(args.checkpoint)
         cfg = apply_overrides(config_from_dict(state["config"], source=str(args.checkpoint)), args.set)
+        dataset = build_dataset(cfg.data, "val", train=False)
     device = select_device(cfg.train.device)
-    dataset = build_dataset(cfg.data, "val", train=False)
     loader = build_loader(dataset, cfg.eval.batch_size, shuffle=False, workers=cfg.data.workers, seed=0)
-    model = build_model(cfg.model, dataset.num_classes).to(device)
+    model = build_model(cfg.model, dataset.num_classes).to(device, memory_format=memory_format(cfg))
     weights = state["ema"]["module"] if args.ema and state.get("ema") else state["model"]
     model.load_state_dict(weights)
     metrics, _, evaluator = evaluate(model, loader, None, cfg, device)

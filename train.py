@@ -5,12 +5,19 @@
 
 from __future__ import annotations
 
+from yolo_loss.allocator import reexec_with_allocator_settings
+
+if __name__ == "__main__":
+    reexec_with_allocator_settings()  # before torch is imported: glibc reads its settings at start-up
+
 import argparse
 import sys
 from pathlib import Path
 
+from yolo_loss.checkpoint import CheckpointError
 from yolo_loss.config import add_config_arguments, config_from_args, dump_config, exit_on_config_error
-from yolo_loss.engine import format_metrics, train
+from yolo_loss.data import DataError
+from yolo_loss.engine import NonFiniteLoss, ResumeError, format_metrics, train
 from yolo_loss.runtime import make_run_dir, write_run_info
 
 
@@ -35,7 +42,12 @@ def main() -> None:
         run_dir = make_run_dir(Path(cfg.train.out_dir), cfg.name or Path(args.config).stem)
     write_run_info(run_dir, dump_config(cfg), sys.argv)
     print(f"run folder: {run_dir}")
-    result = train(cfg, run_dir, resume=args.resume, force_resume=args.force_resume)
+    with exit_on_config_error(DataError, CheckpointError, ResumeError):
+        try:
+            result = train(cfg, run_dir, resume=args.resume, force_resume=args.force_resume)
+        except NonFiniteLoss as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
     print(f"\nfinished {result.steps} steps; validation metrics:\n{format_metrics(result.metrics)}\n")
     print(f"checkpoints: {run_dir / 'best.pt'}, {run_dir / 'last.pt'}")
     print(f"evaluate again: python eval.py --checkpoint {run_dir / 'best.pt'}")

@@ -1,4 +1,5 @@
-"""Tests for yolo_loss.runtime: device choice, seeding, RNG state round trips, run folders and run info."""
+"""Tests for yolo_loss.runtime and yolo_loss.allocator: device choice, seeding, RNG state round trips, run folders,
+run info, and the entry points' allocator settings."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import platform
 import random
 import shlex
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from yolo_loss.allocator import ALLOCATOR_ENV, ALLOCATOR_OPT_OUT
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint
 from yolo_loss.runtime import (
     make_run_dir,
@@ -154,3 +158,21 @@ def test_write_run_info_records_each_invocation(tmp_path: Path) -> None:
     assert f"torch: {torch.__version__}" in text
     assert "device: cpu" in text or "device: cuda" in text
     assert f"# cwd: {os.getcwd()}" in text
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator settings apply to glibc only")
+@pytest.mark.parametrize("extra_env, expected", [
+    ({}, "0 17179869184"),  # set by the re-exec
+    ({"MALLOC_MMAP_MAX_": "5", "MALLOC_TRIM_THRESHOLD_": "7"}, "5 7"),  # the user's values win
+    ({"YOLO_LOSS_DEFAULT_MALLOC": "1"}, "None None"),  # opted out
+])
+def test_entry_points_restart_with_the_allocator_settings(extra_env: dict[str, str], expected: str) -> None:
+    script = ("import os\n"
+              "from yolo_loss.allocator import reexec_with_allocator_settings\n"
+              "reexec_with_allocator_settings()\n"
+              "print(os.environ.get('MALLOC_MMAP_MAX_'), os.environ.get('MALLOC_TRIM_THRESHOLD_'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV and k != ALLOCATOR_OPT_OUT}
+    env.update(extra_env, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == expected

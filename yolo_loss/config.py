@@ -214,15 +214,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 @contextlib.contextmanager
-def exit_on_config_error() -> Iterator[None]:
-    """Turn a :class:`ConfigError` into ``error: <message>`` on stderr and exit status 2, no traceback.
+def exit_on_config_error(*also: type[Exception]) -> Iterator[None]:
+    """Turn a :class:`ConfigError` (and an exception of any type in ``also``, e.g. a missing data folder) into
+    ``error: <message>`` on stderr and exit status 2, no traceback.
 
     Status 2 is what argparse uses for bad command-line input. Usable as ``with exit_on_config_error():``
     or as a decorator, ``@exit_on_config_error()``.
     """
     try:
         yield
-    except ConfigError as err:
+    except (ConfigError, *also) as err:
         for line in str(err).splitlines():
             print(f"error: {line}", file=sys.stderr)
         raise SystemExit(2) from None

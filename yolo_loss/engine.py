@@ -37,6 +37,10 @@ class NonFiniteLoss(RuntimeError):
     """A loss term became NaN or inf; the message names the term and the level."""
 
 
+class ResumeError(ValueError):
+    """A checkpoint cannot be resumed with this config; the message says why and how to force it."""
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -47,7 +51,7 @@ class TrainResult:
 def loss_scalars(result: LossResult, prefix: str) -> dict[str, float]:
     """Flatten a :class:`LossResult` into TensorBoard tags: ``<prefix>/loss/total``, ``<prefix>/<term>/<level>``
     (unweighted), ``<prefix>/weighted/<term>/<level>``, ``<prefix>/<term>/sum`` and ``<prefix>/diag/<name>/<level>``."""
-    scalars = {f"{prefix}/loss/total": float(result.total)}
+    scalars = {f"{prefix}/loss/total": float(result.total.detach())}
     for group, values in (("", result.terms), ("weighted/", result.weighted), ("diag/", result.diagnostics)):
         for name, per_level in values.items():
             per_level = per_level.detach().tolist()
@@ -60,6 +64,8 @@ def loss_scalars(result: LossResult, prefix: str) -> dict[str, float]:
 
 def first_nonfinite(result: LossResult) -> str | None:
     """``'<term> at <level>'`` of the first non-finite loss term, or None."""
+    if bool(torch.isfinite(torch.stack([*result.terms.values(), result.total.detach().expand(3)])).all()):
+        return None  # the common case, with one device sync
     for name, per_level in result.terms.items():
         for level, value in zip(LEVEL_NAMES, per_level.detach().tolist()):
             if not math.isfinite(value):
@@ -67,6 +73,11 @@ def first_nonfinite(result: LossResult) -> str | None:
     if not torch.isfinite(result.total):
         return f"the weighted total is {float(result.total)}"
     return None
+
+
+def memory_format(cfg: Config) -> torch.memory_format:
+    """The layout of the model's weights and input images (``train.channels_last``)."""
+    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
 
 
 @torch.no_grad()
@@ -80,7 +91,7 @@ def evaluate(model: torch.nn.Module, loader, criterion: YoloCriterion | None, cf
     loss_sums: dict[str, float] = {}
     batches = 0
     for images, targets, metas in loader:
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, memory_format=memory_format(cfg), non_blocking=True)
         preds = [p.float() for p in model(images)]
         if criterion is not None:
             for tag, value in loss_scalars(criterion(preds, targets.to(device), images.shape[-2:]), "val").items():
@@ -89,7 +100,7 @@ def evaluate(model: torch.nn.Module, loader, criterion: YoloCriterion | None, cf
         detections = postprocess(preds, anchors, model.strides, conf_thresh=cfg.eval.conf_thresh,
                                  nms_iou=cfg.eval.nms_iou, max_det=cfg.eval.max_det)
         for det, meta in zip(detections, metas):
-            det.boxes_xyxy = unletterbox_boxes(det.boxes_xyxy.cpu(), meta["scale"], meta["pad"])
+            det.boxes_xyxy = unletterbox_boxes(det.boxes_xyxy.cpu(), meta["scale"], meta["pad"], meta["orig_size"])
             det.scores, det.labels = det.scores.cpu(), det.labels.cpu()
         evaluator.update([m["image_id"] for m in metas], detections)
     metrics = evaluator.compute()
@@ -128,7 +139,7 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     train_set = build_dataset(cfg.data, "train", train=True)
     val_set = build_dataset(cfg.data, "val", train=False)
-    if hasattr(train_set, "bad_input") and train_set.bad_input.total:
+    if train_set.bad_input.total:
         tqdm.write(train_set.bad_input.summary())
         train_set.bad_input.write(run_dir / "bad_inputs.txt")
     train_loader = build_loader(train_set, cfg.train.batch_size, shuffle=True, workers=cfg.data.workers,
@@ -136,7 +147,7 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
     val_loader = build_loader(val_set, cfg.eval.batch_size, shuffle=False, workers=cfg.data.workers,
                               seed=cfg.train.seed)
     num_classes = train_set.num_classes
-    model = build_model(cfg.model, num_classes).to(device)
+    model = build_model(cfg.model, num_classes).to(device, memory_format=memory_format(cfg))
     criterion = build_criterion(cfg.loss, num_classes=num_classes,
                                 anchors_per_level=anchors_per_level(cfg.model, cfg.data.img_size),
                                 strides=model.strides)
@@ -151,10 +162,10 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
 
     step, start_epoch, best_ap, nonfinite_skipped = 0, 0, -1.0, 0
     if resume is not None:
-        state = load_checkpoint(resume, map_location=device)
+        state = load_checkpoint(resume, map_location="cpu")  # load_state_dict copies onto the model's device
         if state["config_hash"] != config_hash(cfg) and not force_resume:
-            raise ValueError(f"{resume} was written with a different config (hash {state['config_hash']} vs "
-                             f"{config_hash(cfg)}); pass --force-resume to continue anyway")
+            raise ResumeError(f"{resume} was written with a different config (hash {state['config_hash']} vs "
+                              f"{config_hash(cfg)}); pass --force-resume to continue anyway")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema"):
@@ -190,14 +201,18 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
         for epoch in range(start_epoch, cfg.train.epochs):
             model.train()
             size_rng.seed(cfg.train.seed * 1000 + epoch)
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
-            tick = time.perf_counter()
+            # The bar only on a terminal (a log file would get a line per step); the epoch line below always.
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True,
+                       disable=None)
+            tick = epoch_start = time.perf_counter()
+            epoch_terms: dict[str, float] = {}
+            epoch_steps = 0
             for images, targets, metas in bar:
                 if step >= total_steps or stop.requested:
                     break
                 lr = lr_at(step, total_steps, cfg.train)
                 set_lr(optimizer, lr)
-                images = images.to(device, non_blocking=True)
+                images = images.to(device, memory_format=memory_format(cfg), non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
                 if multiscale:  # darknet's 'random': one size per batch; targets are normalised, so unchanged
                     size = size_rng.choice(multiscale)
@@ -242,8 +257,18 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                     for tag, value in scalars.items():
                         writer.add_scalar(tag, value, step)
                     tick = time.perf_counter()
-                bar.set_postfix({name: f"{float(v.sum()):.3f}" for name, v in result.weighted.items()}
-                                | {"lr": f"{lr:.4f}"})
+                weighted = dict(zip(result.weighted, torch.stack([v.detach().sum() for v in result.weighted.values()])
+                                    .tolist()))  # one device sync per step
+                for name, value in weighted.items():
+                    epoch_terms[name] = epoch_terms.get(name, 0.0) + value
+                epoch_steps += 1
+                bar.set_postfix({name: f"{value:.3f}" for name, value in weighted.items()} | {"lr": f"{lr:.4f}"})
+
+            if epoch_steps:
+                seconds = time.perf_counter() - epoch_start
+                tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {sum(epoch_terms.values()) / epoch_steps:.3f} ("
+                           + ", ".join(f"{k} {v / epoch_steps:.3f}" for k, v in epoch_terms.items())
+                           + f"), {epoch_steps * cfg.train.batch_size / seconds:.1f} img/s, {seconds:.0f} s")
 
             finished = step >= total_steps or epoch + 1 == cfg.train.epochs
             if stop.requested:

@@ -186,6 +186,7 @@ class TrainConfig:
     ema_decay: float = bounded(0.999, 0.0, 1.0, low_open=True, high_open=True)
     grad_clip: float = bounded(10.0, 0.0, None)  # max gradient norm; 0 = off
     amp: bool = False  # CUDA only
+    channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and on CUDA tensor cores
     eval_interval: int = bounded(1, 0, None)  # epochs between evaluations; 0 = only at the end
     log_interval: int = bounded(20, 1, None)  # iterations between scalar logs
     seed: int = 0
