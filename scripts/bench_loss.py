@@ -16,9 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from yolo_loss.allocator import reexec_with_allocator_settings  # noqa: E402
+
+if __name__ == "__main__":
+    reexec_with_allocator_settings()  # before torch is imported: glibc reads its settings at start-up
+
+import torch  # noqa: E402
+
 from yolo_loss.losses.criterion import build_criterion  # noqa: E402
 from yolo_loss.schema import YOLOV3_ANCHORS, LossConfig  # noqa: E402
 
