@@ -42,6 +42,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -419,6 +420,8 @@ def generate_shapes(root: Path, *, num_train: int, num_val: int, image_size: int
     if folder.exists() and not (folder / DONE_MARKER).is_file():
         shutil.rmtree(folder)
     temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", suffix=".tmp", dir=root))
+    print(f"generating the synthetic shapes set ({num_train} + {num_val} images of {image_size} px) in {folder}",
+          file=sys.stderr, flush=True)
     try:
         info = {"description": "yolo-loss synthetic shapes", "generator_version": GENERATOR_VERSION,
                 "num_train": num_train, "num_val": num_val, "image_size": image_size,
