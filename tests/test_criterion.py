@@ -7,8 +7,9 @@ import math
 
 import pytest
 import torch
+import torchvision
 
-from yolo_loss.losses.assign import assign_targets
+from yolo_loss.losses.assign import anchor_boxes_at_cells, assign_targets, ignore_mask, truths_per_image
 from yolo_loss.losses.criterion import TERMS, YoloCriterion, build_criterion
 from yolo_loss.schema import YOLOV3_ANCHORS, LossConfig
 
@@ -374,3 +375,52 @@ def test_prior_ignore_rule_by_hand():
     assert result.diagnostics["ignored"].tolist() == expected
     assert expected[2] >= 1
     assert result.diagnostics["positives"].tolist() == [0, 0, 1]
+
+
+def brute_force_ignore(boxes_cxcywh: torch.Tensor, truths_xyxy: torch.Tensor, thresh: float) -> torch.Tensor:
+    """Every box against every truth of its image with torchvision's box_iou, image by image."""
+    batch = truths_xyxy.shape[0]
+    boxes = boxes_cxcywh.expand(batch, *boxes_cxcywh.shape[-4:]) if boxes_cxcywh.dim() == 4 else boxes_cxcywh
+    mask = torch.zeros(boxes.shape[:4], dtype=torch.bool)
+    for b in range(batch):
+        flat = torchvision.ops.box_convert(boxes[b].reshape(-1, 4), "cxcywh", "xyxy")
+        iou = torchvision.ops.box_iou(flat, truths_xyxy[b])
+        mask[b] = (iou > thresh).any(1).view(boxes.shape[1:4]) if iou.numel() else False
+    return mask
+
+
+@pytest.mark.parametrize("thresh", [0.3, 0.5, 0.7, 0.95])
+def test_ignore_mask_equals_all_pairs(thresh: float) -> None:
+    """The ignore rule compares only the cells a truth covers (from 0.5 up); it must find what every pair finds:
+    random predictions (some saturated onto a cell border, some copied onto a truth), truths on cell borders,
+    partly outside the image, zero-size, and images with fewer truths than others (padding rows)."""
+    gen = torch.Generator().manual_seed(int(thresh * 100))
+    batch, anchors, stride, height, width = 3, 3, 8, 10, 12
+    img_w, img_h = width * stride, height * stride
+    offsets = torch.rand(batch, anchors, height, width, 2, generator=gen)
+    offsets[0, 0, :, :3] = 1.0  # sig(tx) = 1 in float32: the centre on the cell's right/bottom border
+    offsets[1, 1, :2] = 0.0
+    grid = torch.stack(torch.meshgrid(torch.arange(width), torch.arange(height), indexing="xy"), -1)
+    centres = (grid + offsets) * stride
+    sizes = torch.exp(torch.randn(batch, anchors, height, width, 2, generator=gen)) * 20
+    boxes = torch.cat((centres, sizes), -1)
+    targets = [[0, 0, 0.5, 0.5, 0.3, 0.4], [0, 0, 16 / img_w, 24 / img_h, 16 / img_w, 16 / img_h],  # on borders
+               [0, 0, 0.95, 0.1, 0.3, 0.3], [0, 0, 0.4, 0.6, 0.0, 0.2],  # partly outside, zero width
+               [1, 0, 0.2, 0.3, 0.5, 0.5], [2, 0, 0.7, 0.7, 0.1, 0.1], [2, 0, 0.3, 0.5, 0.9, 0.9],
+               [2, 0, 0.7, 0.72, 0.12, 0.1]]
+    targets = torch.tensor(targets, dtype=torch.float32)
+    truths = truths_per_image(targets, batch, (img_h, img_w))
+    # predictions that decode onto a truth from the cell of its centre (IoU 1: always ignored)
+    for row, (b, _, cx, cy, w, h) in enumerate(targets.tolist()):
+        i, j = min(int(cx * img_w // stride), width - 1), min(int(cy * img_h // stride), height - 1)
+        boxes[int(b), row % anchors, j, i] = torch.tensor([cx * img_w, cy * img_h, w * img_w, h * img_h])
+
+    got = ignore_mask(boxes, truths, thresh, stride)
+    expected = brute_force_ignore(boxes, truths, thresh)
+    assert expected.sum() >= 5  # the cases really occur
+    assert torch.equal(got, expected)
+
+    prior_boxes = anchor_boxes_at_cells(torch.tensor([[10.0, 13.0], [33.0, 23.0], [62.0, 45.0]]), stride,
+                                        height, width)
+    assert torch.equal(ignore_mask(prior_boxes, truths, thresh, stride), brute_force_ignore(prior_boxes, truths,
+                                                                                             thresh))

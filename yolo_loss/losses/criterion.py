@@ -172,10 +172,10 @@ class YoloCriterion:
                 grid = grid_xy(height, width, device=view.device, dtype=view.dtype)
                 boxes = decode_cxcywh(view[:, :, :4].permute(0, 1, 3, 4, 2), grid,
                                       anchors.view(1, num_anchors, 1, 1, 2), stride)
-                counted = ~ignore_mask(boxes, truths_xyxy, self.ignore_thresh)
+                counted = ~ignore_mask(boxes, truths_xyxy, self.ignore_thresh, stride)
             elif self.ignore == "prior":
                 counted = ~ignore_mask(anchor_boxes_at_cells(anchors, stride, height, width), truths_xyxy,
-                                       self.ignore_thresh)
+                                       self.ignore_thresh, stride)
             else:
                 counted = torch.ones(batch, num_anchors, height, width, dtype=torch.bool, device=view.device)
             counted[pos.image, pos.anchor, pos.cell_y, pos.cell_x] = False  # a positive is never a negative
