@@ -120,7 +120,9 @@ def postprocess(preds: list[Tensor], anchors_per_level: list[Tensor], strides: S
 def box_iou_pairs_np(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     """IoU of row-aligned pairs, ``float[P, 4]`` x ``float[P, 4]`` xyxy -> ``float[P]``, without the devkit's +1.
 
-    Two zero-area boxes have a union of 0 and are given an IoU of 0, not 0 / 0.
+    Two zero-area boxes have a union of 0 and are given an IoU of 0, not 0 / 0. Not
+    :func:`yolo_loss.boxes.box_iou_pairwise`: that one adds an ``eps`` to the union, which would move pairs at exactly
+    the devkit's strict ``> 0.5``, and the matching here runs in NumPy.
     """
     overlap_wh = (np.minimum(a_xyxy[:, 2:], b_xyxy[:, 2:]) - np.maximum(a_xyxy[:, :2], b_xyxy[:, :2])).clip(min=0)
     inter = overlap_wh[:, 0] * overlap_wh[:, 1]
