@@ -231,10 +231,16 @@ def ignore_mask(boxes_cxcywh: Tensor, truths_xyxy: Tensor, thresh: float, stride
                     + torch.arange(num_anchors, device=truths.device) * plane)  # [pairs, A]
     flat = image.index_select(0, truth)[:, None] * (num_anchors * plane) + within_image
     box_flat = flat if boxes_cxcywh.shape[0] == batch else within_image  # the prior rule's boxes have no batch
-    # Convert before gathering: a box is gathered once per truth covering its cell, converted only once.
-    boxes_xyxy = box_cxcywh_to_xyxy(boxes_cxcywh).reshape(-1, 4).index_select(0, box_flat.view(-1))
-    iou = box_iou_pairwise(boxes_xyxy.view(total, num_anchors, 4), truths.index_select(0, truth)[:, None])
-    mask.view(-1)[flat[iou > thresh]] = True
+    # Corners and area once per box, as planes [x1, y1, x2, y2, area] (each one contiguous, which the elementwise
+    # kernels below need to be fast), then gathered: a box is compared with every truth covering its cell.
+    box = _planes(box_cxcywh_to_xyxy(boxes_cxcywh).reshape(-1, 4)).index_select(1, box_flat.view(-1))
+    box = box.view(5, total, num_anchors)
+    truth_box = _planes(truths).index_select(1, truth)[:, :, None]  # [5, pairs, 1]
+    overlap_w = (torch.minimum(box[2], truth_box[2]) - torch.maximum(box[0], truth_box[0])).clamp_(min=0)
+    overlap_h = (torch.minimum(box[3], truth_box[3]) - torch.maximum(box[1], truth_box[1])).clamp_(min=0)
+    # IoU > t  <=>  inter > t * (area_a + area_b - inter)  <=>  inter * (1 + t) > t * (area_a + area_b)
+    hit = overlap_w.mul_(overlap_h).mul_(1.0 + thresh) > (box[4] + truth_box[4]).mul_(thresh)
+    mask.view(-1)[flat[hit]] = True
     return mask
 
 
@@ -247,6 +253,12 @@ def _ignore_mask_all_pairs(boxes_cxcywh: Tensor, truths_xyxy: Tensor, thresh: fl
     boxes = box_cxcywh_to_xyxy(boxes_cxcywh).reshape(boxes_cxcywh.shape[0], -1, 1, 4)
     best = box_iou_pairwise(boxes, truths_xyxy[:, None]).amax(-1)  # [B, A*H*W]
     return (best > thresh).view(batch, *spatial)
+
+
+def _planes(boxes_xyxy: Tensor) -> Tensor:
+    """``Tensor[N, 4]`` xyxy -> ``Tensor[5, N]``: x1, y1, x2, y2 and the area, one contiguous row each."""
+    x1, y1, x2, y2 = boxes_xyxy.unbind(1)
+    return torch.stack((x1, y1, x2, y2, (x2 - x1) * (y2 - y1)))
 
 
 def anchor_boxes_at_cells(anchors_wh: Tensor, stride: int, height: int, width: int) -> Tensor:
