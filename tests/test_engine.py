@@ -76,6 +76,9 @@ def test_short_training_lowers_the_loss_and_writes_the_run(preset: str, shapes_r
     assert all(0.0 <= result.metrics[key] <= 1.0 for key in METRIC_KEYS)
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["metrics"] == pytest.approx(result.metrics) and saved["steps"] == 40
+    assert set(saved["final_terms"]) == {"xy", "wh", "obj_pos", "obj_neg", "cls", "total"}
+    assert saved["final_terms"]["total"] == pytest.approx(sum(losses[-4:]) / 4, rel=1e-5)  # the last epoch's mean
+    assert saved["train_seconds"] > 0 and saved["images_per_sec"] == pytest.approx(320 / saved["train_seconds"])
     state = load_checkpoint(run_dir / "last.pt")
     assert state["step"] == 40 and state["epoch"] == 10
     assert (run_dir / "best.pt").exists()

@@ -161,6 +161,7 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
         total_steps = min(total_steps, cfg.train.max_steps)
 
     step, start_epoch, best_ap, nonfinite_skipped = 0, 0, -1.0, 0
+    train_seconds, images_seen = 0.0, 0  # the training steps only (no evaluation), summed over resumes
     if resume is not None:
         state = load_checkpoint(resume, map_location="cpu")  # load_state_dict copies onto the model's device
         if state["config_hash"] != config_hash(cfg) and not force_resume:
@@ -173,6 +174,7 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
         scaler.load_state_dict(state["scaler"])
         step, start_epoch, best_ap = state["step"], state["epoch"], state["best_ap"]
         nonfinite_skipped = state.get("nonfinite_skipped", 0)
+        train_seconds, images_seen = state.get("train_seconds", 0.0), state.get("images_seen", 0)
         set_rng_state(state["rng"])
         train_loader.generator.set_state(state["loader_generator"])
         tqdm.write(f"resumed from {resume} at epoch {start_epoch}, step {step}")
@@ -181,6 +183,7 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
                 "epoch": epoch, "step": step, "best_ap": best_ap, "nonfinite_skipped": nonfinite_skipped,
+                "train_seconds": train_seconds, "images_seen": images_seen,
                 "rng": rng_state(), "loader_generator": train_loader.generator.get_state(),
                 "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
                 "class_names": list(train_set.class_names), "category_ids": list(train_set.category_ids)}
@@ -195,6 +198,7 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
 
     writer = SummaryWriter(run_dir / "tensorboard", purge_step=step if resume else None)
     metrics: dict[str, float] = {}
+    final_terms: dict[str, float] = {}  # mean weighted terms of the last epoch trained
     multiscale = cfg.data.augment.multiscale
     size_rng = random.Random(cfg.train.seed)
     with _StopRequest() as stop:
@@ -266,6 +270,10 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
 
             if epoch_steps:
                 seconds = time.perf_counter() - epoch_start
+                train_seconds += seconds
+                images_seen += epoch_steps * cfg.train.batch_size
+                final_terms = {name: value / epoch_steps for name, value in epoch_terms.items()}
+                final_terms["total"] = sum(final_terms.values())
                 tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {sum(epoch_terms.values()) / epoch_steps:.3f} ("
                            + ", ".join(f"{k} {v / epoch_steps:.3f}" for k, v in epoch_terms.items())
                            + f"), {epoch_steps * cfg.train.batch_size / seconds:.1f} img/s, {seconds:.0f} s")
@@ -291,8 +299,10 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
             if finished:
                 break
     writer.close()
-    (run_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "steps": step,
-                                                      "nonfinite_skipped": nonfinite_skipped}, indent=2))
+    summary = {"metrics": metrics, "steps": step, "final_terms": final_terms, "train_seconds": train_seconds,
+               "images_per_sec": images_seen / train_seconds if train_seconds else 0.0,
+               "nonfinite_skipped": nonfinite_skipped}
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(run_dir, metrics, step)
 
 
