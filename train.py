@@ -26,7 +26,8 @@ def main() -> None:
     add_config_arguments(parser)
     parser.add_argument("--resume", type=Path, help="a checkpoint (last.pt) to continue; its run folder is reused")
     parser.add_argument("--force-resume", action="store_true", help="resume even if the config changed")
-    parser.add_argument("--run-dir", type=Path, help="use this run folder (default: <train.out_dir>/<name>[-N])")
+    parser.add_argument("--run-dir", type=Path, help="use this run folder, which may exist but must not hold a run "
+                                                       "(default: <train.out_dir>/<name>[-N])")
     args = parser.parse_args()
     with exit_on_config_error():
         cfg = config_from_args(args)
@@ -37,7 +38,11 @@ def main() -> None:
         run_dir = args.resume.resolve().parent
     elif args.run_dir is not None:
         run_dir = args.run_dir
-        run_dir.mkdir(parents=True, exist_ok=False)
+        if (run_dir / "last.pt").exists() or (run_dir / "metrics.json").exists():
+            print(f"error: {run_dir} holds a run already; continue it with --resume {run_dir / 'last.pt'}",
+                  file=sys.stderr)
+            raise SystemExit(2)
+        run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = make_run_dir(Path(cfg.train.out_dir), cfg.name or Path(args.config).stem)
     write_run_info(run_dir, dump_config(cfg), sys.argv)

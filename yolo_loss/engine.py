@@ -298,6 +298,8 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
             save("last.pt", epoch + 1)
             if finished:
                 break
+    if not metrics:  # resumed from the checkpoint after the last epoch (killed before this point): evaluate it
+        metrics, _, _ = evaluate(ema.module if ema is not None else model, val_loader, criterion, cfg, device)
     writer.close()
     summary = {"metrics": metrics, "steps": step, "final_terms": final_terms, "train_seconds": train_seconds,
                "images_per_sec": images_seen / train_seconds if train_seconds else 0.0,

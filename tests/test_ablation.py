@@ -1,0 +1,186 @@
+"""Ablation studies: expansion (grid, one at a time, include, seeds), naming, invalid variants, the runner's
+skip / resume / failed-run handling with real train.py processes, and the aggregation maths on known numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from yolo_loss.ablation import FAILED, StudyError, load_study, run_study, train_command
+from yolo_loss.config import load_config
+from yolo_loss.study_report import load_rows, markdown, summarize, t_quantile, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_study(folder: Path, base: Path, **study) -> Path:
+    data = {"base": str(base), "out": str(folder / "study"), "seeds": [0, 1], **study}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+AXES = {"xy": {"bce": {"loss.xy": "bce"}, "mse": {"loss.xy": "mse"}},
+        "cls": {"bce": {}, "focal": {"loss.cls": "focal", "loss.focal_gamma": 1.5}, "ce": {"loss.cls": "ce"}}}
+SHAPES_NANO = REPO / "configs" / "shapes_nano.yaml"
+
+
+def test_grid_expansion_names_and_overrides(tmp_path: Path) -> None:
+    study = load_study(write_study(tmp_path, SHAPES_NANO, combine="grid", axes=AXES, overrides={"train.epochs": 2}))
+    runs = study.runs()
+    assert len(runs) == 2 * 3 * 2
+    assert runs[0].name == "xy=bce,cls=bce/seed=0" and runs[-1].name == "xy=mse,cls=ce/seed=1"
+    assert runs[0].folder == tmp_path / "study" / "xy=bce,cls=bce" / "seed=0"
+    focal = next(run for run in runs if run.name == "xy=mse,cls=focal/seed=1")
+    assert focal.overrides == ("train.epochs=2", "loss.xy=mse", "loss.cls=focal", "loss.focal_gamma=1.5",
+                               "train.seed=1")
+    cfg = load_config(study.base, focal.overrides)
+    assert (cfg.loss.xy, cfg.loss.cls, cfg.loss.focal_gamma, cfg.train.seed, cfg.train.epochs) == \
+        ("mse", "focal", 1.5, 1, 2)
+
+
+def test_one_at_a_time_with_include(tmp_path: Path) -> None:
+    study = load_study(write_study(tmp_path, SHAPES_NANO, combine="one_at_a_time", axes=AXES,
+                                   baseline={"xy": "bce", "cls": "bce"},
+                                   include=[{"cls": "focal", "xy": "mse"}, {"xy": "mse", "cls": "bce"}]))
+    names = [variant.name for variant in study.variants()]
+    # the baseline, one change per axis, then the included combination (the duplicate is not repeated)
+    assert names == ["xy=bce,cls=bce", "xy=mse,cls=bce", "xy=bce,cls=focal", "xy=bce,cls=ce", "xy=mse,cls=focal"]
+    assert study.baseline_name == "xy=bce,cls=bce"
+    assert len(study.runs()) == 10
+
+
+def test_values_of_any_type_survive_the_command_line(tmp_path: Path) -> None:
+    anchors = [[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146], [142, 110], [192, 243], [459, 401]]
+    axes = {"anchors": {"default": {}, "other": {"model.anchors": anchors, "loss.level_weights.obj_neg": [4.0, 1.0, 0.4]}}}
+    study = load_study(write_study(tmp_path, SHAPES_NANO, combine="grid", axes=axes, seeds=[0]))
+    cfg = load_config(study.base, study.runs()[1].overrides)
+    assert cfg.model.anchors == anchors and cfg.loss.level_weights.obj_neg == [4.0, 1.0, 0.4]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"axes": {"xy": {"bce": {}, "typo": {"loss.xy": "bec"}}}}, "variant xy=typo: "),
+    ({"axes": {"xy": {"bce": {}, "typo": {"loss.xyy": "mse"}}}}, "did you mean 'loss.xy'"),
+    ({"combine": "one_at_a_time"}, "baseline: one_at_a_time needs a value for every axis"),
+    ({"combine": "sideways"}, "combine: 'sideways'"),
+    ({"seeds": [0, 0]}, "seeds: expected a list of distinct integers"),
+    ({"axis": {}}, "unknown key(s) axis"),
+    ({"include": [{"xy": "huh", "cls": "bce"}]}, "include:"),
+    ({"axes": {"x/y": {"a": {}}}}, "may not contain"),
+])
+def test_invalid_studies_fail_before_anything_runs(change: dict, message: str, tmp_path: Path) -> None:
+    study = {"combine": "grid", "axes": AXES, **change}
+    with pytest.raises(StudyError) as err:
+        load_study(write_study(tmp_path, SHAPES_NANO, **study))
+    assert message in str(err.value) and str(tmp_path / "study.yaml") in str(err.value)
+    assert not (tmp_path / "study").exists()
+
+
+def test_invalid_variant_names_the_key_from_the_command_line(tmp_path: Path) -> None:
+    path = write_study(tmp_path, SHAPES_NANO, combine="grid", axes={"xy": {"typo": {"loss.xy": "bec"}}})
+    done = subprocess.run([sys.executable, "scripts/ablate.py", str(path)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and "variant xy=typo" in done.stderr and "loss.xy" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_runner_finishes_skips_resumes_and_records_failures(tmp_path: Path) -> None:
+    base = tmp_path / "tiny.yaml"
+    base.write_text(yaml.safe_dump({
+        "_base_": str(REPO / "configs" / "presets" / "darknet.yaml"),
+        "model": {"width": 0.25, "depth": 0.33},
+        "data": {"format": "shapes", "root": str(tmp_path / "data"), "img_size": 64, "cache": True, "workers": 0,
+                 "shapes": {"num_train": 16, "num_val": 4, "image_size": 64, "max_objects": 2}},
+        "train": {"epochs": 1, "batch_size": 8, "burn_in": 1, "ema": False, "eval_interval": 0, "log_interval": 1,
+                  "device": "cpu"},
+        "eval": {"batch_size": 4}}))
+    # 'broken' passes the config checks but cannot train: its data folder does not exist
+    axes = {"xy": {"bce": {}, "mse": {"loss.xy": "mse"},
+                   "broken": {"data.format": "coco", "data.root": str(tmp_path / "nowhere")}}}
+    study = load_study(write_study(tmp_path, base, combine="one_at_a_time", baseline={"xy": "bce"}, axes=axes))
+    lines: list[str] = []
+    outcomes = run_study(study, jobs=2, echo=lines.append)
+    assert sorted(o.status for o in outcomes) == ["failed"] * 2 + ["finished"] * 4
+    assert any("[4/6 done, 0 running, 2 failed" in line for line in lines), lines
+    broken = study.out / "xy=broken" / "seed=0"
+    failure = json.loads((broken / FAILED).read_text())
+    assert failure["returncode"] == 2 and "nowhere" in failure["error"]
+
+    written = write_report(study.out)
+    assert {p.name for p in written} == {"results.csv", "results.md", "metrics.png", "loss_curves.png"}
+    md = (study.out / "results.md").read_text()
+    assert "xy=broken/seed=0" in md and "seed(s) 0, 1 missing" in md
+    info, rows = load_rows(study.out)
+    finished = {(r["variant"], r["seed"]): r for r in rows if r["status"] == "finished"}
+    assert set(finished) == {("xy=bce", 0), ("xy=bce", 1), ("xy=mse", 0), ("xy=mse", 1)}
+    assert all(r["images_per_sec"] > 0 and r["loss_total"] > 0 for r in finished.values())
+
+    # Re-running does no work for finished runs; the failed ones are set aside and tried again.
+    finished_file = study.out / "xy=bce" / "seed=0" / "metrics.json"
+    before = finished_file.stat().st_mtime_ns
+    # A run killed after its last checkpoint but before metrics.json is resumed, not restarted.
+    resumed = study.out / "xy=mse" / "seed=1"
+    expected = json.loads((resumed / "metrics.json").read_text())["metrics"]
+    (resumed / "metrics.json").unlink()
+    assert "--resume" in train_command(study, study.runs()[3])
+    outcomes = run_study(study, echo=lines.append)
+    assert sorted(o.run.name for o in outcomes) == ["xy=broken/seed=0", "xy=broken/seed=1", "xy=mse/seed=1"]
+    assert finished_file.stat().st_mtime_ns == before
+    assert json.loads((resumed / "metrics.json").read_text())["metrics"] == pytest.approx(expected)
+    assert "resumed from" in (resumed / "train.log").read_text()
+    assert (study.out / "xy=broken" / "seed=0.failed-1" / FAILED).is_file()
+
+
+def fake_study(folder: Path, results: dict[str, dict[int, float]], seeds: list[int], baseline: str) -> Path:
+    """A study folder written by hand: AP50 values per variant and seed (AP and AP75 derived from it)."""
+    info = {"study_file": str(folder / "fake.yaml"), "base": "x", "combine": "grid", "seeds": seeds,
+            "axes": ["v"], "baseline": baseline, "variants": list(results)}
+    folder.mkdir(parents=True)
+    (folder / "study.json").write_text(json.dumps(info))
+    for variant, per_seed in results.items():
+        for seed, ap50 in per_seed.items():
+            run = folder / variant / f"seed={seed}"
+            run.mkdir(parents=True)
+            (run / "run.json").write_text("{}")
+            metrics = {"AP": ap50 / 2, "AP50": ap50, "AP75": ap50 / 4}
+            (run / "metrics.json").write_text(json.dumps({"metrics": metrics, "final_terms": {"total": 1.0},
+                                                          "train_seconds": 10.0, "images_per_sec": 5.0}))
+    return folder
+
+
+def test_aggregation_on_known_numbers(tmp_path: Path) -> None:
+    results = {"v=base": {0: 0.50, 1: 0.52, 2: 0.54},
+               "v=better": {0: 0.60, 1: 0.64, 2: 0.62},   # differences 0.10, 0.12, 0.08
+               "v=same": {0: 0.51, 1: 0.51, 2: 0.55},     # differences 0.01, -0.01, 0.01
+               "v=partial": {0: 0.40}}                     # seeds 1 and 2 missing
+    info, rows = load_rows(fake_study(tmp_path / "s", results, [0, 1, 2], "v=base"))
+    summaries = {s.name: s for s in summarize(info, rows)}
+
+    base = summaries["v=base"]
+    assert base.n == 3 and base.mean["AP50"] == pytest.approx(0.52) and base.std["AP50"] == pytest.approx(0.02)
+    assert base.diff is None
+    better = summaries["v=better"].diff["AP50"]
+    assert better.mean == pytest.approx(0.10) and better.se == pytest.approx(0.02 / math.sqrt(3))
+    assert better.within_noise is False  # 0.10 > 4.303 * 0.01155
+    same = summaries["v=same"].diff["AP50"]
+    assert same.mean == pytest.approx(0.01 / 3) and same.within_noise is True
+    assert summaries["v=better"].diff["AP"].mean == pytest.approx(0.05)  # AP = AP50 / 2
+    partial = summaries["v=partial"]
+    assert partial.n == 1 and partial.missing == [1, 2] and math.isnan(partial.std["AP50"])
+    assert partial.diff["AP50"].n == 1 and partial.diff["AP50"].within_noise is None
+
+    md = markdown(info, list(summaries.values()))
+    assert "| **v=base** (baseline) | 3/3 | 0.260 +- 0.010 | 0.520 +- 0.020 | 0.130 +- 0.005 |" in md
+    assert "+0.100 +- 0.012 |" in md and "(noise)" in md and "(no error estimate)" in md
+    assert "v=partial: seed(s) 1, 2 missing" in md and "| v=partial | 1/3 |" in md
+    assert t_quantile(2) == pytest.approx(4.303) and t_quantile(100) == 1.96
+
+    written = write_report(tmp_path / "s")  # no event files here: the loss plot is drawn without curves
+    assert (tmp_path / "s" / "results.csv").read_text().count("\n") == 1 + 12  # missing runs have rows too
+    assert all(path.exists() for path in written)
