@@ -27,8 +27,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import queue
 import shlex
+import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,13 +278,6 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
     """Run every unfinished run of ``study`` (resuming interrupted ones, restarting failed ones after setting their
     folder aside), ``jobs`` at a time, each with ``cpu_count // jobs`` threads (or one device of ``devices`` each).
     A failed run is recorded in its folder and does not stop the others. Returns what this call ran."""
-    import os
-    import queue
-    import subprocess
-    import threading
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
     write_study_info(study)
     runs = study.runs()
     todo = [run for run in runs if run.state() != "finished"]
