@@ -49,8 +49,9 @@ def tiny_config(shapes_root: Path, out_dir: Path, preset: str = "darknet", **tra
     return config_from_dict(data)
 
 
-def scalar_series(run_dir: Path, tag: str) -> list[float]:
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+def scalar_series(run_dir: Path, tag: str, split: str = "train") -> list[float]:
+    """The values of a scalar tag of ``run_dir/tensorboard/<split>`` (training and validation share tags)."""
+    events = EventAccumulator(str(run_dir / "tensorboard" / split))
     events.Reload()
     return [event.value for event in events.Scalars(tag)]
 
@@ -63,13 +64,13 @@ def test_short_training_lowers_the_loss_and_writes_the_run(preset: str, shapes_r
     result = train(cfg, run_dir)
 
     assert result.steps == 40  # 32 images, batch 8, 10 epochs
-    losses = scalar_series(run_dir, "train/loss/total")
+    losses = scalar_series(run_dir, "loss/total")
     assert len(losses) == 40
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, f"{preset}: loss {first:.2f} -> {last:.2f}"
     # not only the objectness of the negatives: the terms of the positives fall too
     for term in ("cls", "obj_pos"):
-        series = scalar_series(run_dir, f"train/{term}/sum")
+        series = scalar_series(run_dir, f"{term}/sum")
         assert sum(series[-5:]) < sum(series[:5]), term
 
     assert set(METRIC_KEYS) <= set(result.metrics)
@@ -165,5 +166,5 @@ def test_real_subsets_train_and_evaluate(config: str, folder: str, tmp_path: Pat
     run_dir.mkdir()
     result = train(cfg, run_dir)
     assert result.steps == 2
-    assert all(torch.isfinite(torch.tensor(scalar_series(run_dir, "train/loss/total"))))
+    assert all(torch.isfinite(torch.tensor(scalar_series(run_dir, "loss/total"))))
     assert all(0.0 <= result.metrics[key] <= 1.0 for key in METRIC_KEYS)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint, state_has_nonfinite
@@ -28,8 +27,8 @@ from yolo_loss.model import anchors_per_level, build_model
 from yolo_loss.optim import ModelEMA, build_optimizer, grad_norm_and_clip, lr_at, set_lr
 from yolo_loss.runtime import rng_state, seed_everything, select_device, set_rng_state
 from yolo_loss.schema import Config
+from yolo_loss.tensorboard_log import LEVEL_NAMES, RunLogger, loss_scalars
 
-LEVEL_NAMES = ("P3", "P4", "P5")  # strides 8, 16, 32
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "VOC07_AP50", "VOC_AP50")
 
 
@@ -46,20 +45,7 @@ class TrainResult:
     run_dir: Path
     metrics: dict[str, float]
     steps: int
-
-
-def loss_scalars(result: LossResult, prefix: str) -> dict[str, float]:
-    """Flatten a :class:`LossResult` into TensorBoard tags: ``<prefix>/loss/total``, ``<prefix>/<term>/<level>``
-    (unweighted), ``<prefix>/weighted/<term>/<level>``, ``<prefix>/<term>/sum`` and ``<prefix>/diag/<name>/<level>``."""
-    scalars = {f"{prefix}/loss/total": float(result.total.detach())}
-    for group, values in (("", result.terms), ("weighted/", result.weighted), ("diag/", result.diagnostics)):
-        for name, per_level in values.items():
-            per_level = per_level.detach().tolist()
-            for level, value in zip(LEVEL_NAMES, per_level):
-                scalars[f"{prefix}/{group}{name}/{level}"] = value
-            if group != "diag/" or name in ("positives", "ignored"):
-                scalars[f"{prefix}/{group}{name}/sum"] = sum(per_level)
-    return scalars
+    stopped: bool = False  # by SIGINT/SIGTERM, with last.pt saved to resume from
 
 
 def first_nonfinite(result: LossResult) -> str | None:
@@ -83,7 +69,8 @@ def memory_format(cfg: Config) -> torch.memory_format:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, criterion: YoloCriterion | None, cfg: Config, device: torch.device,
              ) -> tuple[dict[str, float], dict[str, float], Evaluator]:
-    """Run the model over a loader: COCO and VOC metrics, and (when a criterion is given) the mean loss terms."""
+    """Run the model over a loader: COCO and VOC metrics, and (when a criterion is given) the mean loss terms under
+    the training tags (:func:`~yolo_loss.tensorboard_log.loss_scalars`)."""
     model.eval()
     dataset = loader.dataset
     evaluator = Evaluator(dataset.ground_truth_coco, dataset.category_ids)
@@ -94,7 +81,8 @@ def evaluate(model: torch.nn.Module, loader, criterion: YoloCriterion | None, cf
         images = images.to(device, memory_format=memory_format(cfg), non_blocking=True)
         preds = [p.float() for p in model(images)]
         if criterion is not None:
-            for tag, value in loss_scalars(criterion(preds, targets.to(device), images.shape[-2:]), "val").items():
+            result = criterion(preds, targets.to(device), images.shape[-2:])
+            for tag, value in loss_scalars(result, images.shape[0]).items():
                 loss_sums[tag] = loss_sums.get(tag, 0.0) + value
             batches += 1
         detections = postprocess(preds, anchors, model.strides, conf_thresh=cfg.eval.conf_thresh,
@@ -196,7 +184,8 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
             return
         save_checkpoint(state, run_dir / name)
 
-    writer = SummaryWriter(run_dir / "tensorboard", purge_step=step if resume else None)
+    tb = RunLogger(run_dir, cfg, criterion, train_set.class_names, val_set, device,
+                   resume_step=step if resume is not None else None)
     metrics: dict[str, float] = {}
     final_terms: dict[str, float] = {}  # mean weighted terms of the last epoch trained
     multiscale = cfg.data.augment.multiscale
@@ -208,7 +197,8 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
             # The bar only on a terminal (a log file would get a line per step); the epoch line below always.
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True,
                        disable=None)
-            tick = epoch_start = time.perf_counter()
+            epoch_start = time.perf_counter()
+            tb.start_epoch()
             epoch_terms: dict[str, float] = {}
             epoch_steps = 0
             for images, targets, metas in bar:
@@ -224,7 +214,8 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                                                              align_corners=False)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     preds = model(images)
-                result = criterion([p.float() for p in preds], targets, images.shape[-2:])
+                preds = [p.float() for p in preds]
+                result = criterion(preds, targets, images.shape[-2:])
 
                 problem = first_nonfinite(result)
                 if problem is not None:
@@ -235,13 +226,14 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                     message = f"step {step}: {problem}; batch and weights saved to {dump}"
                     nonfinite_skipped += 1
                     if cfg.train.on_nonfinite == "stop" or nonfinite_skipped > cfg.train.max_nonfinite:
-                        writer.close()
+                        tb.close()
                         raise NonFiniteLoss(message)
                     tqdm.write(f"skipping {message}")
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
                     continue
 
+                tb.before_backward(step + 1, result, preds, images, targets)  # first batch, per-term gradients
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(result.total).backward()
                 scaler.unscale_(optimizer)
@@ -252,15 +244,7 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                     ema.update(model)
                 step += 1
 
-                if step % cfg.train.log_interval == 0 or step == 1:
-                    elapsed = time.perf_counter() - tick
-                    scalars = loss_scalars(result, "train")
-                    scalars.update({"train/lr": lr, "train/grad_norm": grad_norm,
-                                    "train/images_per_sec": images.shape[0] * (cfg.train.log_interval if step > 1
-                                                                               else 1) / max(elapsed, 1e-9)})
-                    for tag, value in scalars.items():
-                        writer.add_scalar(tag, value, step)
-                    tick = time.perf_counter()
+                tb.after_step(step, result, preds, targets, lr=lr, grad_norm=grad_norm)
                 weighted = dict(zip(result.weighted, torch.stack([v.detach().sum() for v in result.weighted.values()])
                                     .tolist()))  # one device sync per step
                 for name, value in weighted.items():
@@ -281,15 +265,14 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
             finished = step >= total_steps or epoch + 1 == cfg.train.epochs
             if stop.requested:
                 save("last.pt", epoch)  # the epoch is not finished: resume repeats its remaining batches
-                writer.close()
+                tb.close()
                 tqdm.write(f"stopped at step {step}; resume with --resume {run_dir / 'last.pt'}")
-                return TrainResult(run_dir, metrics, step)
+                return TrainResult(run_dir, metrics, step, stopped=True)
             interval = cfg.train.eval_interval
             if finished or (interval and (epoch + 1) % interval == 0):
                 eval_model = ema.module if ema is not None else model
-                metrics, val_losses, _ = evaluate(eval_model, val_loader, criterion, cfg, device)
-                for tag, value in {**{f"val/{k}": v for k, v in metrics.items()}, **val_losses}.items():
-                    writer.add_scalar(tag, value, step)
+                metrics, val_losses, evaluator = evaluate(eval_model, val_loader, criterion, cfg, device)
+                tb.evaluation(step, eval_model, metrics, val_losses, evaluator)
                 tqdm.write(f"epoch {epoch + 1}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in METRIC_KEYS
                                                                 if k in metrics))
                 if metrics.get("AP", 0.0) > best_ap:
@@ -300,7 +283,8 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                 break
     if not metrics:  # resumed from the checkpoint after the last epoch (killed before this point): evaluate it
         metrics, _, _ = evaluate(ema.module if ema is not None else model, val_loader, criterion, cfg, device)
-    writer.close()
+    tb.hparams()  # the run's settings beside its final metrics, for the HParams table
+    tb.close()
     summary = {"metrics": metrics, "steps": step, "final_terms": final_terms, "train_seconds": train_seconds,
                "images_per_sec": images_seen / train_seconds if train_seconds else 0.0,
                "nonfinite_skipped": nonfinite_skipped}

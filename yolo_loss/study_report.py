@@ -162,16 +162,9 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def loss_curve(run_folder: Path) -> tuple[list[int], list[float]]:
     """The training loss (``loss/total``) of a run from its TensorBoard events: steps and values."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from yolo_loss.tensorboard_log import read_scalars
 
-    if not (run_folder / "tensorboard").is_dir():
-        return [], []
-    events = EventAccumulator(str(run_folder / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    if "train/loss/total" not in events.Tags()["scalars"]:
-        return [], []
-    scalars = events.Scalars("train/loss/total")
-    return [e.step for e in scalars], [e.value for e in scalars]
+    return read_scalars(run_folder, "train", "loss/total")
 
 
 def plot(info: dict[str, Any], rows: list[dict[str, Any]], summaries: list[VariantSummary], out: Path) -> list[Path]:

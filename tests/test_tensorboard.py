@@ -1,0 +1,298 @@
+"""TensorBoard logging: a short training read back with tensorboard's own EventAccumulator (every tag present,
+finite, in range), the per-term gradient norms against separate backward passes, the PR-curve counts against
+hand-worked values and the Evaluator's own VOC AP, and scripts/plot_run.py."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.util import tensor_util
+
+from yolo_loss.config import config_from_dict, config_to_dict, load_config
+from yolo_loss.engine import train
+from yolo_loss.evaluation import Detections, Evaluator, voc_ap_area, voc_pr_curve
+from yolo_loss.losses import build_criterion
+from yolo_loss.losses.criterion import DIAGNOSTICS, LossResult
+from yolo_loss.schema import YOLOV3_ANCHORS, LevelWeights, LossConfig, LossWeights
+from yolo_loss.tensorboard_log import (LEVEL_NAMES, METRIC_TAGS, PR_NUM_THRESHOLDS, hparam_values, hparams_summaries,
+                                       loss_scalars, pr_curve_counts, term_gradient_norms, voc_detections)
+
+REPO = Path(__file__).resolve().parents[1]
+TERMS = ("xy", "wh", "obj_pos", "obj_neg", "cls")  # the darknet preset's terms (no IoU box term)
+ALL_EVENTS = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}  # keep every event, not a sample
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 steps of the darknet preset on 32 images of 64 px, evaluated twice, with every optional log on."""
+    root = tmp_path_factory.mktemp("tb")
+    cfg = config_from_dict({
+        "model": {"width": 0.25, "depth": 0.33},
+        "data": {"format": "shapes", "root": str(root / "shapes"), "img_size": 64, "cache": True, "workers": 0,
+                 "shapes": {"num_train": 32, "num_val": 8, "image_size": 64, "max_objects": 3, "seed": 0}},
+        "loss": config_to_dict(load_config(REPO / "configs" / "presets" / "darknet.yaml"))["loss"],
+        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "burn_in": 2, "ema": False, "eval_interval": 1,
+                  "log_interval": 1, "grad_terms_interval": 2, "histogram_interval": 4, "log_images": 4,
+                  "seed": 0, "device": "cpu", "out_dir": str(root)},
+        "eval": {"batch_size": 8},
+        "name": "tb",
+    })
+    folder = root / "run"
+    folder.mkdir()
+    train(cfg, folder)
+    return folder
+
+
+def events(run_dir: Path, split: str) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir / "tensorboard" / split), size_guidance=ALL_EVENTS)
+    accumulator.Reload()
+    return accumulator
+
+
+def scalars(accumulator: EventAccumulator) -> dict[str, list]:
+    return {tag: accumulator.Scalars(tag) for tag in accumulator.Tags()["scalars"]}
+
+
+def loss_tags() -> set[str]:
+    tags = {"loss/total"}
+    for term in TERMS:
+        tags |= {f"{group}{term}/{level}" for group in ("", "weighted/") for level in (*LEVEL_NAMES, "sum")}
+    tags |= {f"diag/{name}/{level}" for name in DIAGNOSTICS for level in LEVEL_NAMES}
+    return tags | {"diag/positives/sum", "diag/ignored/sum"}
+
+
+def check_range(tag: str, values: list[float]) -> None:
+    assert all(math.isfinite(v) for v in values), tag
+    name = tag.split("/")
+    if name[0] == "diag" and name[1] in ("iou", "recall50", "recall75", "obj_pos", "obj_neg", "cls_prob"):
+        assert all(0.0 <= v <= 1.0 for v in values), (tag, values)
+    elif name[0] == "metrics":
+        assert all(0.0 <= v <= 1.0 for v in values), (tag, values)
+    elif name[0] in ("speed", "memory"):
+        assert all(v > 0 for v in values), (tag, values)
+    else:  # loss terms, counts, gradient norms
+        assert all(v >= 0 for v in values), (tag, values)
+
+
+def test_training_scalars_every_tag_finite_and_in_range(run_dir: Path) -> None:
+    found = scalars(events(run_dir, "train"))
+    expected = loss_tags() | {"optim/lr", "optim/grad_norm", "speed/images_per_sec", "memory/cpu_rss_mb",
+                              "memory/cpu_peak_rss_mb"}
+    expected |= {f"grad/{term}/{level}" for term in (*TERMS, "total") for level in (*LEVEL_NAMES, "all")}
+    assert expected <= set(found), sorted(expected - set(found))
+    for tag, series in found.items():
+        check_range(tag, [event.value for event in series])
+    assert [e.step for e in found["loss/total"]] == list(range(1, 9))  # log_interval 1
+    assert [e.step for e in found["grad/xy/all"]] == [1, 2, 4, 6, 8]  # step 1, then every grad_terms_interval
+    assert max(e.value for e in found["diag/positives/sum"]) > 0
+    # the per-term norms are parts of the total's: none is above the sum of all of them, and they are not all 0
+    for step in range(5):
+        parts = [found[f"grad/{term}/all"][step].value for term in TERMS]
+        assert found["grad/total/all"][step].value <= sum(parts) * (1 + 1e-5)
+        assert max(parts) > 0
+
+
+def test_validation_shares_the_training_tags_and_metrics_are_in_range(run_dir: Path) -> None:
+    found = scalars(events(run_dir, "val"))
+    assert loss_tags() <= set(found), sorted(loss_tags() - set(found))
+    assert set(found) & loss_tags() == set(scalars(events(run_dir, "train"))) & loss_tags()  # same names: overlaid
+    # every metric, except those pycocotools leaves undefined (-1: no truth of that size at 64 px) and skipped
+    final = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    for tag in METRIC_TAGS:
+        key = tag.split("/")[1]
+        if final[key] >= 0:
+            assert [e.step for e in found[tag]] == [4, 8], tag  # both evaluations
+            assert found[tag][-1].value == pytest.approx(final[key])
+        else:
+            assert tag not in found
+    for tag, series in found.items():
+        check_range(tag, [event.value for event in series])
+
+
+def test_images_pr_curves_and_histograms(run_dir: Path) -> None:
+    train_events, val_events = events(run_dir, "train"), events(run_dir, "val")
+    batch = train_events.Images("images/train_batch")  # once: 4 images of the first batch
+    assert [e.step for e in batch] == [1]
+    # one grid: 4 images of 64 px enlarged 5x (readable labels) in a row, 4 px apart
+    assert (batch[0].width, batch[0].height) == (4 * 324 + 4, 328)
+    predictions = val_events.Images("images/predictions")
+    assert [e.step for e in predictions] == [4, 8]
+    # 4 fixed images as panels truth | predictions (2 * 320 + 4 wide), two panels a row, 8 px apart
+    assert (predictions[0].width, predictions[0].height) == (2 * (644 + 8) + 8, 2 * (320 + 8) + 8)
+
+    pr_tags = [tag for tag in val_events.Tags()["tensors"] if tag.startswith("pr/")]
+    assert pr_tags, val_events.Tags()["tensors"]
+    for tag in pr_tags:
+        curves = val_events.Tensors(tag)
+        assert [e.step for e in curves] == [4, 8]
+        data = tensor_util.make_ndarray(curves[-1].tensor_proto)  # rows tp, fp, tn, fn, precision, recall
+        assert data.shape == (6, PR_NUM_THRESHOLDS)
+        tp, fp, _, fn, precision, recall = data
+        assert np.all(np.diff(tp) <= 0) and np.all(np.diff(fp) <= 0)  # fewer detections at higher thresholds
+        assert np.all(tp + fn == tp[0] + fn[0]) and tp[0] + fn[0] > 0  # the class's truths, at every threshold
+        assert np.all((0 <= precision) & (precision <= 1)) and np.all((0 <= recall) & (recall <= 1))
+
+    histograms = {tag: train_events.Histograms(tag) for tag in train_events.Tags()["histograms"]}
+    assert set(histograms) == {f"hist/{n}" for n in ("obj_logit_pos", "obj_logit_neg", "tx", "ty", "tw", "th")}
+    assert all([e.step for e in series] == [1, 4, 8] for series in histograms.values())
+    assert all(e.histogram_value.num > 0 for series in histograms.values() for e in series)
+
+
+def test_hparams_session_in_the_run_folder(run_dir: Path) -> None:
+    root = EventAccumulator(str(run_dir / "tensorboard"))
+    root.Reload()
+    content = root.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    assert set(content) == {hparams_metadata.EXPERIMENT_TAG, hparams_metadata.SESSION_START_INFO_TAG,
+                            hparams_metadata.SESSION_END_INFO_TAG}
+    start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["loss.xy"].string_value == "bce"
+    assert start.hparams["train.lr"].number_value == pytest.approx(0.01)
+    assert start.hparams["model.anchors"].string_value.startswith("[[")  # lists as JSON
+    assert "train.out_dir" not in start.hparams and "data.root" not in start.hparams
+    experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
+    metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
+    assert ("val", "metrics/AP") in metrics and ("train", "loss/total") in metrics
+    # the metrics the table reads exist where it reads them: the session's folder joined with the group
+    for group, tag in metrics:
+        if group == "val" and tag != "loss/total":
+            continue  # -1 metrics are not written (see above)
+        assert tag in events(run_dir, group).Tags()["scalars"]
+    xy = next(info for info in experiment.hparam_infos if info.name == "loss.xy")
+    assert [v.string_value for v in xy.domain_discrete.values] == ["bce", "mse", "mse_t", "none"]
+
+
+def test_hparam_values_flatten_the_settings() -> None:
+    values = hparam_values(load_config(REPO / "configs" / "shapes_nano.yaml"))
+    assert values["loss.weights.obj_neg"] == (1.0, None)
+    assert values["loss.level_weights.xy"] == ("[1.0, 1.0, 1.0]", None)
+    assert values["train.ema"] == (True, (False, True))
+    assert values["data.img_size"] == (160, None) and values["name"][0] == "shapes_nano"
+    assert not any(key.startswith(("data.root", "data.shapes", "train.out_dir")) for key in values)
+
+
+def test_runs_differing_only_in_seed_and_name_share_a_session_group() -> None:
+    def group(*overrides: str) -> str:
+        cfg = load_config(REPO / "configs" / "shapes_nano.yaml", list(overrides))
+        start = hparams_summaries(cfg, 0.0)[1].value[0]
+        data = hparams_metadata.parse_session_start_info_plugin_data(start.metadata.plugin_data.content)
+        return data.group_name
+
+    assert group("train.seed=1", "name=a") == group("train.seed=2", "name=b")
+    assert group("train.seed=1") != group("train.seed=1", "loss.xy=mse")
+
+
+def test_term_gradient_norms_equal_separate_backward_passes() -> None:
+    """Each term's norm equals the gradient norm of a criterion whose other terms have weight 0."""
+    torch.manual_seed(0)
+    anchors = [torch.tensor(YOLOV3_ANCHORS[3 * i:3 * i + 3], dtype=torch.float32) for i in range(3)]
+    preds = [torch.randn(2, 3 * 8, 64 // s, 64 // s, requires_grad=True) for s in (8, 16, 32)]
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4], [1, 2, 0.2, 0.3, 0.1, 0.1], [1, 0, 0.7, 0.6, 0.8, 0.5]])
+    loss_cfg = LossConfig(level_weights=LevelWeights(xy=[1.0, 2.0, 0.5]), weights=LossWeights(cls=3.0))
+    criterion = build_criterion(loss_cfg, num_classes=3, anchors_per_level=anchors, strides=(8, 16, 32))
+    norms = term_gradient_norms(criterion(preds, targets, 64), preds)
+    assert all(p.grad is None for p in preds)  # measuring does not touch .grad
+
+    for term in (*TERMS, "total"):
+        weights = {t: (1.0 if term in (t, "total") else 0.0) * getattr(loss_cfg.weights, t) for t in TERMS}
+        alone = build_criterion(LossConfig(level_weights=LevelWeights(xy=[1.0, 2.0, 0.5]), weights=LossWeights(**weights)),
+                                num_classes=3, anchors_per_level=anchors, strides=(8, 16, 32))
+        grads = torch.autograd.grad(alone(preds, targets, 64).total, preds)
+        for level, grad in zip(LEVEL_NAMES, grads):
+            assert norms[f"grad/{term}/{level}"] == pytest.approx(float(grad.norm()), rel=1e-5, abs=1e-9)
+        assert norms[f"grad/{term}/all"] == pytest.approx(float(torch.cat([g.flatten() for g in grads]).norm()),
+                                                         rel=1e-5)
+    assert norms["grad/xy/P3"] > 0 and norms["grad/obj_neg/P5"] > 0
+
+
+def test_loss_scalars_counts_per_image_and_sums() -> None:
+    level = torch.tensor
+    result = LossResult(total=torch.tensor(6.0), terms={"xy": level([1.0, 2.0, 3.0])},
+                        weighted={"xy": level([2.0, 4.0, 0.0])},
+                        diagnostics={"positives": level([4.0, 2.0, 0.0]), "iou": level([0.5, 0.25, 0.0])})
+    scalars = loss_scalars(result, batch_size=2)
+    assert scalars == {"loss/total": 6.0, "xy/P3": 1.0, "xy/P4": 2.0, "xy/P5": 3.0, "xy/sum": 6.0,
+                       "weighted/xy/P3": 2.0, "weighted/xy/P4": 4.0, "weighted/xy/P5": 0.0, "weighted/xy/sum": 6.0,
+                       "diag/positives/P3": 2.0, "diag/positives/P4": 1.0, "diag/positives/P5": 0.0,
+                       "diag/positives/sum": 3.0, "diag/iou/P3": 0.5, "diag/iou/P4": 0.25, "diag/iou/P5": 0.0}
+
+
+def test_pr_curve_counts_by_hand() -> None:
+    """Two truths; detections 0.9 (TP), 0.8 (FP), 0.3 (TP), 0.2 (neither: on a difficult box)."""
+    scores = np.array([0.9, 0.8, 0.3, 0.2])
+    counts = pr_curve_counts(scores, np.array([1, 0, 1, 0], bool), np.array([0, 1, 0, 0], bool), num_gt=2,
+                             num_thresholds=11)
+    assert counts["true_positive_counts"].tolist() == [2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 0]
+    assert counts["false_positive_counts"].tolist() == [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
+    assert counts["false_negative_counts"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2]
+    assert counts["precision"][[0, 5, 9, 10]].tolist() == pytest.approx([2 / 3, 0.5, 1.0, 0.0])
+    assert counts["recall"][[0, 5, 9, 10]].tolist() == pytest.approx([1.0, 0.5, 0.5, 0.0])
+
+
+CATEGORY_IDS = [3, 7, 11]
+
+
+def coco_gt(boxes_per_image: dict[int, list[tuple[int, list[float], int]]]) -> COCO:
+    """``{image_id: [(category_id, [x1, y1, x2, y2], iscrowd), ...]}`` as an in-memory COCO ground truth."""
+    images = [{"id": i, "file_name": f"{i}.png", "width": 160, "height": 160} for i in boxes_per_image]
+    annotations = [{"id": n, "image_id": i, "category_id": c, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1), "iscrowd": crowd}
+                   for n, (i, (c, (x1, y1, x2, y2), crowd)) in enumerate(
+                       ((i, box) for i, boxes in boxes_per_image.items() for box in boxes), start=1)]
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations,
+                    "categories": [{"id": c, "name": n} for c, n in zip(CATEGORY_IDS, ("circle", "square", "tri"))]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def test_voc_detections_reproduce_the_evaluators_ap() -> None:
+    """The per-detection TP/FP behind the curves give the Evaluator's own per-class VOC AP."""
+    rng = np.random.default_rng(0)
+    gt = {image: [(CATEGORY_IDS[int(rng.integers(3))], [x, y, x + 20, y + 25], int(rng.random() < 0.1))
+                  for x, y in rng.integers(0, 130, size=(4, 2)).tolist()] for image in range(1, 7)}
+    evaluator = Evaluator(coco_gt(gt), CATEGORY_IDS)
+    for image, boxes in gt.items():
+        rows = [([x1 + dx, y1 + dy, x2 + dx, y2 + dy], float(rng.random()), CATEGORY_IDS.index(cat))
+                for cat, (x1, y1, x2, y2), _ in boxes for dx, dy in rng.integers(-8, 9, size=(2, 2)).tolist()]
+        rows.append(([5.0, 5.0, 30.0, 30.0], 0.95, 0))  # a false positive
+        evaluator.update([image], [Detections(torch.tensor([r[0] for r in rows], dtype=torch.float32),
+                                              torch.tensor([r[1] for r in rows]),
+                                              torch.tensor([r[2] for r in rows]))])
+    labels, scores, is_tp, is_fp, num_gt = voc_detections(evaluator)
+    per_class = evaluator.per_class_ap50()
+    names = {0: "circle", 1: "square", 2: "tri"}
+    for label in np.flatnonzero(num_gt).tolist():
+        order = np.argsort(-scores[labels == label], kind="stable")
+        recall, precision = voc_pr_curve(is_tp[labels == label][order], is_fp[labels == label][order],
+                                         int(num_gt[label]))
+        assert voc_ap_area(recall, precision) == pytest.approx(per_class[names[label]])
+        counts = pr_curve_counts(scores[labels == label], is_tp[labels == label], is_fp[labels == label],
+                                 int(num_gt[label]))
+        assert counts["recall"][0] == pytest.approx(recall[-1])
+
+
+def test_plot_run_writes_pngs(run_dir: Path, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "plot_run.py"), str(run_dir), "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    names = {"losses.png", "weighted.png", "diagnostics.png", "gradients.png", "metrics.png", "training.png"}
+    assert {p.name for p in tmp_path.iterdir()} == names
+    assert all((tmp_path / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
+    missing = subprocess.run([sys.executable, str(REPO / "scripts" / "plot_run.py"), str(tmp_path / "nothing")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no TensorBoard events" in missing.stderr
