@@ -20,6 +20,8 @@ from yolo_loss.data import DataError
 from yolo_loss.engine import NonFiniteLoss, ResumeError, format_metrics, train
 from yolo_loss.runtime import make_run_dir, write_run_info
 
+EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,10 +55,12 @@ def main() -> None:
         except NonFiniteLoss as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(1) from None
+    if result.stopped:  # the engine has said where it stopped and how to resume
+        raise SystemExit(EXIT_INTERRUPTED)
     print(f"\nfinished {result.steps} steps; validation metrics:\n{format_metrics(result.metrics)}\n")
     print(f"checkpoints: {run_dir / 'best.pt'}, {run_dir / 'last.pt'}")
     print(f"evaluate again: python eval.py --checkpoint {run_dir / 'best.pt'}")
-    print(f"TensorBoard:    tensorboard --logdir {run_dir / 'tensorboard'}")
+    print(f"TensorBoard:    tensorboard --logdir {run_dir}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,11 @@ def main() -> None:
             print(f"# {run.name} [{run.state()}]\n{describe_command(train_command(study, run))}")
         return
     devices = args.devices.split(",") if args.devices else None
-    outcomes = run_study(study, jobs=len(devices) if devices else args.jobs, devices=devices)
+    try:
+        outcomes = run_study(study, jobs=len(devices) if devices else args.jobs, devices=devices)
+    except KeyboardInterrupt:  # the runs got the signal too and saved their checkpoints
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
     for path in write_report(study.out):
         print(f"wrote {path}")
     if any(outcome.status == "failed" for outcome in outcomes):

@@ -57,6 +57,11 @@ CHECKPOINT = "last.pt"
 LOG = "train.log"
 
 
+# train.py's status when Ctrl-C / SIGTERM stopped it after saving last.pt (130), or the process was killed by a
+# signal outright (negative): the run is interrupted, not failed.
+INTERRUPTED_STATUSES = {130, -2, -9, -15}
+
+
 class StudyError(ValueError):
     """A study file that cannot be expanded; the message names the file, the variant and the key."""
 
@@ -268,7 +273,7 @@ def set_aside(folder: Path, reason: str) -> Path:
 @dataclass
 class Outcome:
     run: Run
-    status: str  # finished or failed
+    status: str  # finished, failed or interrupted
     seconds: float
     detail: str  # the AP50 of a finished run, the error of a failed one
 
@@ -331,12 +336,15 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
         if returncode == 0 and run.state() == "finished":
             metrics = json.loads((run.folder / FINISHED).read_text())["metrics"]
             outcome = Outcome(run, "finished", seconds, f"AP50 {metrics.get('AP50', float('nan')):.3f}")
+        elif returncode in INTERRUPTED_STATUSES and run.state() == "interrupted":
+            outcome = Outcome(run, "interrupted", seconds, "stopped by a signal; the next invocation resumes it")
         else:
             tail = (run.folder / LOG).read_text(errors="replace").splitlines()[-30:]
             outcome = Outcome(run, "failed", seconds, record_failure(run, returncode, tail)["error"])
         with lock:
             counts["running"] -= 1
-            counts["done" if outcome.status == "finished" else "failed"] += 1
+            if outcome.status != "interrupted":
+                counts["done" if outcome.status == "finished" else "failed"] += 1
             durations.append(seconds)
             progress(f"{run.name}: {outcome.status} in {seconds / 60:.1f} min ({outcome.detail})")
         return outcome
