@@ -184,3 +184,18 @@ def test_aggregation_on_known_numbers(tmp_path: Path) -> None:
     written = write_report(tmp_path / "s")  # no event files here: the loss plot is drawn without curves
     assert (tmp_path / "s" / "results.csv").read_text().count("\n") == 1 + 12  # missing runs have rows too
     assert all(path.exists() for path in written)
+
+
+def test_a_run_stopped_by_a_signal_is_resumed_not_failed(tmp_path: Path) -> None:
+    """A stand-in for train.py: saves last.pt in its --run-dir and exits 130, as train.py does after Ctrl-C."""
+    fake = tmp_path / "fake_python"
+    fake.write_text("#!/bin/sh\n"
+                    "while [ $# -gt 0 ]; do [ \"$1\" = --run-dir ] && touch \"$2/last.pt\"; shift; done\n"
+                    "echo 'stopped at step 7; resume with --resume last.pt'\nexit 130\n")
+    fake.chmod(0o755)
+    study = load_study(write_study(tmp_path, SHAPES_NANO, combine="grid", seeds=[0],
+                                   axes={"xy": {"bce": {}}}))
+    outcomes = run_study(study, python=str(fake), echo=lambda line: None)
+    run = study.runs()[0]
+    assert [o.status for o in outcomes] == ["interrupted"] and not (run.folder / FAILED).exists()
+    assert run.state() == "interrupted" and "--resume" in train_command(study, run, python=str(fake))
