@@ -16,9 +16,9 @@ import os
 import pickle
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -31,33 +31,43 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or read; the message names the file."""
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` atomically (creating its folder): a failure at any point leaves the previous
-    file at ``path`` untouched and no temporary file behind.
-
-    Raises:
-        CheckpointError: ``state`` holds objects that :func:`load_checkpoint` would refuse; the message lists them.
-    """
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``path`` (creating its folder) for writing and reading; when the block ends
+    without an exception, flush it to disk and rename it over ``path``. An exception anywhere leaves the previous
+    file at ``path`` untouched and no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A hidden name unique to this process and call, so concurrent writers never share a temporary file.
     tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
     try:
         # os.open with 0o666 leaves the permissions to the umask, as a plain open() would (mkstemp forces 0o600).
-        with os.fdopen(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as stream:
-            torch.save(state, stream)
+        with os.fdopen(os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), "w+b") as stream:
+            yield stream
             stream.flush()
             os.fsync(stream.fileno())  # the data is on disk before the rename can make it visible
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path)
-        if unsafe:
-            raise CheckpointError(f"not saving {path}: the state holds objects that load_checkpoint would refuse "
-                                  f"({', '.join(unsafe)}); convert them to tensors or plain Python values")
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
     _fsync_folder(path.parent)  # makes the rename itself durable
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path`` atomically (see :func:`atomic_file`).
+
+    Raises:
+        CheckpointError: ``state`` holds objects that :func:`load_checkpoint` would refuse; the message lists them.
+    """
+    with atomic_file(path) as stream:
+        torch.save(state, stream)
+        stream.flush()
+        stream.seek(0)
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(stream)
+        if unsafe:
+            raise CheckpointError(f"not saving {path}: the state holds objects that load_checkpoint would refuse "
+                                  f"({', '.join(unsafe)}); convert them to tensors or plain Python values")
 
 
 def _fsync_folder(folder: Path) -> None:
