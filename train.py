@@ -16,6 +16,7 @@ from pathlib import Path
 
 from yolo_loss.checkpoint import CheckpointError
 from yolo_loss.config import add_config_arguments, config_from_args, dump_config, exit_on_config_error
+from yolo_loss.darknet_weights import DarknetWeightsError
 from yolo_loss.data import DataError
 from yolo_loss.engine import NonFiniteLoss, ResumeError, format_metrics, train
 from yolo_loss.runtime import make_run_dir, write_run_info
@@ -49,7 +50,7 @@ def main() -> None:
         run_dir = make_run_dir(Path(cfg.train.out_dir), cfg.name or Path(args.config).stem)
     write_run_info(run_dir, dump_config(cfg), sys.argv)
     print(f"run folder: {run_dir}")
-    with exit_on_config_error(DataError, CheckpointError, ResumeError):
+    with exit_on_config_error(DataError, CheckpointError, ResumeError, DarknetWeightsError):
         try:
             result = train(cfg, run_dir, resume=args.resume, force_resume=args.force_resume)
         except NonFiniteLoss as error:

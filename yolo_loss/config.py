@@ -514,7 +514,9 @@ class _Converter:
         return self._fail(dotted, f"must be {_range_text(low, high, low_open, high_open)}, got {raw!r}")
 
     def _resolve_path(self, path: str, dotted: str) -> str:
-        """An absolute path: relative ones against the folder of the file that set the key."""
+        """An absolute path: relative ones against the folder of the file that set the key ("" stays "": unset)."""
+        if not path:
+            return path
         source = _source_of(self.provenance, dotted)
         base_dir = source.base_dir if source is not None else self.default_dir
         return os.path.abspath(os.path.join(base_dir, os.path.expanduser(path)))

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint, state_has_nonfinite
 from yolo_loss.config import config_hash, config_to_dict
+from yolo_loss.darknet_weights import load_darknet_weights
 from yolo_loss.data import build_dataset, build_loader
 from yolo_loss.data.transforms import unletterbox_boxes
 from yolo_loss.evaluation import Evaluator, postprocess
@@ -136,6 +137,9 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                               seed=cfg.train.seed)
     num_classes = train_set.num_classes
     model = build_model(cfg.model, num_classes).to(device, memory_format=memory_format(cfg))
+    if cfg.model.pretrained and resume is None:
+        tqdm.write(str(load_darknet_weights(model, Path(cfg.model.pretrained),
+                                            max_layers=cfg.model.pretrained_layers or None)))
     criterion = build_criterion(cfg.loss, num_classes=num_classes,
                                 anchors_per_level=anchors_per_level(cfg.model, cfg.data.img_size),
                                 strides=model.strides)

@@ -47,6 +47,10 @@ class ModelConfig:
     anchors_img_size: int = bounded(416, 0, None)
     prior_obj: float = bounded(0.01, 0.0, 1.0, low_open=True, high_open=True)  # head bias init
     prior_cls: float = bounded(0.01, 0.0, 1.0, low_open=True, high_open=True)
+    # A darknet .weights file to start from (darknet53.conv.74 for the backbone, yolov3.weights for all of it);
+    # "" = random initialisation. pretrained_layers: read only this many convolutions of it (0 = all it holds).
+    pretrained: str = path_field("")
+    pretrained_layers: int = bounded(0, 0, None)
 
     def check(self) -> list[tuple[str, str]]:
         errors = []
