@@ -1,6 +1,10 @@
-"""Evaluate a checkpoint: COCO AP (pycocotools) and VOC AP on the validation split of its config.
+"""Evaluate a checkpoint, or darknet weights, on the validation split: COCO AP (pycocotools) and VOC AP.
 
     python eval.py --checkpoint runs/shapes_nano/best.pt [--set eval.conf_thresh=0.01] [--out DIR]
+    python eval.py --config configs/recipes/coco_darknet.yaml --set model.pretrained=weights/yolov3.weights
+
+Bad input (a broken image, a bad box) stops the evaluation with the file named: a metric must not silently
+leave images out. ``--set data.on_bad=skip`` drops and counts them instead.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import json
 from pathlib import Path
 
 from yolo_loss.checkpoint import CheckpointError, load_checkpoint
-from yolo_loss.config import apply_overrides, config_from_dict, exit_on_config_error
+from yolo_loss.config import apply_overrides, config_from_dict, exit_on_config_error, load_config
+from yolo_loss.darknet_weights import DarknetWeightsError, load_darknet_weights
 from yolo_loss.data import DataError, build_dataset, build_loader
 from yolo_loss.engine import evaluate, format_metrics, memory_format
 from yolo_loss.evaluation import write_results_json
@@ -25,30 +30,52 @@ from yolo_loss.runtime import select_device
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint of train.py (its config comes with it)")
+    source.add_argument("--config", type=Path, help="a config whose model.pretrained is a complete darknet "
+                                                     ".weights file (yolov3.weights), to evaluate that file")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override the checkpoint's config (eval.*, data.* keys)")
-    parser.add_argument("--out", type=Path, help="where to write metrics.json and detections.json "
-                                                  "(default: next to the checkpoint)")
+                        help="override the config (eval.*, data.*, model.pretrained keys)")
+    parser.add_argument("--out", type=Path, help="where to write eval_metrics.json and detections.json "
+                                                  "(default: next to the checkpoint or the weights)")
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                         help="evaluate the EMA weights when the checkpoint has them")
     args = parser.parse_args()
-    with exit_on_config_error(CheckpointError, DataError):
-        state = load_checkpoint(args.checkpoint)
-        cfg = apply_overrides(config_from_dict(state["config"], source=str(args.checkpoint)), args.set)
+    with exit_on_config_error(CheckpointError, DataError, DarknetWeightsError):
+        if args.checkpoint:
+            state = load_checkpoint(args.checkpoint)
+            cfg = config_from_dict(state["config"], source=str(args.checkpoint))
+        else:
+            cfg = load_config(args.config)
+        cfg = apply_overrides(cfg, ["data.on_bad=error", *args.set])  # the user's --set comes last and wins
         dataset = build_dataset(cfg.data, "val", train=False)
-    device = select_device(cfg.train.device)
+        device = select_device(cfg.train.device)
+        model = build_model(cfg.model, dataset.num_classes).to(device, memory_format=memory_format(cfg))
+        if args.checkpoint:
+            model.load_state_dict(state["ema"]["module"] if args.ema and state.get("ema") else state["model"])
+            out = args.out or args.checkpoint.parent
+        else:
+            out = args.out or Path(cfg.model.pretrained).with_suffix(".eval")
+            load_complete_darknet_weights(model, cfg)
     loader = build_loader(dataset, cfg.eval.batch_size, shuffle=False, workers=cfg.data.workers, seed=0)
-    model = build_model(cfg.model, dataset.num_classes).to(device, memory_format=memory_format(cfg))
-    weights = state["ema"]["module"] if args.ema and state.get("ema") else state["model"]
-    model.load_state_dict(weights)
     metrics, _, evaluator = evaluate(model, loader, None, cfg, device)
-    out = args.out or args.checkpoint.parent
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
     write_results_json(evaluator.results(), out / "detections.json")
     print(format_metrics(metrics))
     print(f"wrote {out / 'eval_metrics.json'} and {out / 'detections.json'}")
+
+
+def load_complete_darknet_weights(model, cfg) -> None:
+    """Load ``cfg.model.pretrained`` into ``model``, refusing a partial file (a backbone has no detector head)."""
+    if not cfg.model.pretrained:
+        raise DarknetWeightsError("--config evaluates the darknet weights of model.pretrained, which is not set; "
+                                  "add --set model.pretrained=PATH")
+    report = load_darknet_weights(model, Path(cfg.model.pretrained))
+    if report.layers_loaded < report.layers_total:
+        raise DarknetWeightsError(f"{cfg.model.pretrained} holds {report.layers_loaded} of the model's "
+                                  f"{report.layers_total} convolutions: a backbone, not a detector to evaluate")
+    print(report)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+"""Write a checkpoint's weights as a darknet .weights file (the EMA weights when it has them).
+
+    python scripts/export_darknet_weights.py runs/voc0712_darknet/best.pt yolov3-voc.weights
+    python scripts/export_darknet_weights.py runs/x/last.pt backbone.conv.74 --layers 52   # the backbone only
+
+darknet reads the file with the matching .cfg (yolov3.cfg layout, the classes of the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from yolo_loss.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from yolo_loss.config import config_from_dict  # noqa: E402
+from yolo_loss.darknet_weights import save_darknet_weights  # noqa: E402
+from yolo_loss.model import build_model  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("weights", type=Path, help="the .weights file to write")
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                        help="export the EMA weights when the checkpoint has them")
+    parser.add_argument("--layers", type=int, help="write only the first N convolutions (52: Darknet-53)")
+    args = parser.parse_args()
+    try:
+        state = load_checkpoint(args.checkpoint)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    cfg = config_from_dict(state["config"], source=str(args.checkpoint))
+    model = build_model(cfg.model, len(state["class_names"]))
+    model.load_state_dict(state["ema"]["module"] if args.ema and state.get("ema") else state["model"])
+    written = save_darknet_weights(model, args.weights, images_seen=state.get("images_seen", 0),
+                                   max_layers=args.layers)
+    print(f"wrote {written} convolutions to {args.weights}")
+
+
+if __name__ == "__main__":
+    main()
