@@ -396,3 +396,23 @@ def test_exit_on_config_error_prints_one_line_and_exits_2(tmp_path: Path) -> Non
     assert fixed.returncode == 2  # the typo is still in the file; --set adds, it does not remove keys
     ok = run("--config", str(write(tmp_path / "ok.yaml", "train: {epochs: 3}\n")), "--set", "train.epochs=4")
     assert (ok.returncode, ok.stdout, ok.stderr) == (0, "4\n", "")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml")
+                                        if "ablations" not in p.parts), ids=str)
+def test_every_shipped_config_loads(path):
+    """Every config the project ships is valid against the schema (a typo in a recipe fails here, not on a GPU)."""
+    cfg = load_config(REPO / path)
+    assert cfg.data.img_size % 32 == 0
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs" / "ablations").glob("*.yaml")))
+def test_every_shipped_study_expands(path):
+    """Every study file expands, each of its runs' configs built and checked."""
+    from yolo_loss.ablation import load_study
+
+    study = load_study(REPO / "configs" / "ablations" / path)
+    assert study.seeds and study.axes

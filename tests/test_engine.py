@@ -95,6 +95,34 @@ def test_resume_refuses_a_changed_config(shapes_root: Path, tmp_path: Path) -> N
         train(changed, run_dir, resume=run_dir / "last.pt")
 
 
+def test_training_starts_from_darknet_weights(shapes_root: Path, tmp_path: Path) -> None:
+    """model.pretrained: the run starts from the .weights file (the first step's burn-in lr is 0, so the
+    convolutions are still the file's after it); a file that does not fit stops the run before any step."""
+    from yolo_loss.darknet_weights import DarknetWeightsError, save_darknet_weights
+    from yolo_loss.data.shapes import SHAPE_CLASSES
+    from yolo_loss.model import YOLOv3
+
+    source = YOLOv3(len(SHAPE_CLASSES), width=0.25, depth=0.33)
+    save_darknet_weights(source, tmp_path / "init.weights")
+    cfg = tiny_config(shapes_root, tmp_path, max_steps=1, epochs=1)
+    cfg.model.pretrained = str(tmp_path / "init.weights")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    train(cfg, run_dir)
+    trained = load_checkpoint(run_dir / "last.pt")["model"]
+    for name, value in source.state_dict().items():
+        if name.endswith("conv.weight") or name.endswith("pred.bias"):
+            assert torch.equal(trained[name], value), name
+
+    cfg.model.pretrained_layers = 0
+    save_darknet_weights(YOLOv3(80, width=0.25, depth=0.33), tmp_path / "coco.weights")
+    cfg.model.pretrained = str(tmp_path / "coco.weights")
+    (tmp_path / "run2").mkdir()
+    with pytest.raises(DarknetWeightsError, match="coco.weights does not fit this model"):
+        train(cfg, tmp_path / "run2")
+    assert not (tmp_path / "run2" / "last.pt").exists()
+
+
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -120,6 +148,20 @@ def test_train_and_eval_command_lines(shapes_root: Path, tmp_path: Path) -> None
     assert evaluated == pytest.approx(trained, abs=1e-9)
     detections = json.loads((out / "detections.json").read_text())
     assert all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in detections)
+
+    # Exported to darknet's format and evaluated from it (--config), the same weights give the same metrics.
+    weights = tmp_path / "tiny.weights"
+    done = run_cli("scripts/export_darknet_weights.py", str(run_dir / "last.pt"), str(weights))
+    assert done.returncode == 0, done.stderr
+    done = run_cli("eval.py", "--config", str(config_file), "--set", f"model.pretrained={weights}",
+                   "--out", str(tmp_path / "eval_darknet"))
+    assert done.returncode == 0, done.stderr
+    assert "loaded all 47 of 47 convolutions" in done.stdout
+    assert json.loads((tmp_path / "eval_darknet" / "eval_metrics.json").read_text()) == pytest.approx(trained,
+                                                                                                      abs=1e-9)
+    done = run_cli("scripts/export_darknet_weights.py", str(run_dir / "last.pt"), str(weights), "--layers", "24")
+    done = run_cli("eval.py", "--config", str(config_file), "--set", f"model.pretrained={weights}")
+    assert done.returncode == 2 and "holds 24 of the model's 47 convolutions: a backbone" in done.stderr
 
     # a second run of the same config gets a new folder, never the old one
     done = run_cli("train.py", "--config", str(config_file), "--set", "train.max_steps=1")
