@@ -31,7 +31,12 @@ def main() -> None:
     parser.add_argument("--force-resume", action="store_true", help="resume even if the config changed")
     parser.add_argument("--run-dir", type=Path, help="use this run folder, which may exist but must not hold a run "
                                                        "(default: <train.out_dir>/<name>[-N])")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic kernels (torch.use_deterministic_algorithms, cuDNN, cuBLAS workspace): "
+                             "the same as --set train.deterministic=true, and recorded in the run's config.yaml")
     args = parser.parse_args()
+    if args.deterministic:
+        args.overrides.append("train.deterministic=true")
     with exit_on_config_error():
         cfg = config_from_args(args)
     if args.print_config:

@@ -188,6 +188,11 @@ def build_bad_coco(root: Path, case: str | None = None) -> Path:
     for index, (name, (_, fields)) in enumerate(box_cases.items(), start=10):
         if case in (None, name):
             annotations.append({"id": index, "image_id": 1, "iscrowd": 0, **fields})
+    if case in (None, "duplicate_image_id"):  # two files under id 30: whose is the box?
+        for name in ("twin_a.jpg", "twin_b.jpg"):
+            write_jpeg(folder / name, 40, 30)
+            images.append({"id": 30, "file_name": name, "width": 40, "height": 30})
+        annotations.append({"id": 30, "image_id": 30, "category_id": 3, "bbox": [2, 2, 8, 8], "iscrowd": 0})
     write_json(root / "annotations" / "val.json", coco_json(images, annotations))
     return root
 
@@ -195,14 +200,15 @@ def build_bad_coco(root: Path, case: str | None = None) -> Path:
 def test_bad_input_is_dropped_and_counted_under_skip(tmp_path: Path) -> None:
     dataset = read_fixture(build_bad_coco(tmp_path))
     assert dataset.bad_input.counts == {"missing_image": 1, "empty_image": 1, "truncated_image": 1,
-                                        "corrupt_image": 1, "bad_box": 4, "clipped_box": 1, "unknown_category": 1}
+                                        "corrupt_image": 1, "bad_box": 4, "clipped_box": 1, "unknown_category": 1,
+                                        "duplicate_image_id": 2}
     assert [r.image_id for r in dataset.records] == [1]
     np.testing.assert_array_equal(dataset.records[0].boxes_xyxy, np.array([[1, 1, 11, 11], [35, 5, 40, 9]]))
     summary = dataset.bad_input.summary()
     assert "truncated_image: 1" in summary and "bad_box: 4" in summary and "truncated_image.jpg" in summary
     dataset.bad_input.write(tmp_path / "bad.txt")
     lines = (tmp_path / "bad.txt").read_text().splitlines()
-    assert len(lines) == 10 and sum(line.startswith("bad_box\t") for line in lines) == 4
+    assert len(lines) == 12 and sum(line.startswith("bad_box\t") for line in lines) == 4
 
 
 @pytest.mark.parametrize("case, message", [
@@ -215,10 +221,27 @@ def test_bad_input_is_dropped_and_counted_under_skip(tmp_path: Path) -> None:
     ("zero", "good.jpg: annotation 12 (category 3): zero width or height"),
     ("outside", "good.jpg: annotation 13 (category 3): outside the 40x30 image"),
     ("unknown_category", "good.jpg: annotation 15 (category 99): category id not in the categories"),
+    ("duplicate_image_id", "twin_a.jpg: image id 30 in val.json is shared by 2 images (twin_a.jpg, twin_b.jpg)"),
 ])
 def test_bad_input_raises_naming_file_and_object_under_error(tmp_path: Path, case: str, message: str) -> None:
     with pytest.raises(DataError, match=re.escape(message)):
         read_fixture(build_bad_coco(tmp_path, case), on_bad="error")
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[{"id": 1}]', "not a COCO instances file (needs lists 'images', 'annotations' and 'categories')"),
+    ('{"images": [], "annotations": []}', "not a COCO instances file (needs lists"),
+    ('{"images": [{"file_name": "a.jpg"}], "annotations": [], "categories": []}',
+     "not a COCO instances file (an entry lacks 'id')"),
+    ('{"images": [', "cannot read the COCO annotation file"),
+])
+@pytest.mark.parametrize("on_bad", ["skip", "error"])
+def test_a_json_that_is_not_coco_is_an_error_under_both_policies(tmp_path: Path, content: str, message: str,
+                                                                  on_bad: str) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "not_coco.json").write_text(content)
+    with pytest.raises(DataError, match=re.escape(f"not_coco.json: {message}")):
+        read_coco(tmp_path / "not_coco.json", tmp_path / "images", on_bad=on_bad)
 
 
 def test_clipping_is_never_an_error(tmp_path: Path) -> None:
@@ -276,17 +299,19 @@ def test_size_mismatch_names_exif_rotation(coco_folder: Path) -> None:
 
 
 def test_image_formats_decode_to_rgb(tmp_path: Path) -> None:
-    """Grayscale, RGBA PNG and CMYK JPEG through torchvision; BMP through the PIL fallback; all RGB uint8."""
+    """Grayscale, RGBA PNG, 16-bit PNG and CMYK JPEG through torchvision; BMP through the PIL fallback; all RGB
+    uint8."""
     grey = np.arange(12 * 10, dtype=np.uint8).reshape(10, 12)
     Image.fromarray(grey).save(tmp_path / "grey.jpg", quality=100)
     Image.fromarray(np.dstack([grey] * 4)).save(tmp_path / "rgba.png")
     Image.fromarray(grey).convert("CMYK").save(tmp_path / "cmyk.jpg")
     Image.fromarray(grey).convert("RGB").save(tmp_path / "plain.bmp")
-    for name in ("grey.jpg", "rgba.png", "cmyk.jpg", "plain.bmp"):
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # 16-bit: v * 257 -> v in 8 bits
+    for name in ("grey.jpg", "rgba.png", "cmyk.jpg", "plain.bmp", "deep.png"):
         assert dataset_module.check_image_file(tmp_path / name) is None
         image = dataset_module.decode_image_file(tmp_path / name)
         assert image.shape == (3, 10, 12) and image.dtype == torch.uint8
-        exact = name in ("rgba.png", "plain.bmp")  # lossless: the grey ramp comes back in every channel
+        exact = name in ("rgba.png", "plain.bmp", "deep.png")  # lossless: the grey ramp comes back in every channel
         assert torch.equal(image[1], torch.from_numpy(grey)) if exact else (image[0] - image[2]).abs().max() <= 2
 
 
@@ -345,9 +370,11 @@ def test_collate_format(coco_folder: Path) -> None:
     assert empty_images.shape == (1, 3, 32, 32) and empty_targets.shape == (0, 6)
 
 
-def augmented_epoch(dataset: DetectionDataset, workers: int, global_seed: int) -> list[torch.Tensor]:
+def augmented_epoch(dataset: DetectionDataset, workers: int, global_seed: int, loader_seed: int = 7,
+                    batch_size: int = 2, skip: int = 0) -> list[torch.Tensor]:
     torch.manual_seed(global_seed)
-    loader = build_loader(dataset, 2, shuffle=True, workers=workers, seed=7)
+    loader = build_loader(dataset, batch_size, shuffle=True, workers=workers, seed=loader_seed)
+    loader.sampler.start = skip
     return [torch.cat((images.flatten(), targets.flatten())) for images, targets, _ in loader]
 
 
@@ -358,11 +385,32 @@ def test_loader_is_reproducible_and_drops_the_last_training_batch(coco_folder: P
     first, again = augmented_epoch(dataset, 0, 1), augmented_epoch(dataset, 0, 1)
     assert len(first) == 1  # 3 images, batches of 2, shuffled: the partial batch is dropped
     assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not torch.equal(first[0], augmented_epoch(dataset, 0, 2)[0])  # workers=0: torch's global seed
-    # With workers, the augmentation follows the loader's seed, not the global one.
-    assert torch.equal(augmented_epoch(dataset, 1, 1)[0], augmented_epoch(dataset, 1, 2)[0])
+    # The augmentation follows the loader's seed alone: not torch's global seed, not the number of workers.
+    assert torch.equal(first[0], augmented_epoch(dataset, 0, 2)[0])
+    assert torch.equal(first[0], augmented_epoch(dataset, 1, 2)[0])
+    assert not torch.equal(first[0], augmented_epoch(dataset, 0, 1, loader_seed=8)[0])
     evaluation = build_loader(dataset, 2, shuffle=False, workers=0, seed=0)
     assert [len(images) for images, _, _ in evaluation] == [2, 1]
+
+
+def test_epoch_sampler_start_continues_the_epoch_exactly(coco_folder: Path) -> None:
+    """A resumed epoch (sampler.start = samples done) yields exactly the rest of the uninterrupted epoch, with the
+    same augmentation, and the epoch after it is the same too (the generator advances alike)."""
+    annotations = read_coco(coco_folder / "annotations" / "val.json", coco_folder / "images" / "val")
+    dataset = DetectionDataset(annotations.records, annotations.class_names, annotations.category_ids, 32,
+                               augment=AugmentConfig(jitter=0.3))
+    full = augmented_epoch(dataset, 0, 0, batch_size=1)
+    assert len(full) == 3
+    for skip in (1, 2):
+        rest = augmented_epoch(dataset, 0, 0, batch_size=1, skip=skip)
+        assert len(rest) == 3 - skip and all(torch.equal(a, b) for a, b in zip(full[skip:], rest))
+    loader = build_loader(dataset, 1, shuffle=True, workers=0, seed=7)
+    straight = [[images for images, _, _ in loader] for _ in range(2)]
+    loader = build_loader(dataset, 1, shuffle=True, workers=0, seed=7)
+    loader.sampler.start = 2
+    resumed = [[images for images, _, _ in loader] for _ in range(2)]
+    assert len(resumed[0]) == 1 and torch.equal(resumed[0][0], straight[0][2])
+    assert all(torch.equal(a, b) for a, b in zip(straight[1], resumed[1]))
 
 
 class _RandomSources(Dataset):

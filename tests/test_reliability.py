@@ -84,3 +84,128 @@ def test_skipping_stops_past_the_limit(tmp_path: Path, monkeypatch: pytest.Monke
     run_dir.mkdir()
     with pytest.raises(NonFiniteLoss, match="step 2"):  # the third one is over the limit of 2
         train(tiny(tmp_path / "data", tmp_path, on_nonfinite="skip", max_nonfinite=2), run_dir)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Exact resume: a run killed (SIGKILL) or stopped (SIGINT) mid-epoch and resumed ends bitwise where an uninterrupted
+# run ends, with the same logged losses. Real train.py processes, augmentation and multi-scale on, EMA on.
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS_PER_EPOCH, EPOCHS = 4, 5
+
+
+def resume_config(tmp_path: Path) -> Path:
+    import yaml
+
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"width": 0.25, "depth": 0.33},
+        "data": {"format": "shapes", "root": str(tmp_path / "data"), "img_size": 64, "cache": True, "workers": 0,
+                 "shapes": {"num_train": 8 * STEPS_PER_EPOCH, "num_val": 4, "image_size": 64, "max_objects": 2},
+                 "augment": {"jitter": 0.3, "multiscale": [64, 96]}},
+        "train": {"epochs": EPOCHS, "batch_size": 8, "burn_in": 2, "ema": True, "eval_interval": 0,
+                  "log_interval": 1, "grad_terms_interval": 3, "checkpoint_interval": 2, "device": "cpu",
+                  "log_images": 0},
+        "eval": {"batch_size": 4}, "name": "resume"}))
+    return path
+
+
+def start_training(config: Path, run_dir: Path, *extra: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", str(config), "--run-dir",
+                             str(run_dir), "--deterministic", *extra], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process) -> str:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    return output
+
+
+def wait_for_mid_epoch_checkpoint(process, last: Path, min_epoch: int = 1) -> dict:
+    """Poll ``last`` until it is a mid-epoch checkpoint of epoch ``min_epoch`` (0-based) or later."""
+    import time
+
+    seen = None
+    while process.poll() is None:
+        if last.exists() and last.stat().st_mtime_ns != seen:
+            seen = last.stat().st_mtime_ns
+            try:
+                state = load_checkpoint(last)
+            except Exception:  # replaced while being read: read the new one next time
+                continue
+            if state["epoch"] >= min_epoch and state["epoch_progress"]["batches"] > 0:
+                return state
+        time.sleep(0.005)
+    raise AssertionError(f"the run ended before a mid-epoch checkpoint:\n{process.stdout.read()}")
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The uninterrupted run, and its config (whose data the interrupted runs share)."""
+    tmp_path = tmp_path_factory.mktemp("straight")
+    config = resume_config(tmp_path)
+    finish(start_training(config, tmp_path / "run"))
+    return config, tmp_path / "run"
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    from yolo_loss.tensorboard_log import read_scalars
+
+    final, expected = load_checkpoint(run / "last.pt"), load_checkpoint(reference / "last.pt")
+    assert final["step"] == expected["step"] == STEPS_PER_EPOCH * EPOCHS
+    for key in ("model", "ema"):
+        a, b = final[key] if key == "model" else final[key]["module"], (
+            expected[key] if key == "model" else expected[key]["module"])
+        mismatched = [name for name in b if not torch.equal(a[name], b[name])]
+        assert not mismatched, f"{key}: {mismatched[:5]}"
+    for tag in ("loss/total", "obj_neg/sum", "optim/lr", "grad/total/cls"):
+        assert read_scalars(run, "train", tag) == read_scalars(reference, "train", tag), tag
+    import json
+
+    saved, reference_saved = (json.loads((r / "metrics.json").read_text()) for r in (run, reference))
+    assert saved["metrics"] == reference_saved["metrics"] and saved["final_terms"] == reference_saved["final_terms"]
+
+
+def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(straight_run, tmp_path: Path) -> None:
+    config, reference = straight_run
+    run = tmp_path / "run"
+    process = start_training(config, run)
+    state = wait_for_mid_epoch_checkpoint(process, run / "last.pt")
+    process.kill()  # SIGKILL: no handler runs, nothing is flushed
+    process.wait()
+    assert process.returncode == -9
+    assert 0 < state["step"] < STEPS_PER_EPOCH * EPOCHS
+    output = finish(start_training(config, run, "--resume", str(run / "last.pt")))
+    assert "resumed from" in output
+    assert_same_run(run, reference)
+
+
+def test_sigint_saves_mid_epoch_and_resumes_exactly(straight_run, tmp_path: Path) -> None:
+    import signal
+
+    config, reference = straight_run
+    run = tmp_path / "run"
+    process = start_training(config, run)
+    wait_for_mid_epoch_checkpoint(process, run / "last.pt")
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 130, output
+    stopped = load_checkpoint(run / "last.pt")
+    assert f"stopped at step {stopped['step']}" in output
+    output = finish(start_training(config, run, "--resume", str(run / "last.pt")))
+    assert f"batch {stopped['epoch_progress']['batches']}, step {stopped['step']}" in output
+    assert_same_run(run, reference)
+
+
+def test_deterministic_switch_is_recorded(straight_run) -> None:
+    import yaml
+
+    _, reference = straight_run
+    assert yaml.safe_load((reference / "config.yaml").read_text())["train"]["deterministic"] is True
+    assert "--deterministic" in (reference / "command.txt").read_text()

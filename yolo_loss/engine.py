@@ -6,12 +6,13 @@ log; then per epoch evaluation and checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +40,17 @@ class NonFiniteLoss(RuntimeError):
 
 class ResumeError(ValueError):
     """A checkpoint cannot be resumed with this config; the message says why and how to force it."""
+
+
+@dataclass
+class EpochProgress:
+    """How far an unfinished epoch got, as a mid-epoch checkpoint stores it: batches consumed, the summed weighted
+    terms and the optimiser steps behind them, and the seconds spent."""
+
+    batches: int = 0
+    terms: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0
 
 
 @dataclass
@@ -87,7 +99,8 @@ def evaluate(model: torch.nn.Module, loader, criterion: YoloCriterion | None, cf
                 loss_sums[tag] = loss_sums.get(tag, 0.0) + value
             batches += 1
         detections = postprocess(preds, anchors, model.strides, conf_thresh=cfg.eval.conf_thresh,
-                                 nms_iou=cfg.eval.nms_iou, max_det=cfg.eval.max_det)
+                                 nms_iou=cfg.eval.nms_iou, max_det=cfg.eval.max_det,
+                                 max_candidates=cfg.eval.max_candidates)
         for det, meta in zip(detections, metas):
             det.boxes_xyxy = unletterbox_boxes(det.boxes_xyxy.cpu(), meta["scale"], meta["pad"], meta["orig_size"])
             det.scores, det.labels = det.scores.cpu(), det.labels.cpu()
@@ -154,6 +167,8 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
 
     step, start_epoch, best_ap, nonfinite_skipped = 0, 0, -1.0, 0
     train_seconds, images_seen = 0.0, 0  # the training steps only (no evaluation), summed over resumes
+    # Where a checkpoint written mid-epoch left its epoch: batches consumed, summed terms, steps and seconds.
+    progress = EpochProgress()
     if resume is not None:
         state = load_checkpoint(resume, map_location="cpu")  # load_state_dict copies onto the model's device
         if state["config_hash"] != config_hash(cfg) and not force_resume:
@@ -168,20 +183,26 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
         nonfinite_skipped = state.get("nonfinite_skipped", 0)
         train_seconds, images_seen = state.get("train_seconds", 0.0), state.get("images_seen", 0)
         set_rng_state(state["rng"])
-        train_loader.generator.set_state(state["loader_generator"])
-        tqdm.write(f"resumed from {resume} at epoch {start_epoch}, step {step}")
+        train_loader.generator.set_state(state["loader_generator"])  # as it was at the start of the epoch
+        progress = EpochProgress(**state.get("epoch_progress", {}))
+        train_loader.sampler.start = progress.batches * cfg.train.batch_size  # skip what was trained
+        tqdm.write(f"resumed from {resume} at epoch {start_epoch + 1}, batch {progress.batches}, step {step}")
 
-    def checkpoint_state(epoch: int) -> dict:
+    def checkpoint_state(epoch: int, in_epoch: EpochProgress | None) -> dict:
+        # Mid-epoch, the loader's generator as it was when the epoch began, and how far the epoch got: resuming
+        # draws the same epoch again and skips what was trained (see EpochSampler).
+        loader_state = epoch_loader_state if in_epoch else train_loader.generator.get_state()
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
                 "epoch": epoch, "step": step, "best_ap": best_ap, "nonfinite_skipped": nonfinite_skipped,
                 "train_seconds": train_seconds, "images_seen": images_seen,
-                "rng": rng_state(), "loader_generator": train_loader.generator.get_state(),
+                "rng": rng_state(), "loader_generator": loader_state,
+                "epoch_progress": dataclasses.asdict(in_epoch or EpochProgress()),
                 "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
                 "class_names": list(train_set.class_names), "category_ids": list(train_set.category_ids)}
 
-    def save(name: str, epoch: int) -> None:
-        state = checkpoint_state(epoch)
+    def save(name: str, epoch: int, in_epoch: EpochProgress | None = None) -> None:
+        state = checkpoint_state(epoch, in_epoch)
         bad = state_has_nonfinite(state["model"])
         if bad:  # never replace a good checkpoint with NaN weights
             tqdm.write(f"not saving {name}: non-finite weights in {', '.join(bad[:3])}")
@@ -193,27 +214,27 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
     metrics: dict[str, float] = {}
     final_terms: dict[str, float] = {}  # mean weighted terms of the last epoch trained
     multiscale = cfg.data.augment.multiscale
-    size_rng = random.Random(cfg.train.seed)
     with _StopRequest() as stop:
         for epoch in range(start_epoch, cfg.train.epochs):
             model.train()
-            size_rng.seed(cfg.train.seed * 1000 + epoch)
+            epoch_loader_state = train_loader.generator.get_state()
             # The bar only on a terminal (a log file would get a line per step); the epoch line below always.
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True,
-                       disable=None)
-            epoch_start = time.perf_counter()
+                       disable=None, initial=progress.batches, total=steps_per_epoch)
+            epoch_start = time.perf_counter() - progress.seconds
             tb.start_epoch()
-            epoch_terms: dict[str, float] = {}
-            epoch_steps = 0
+            epoch_terms, epoch_steps, epoch_batches = progress.terms, progress.steps, progress.batches
+            progress = EpochProgress()  # a resumed epoch's progress is used once
             for images, targets, metas in bar:
                 if step >= total_steps or stop.requested:
                     break
+                epoch_batches += 1
                 lr = lr_at(step, total_steps, cfg.train)
                 set_lr(optimizer, lr)
                 images = images.to(device, memory_format=memory_format(cfg), non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
                 if multiscale:  # darknet's 'random': one size per batch; targets are normalised, so unchanged
-                    size = size_rng.choice(multiscale)
+                    size = random.Random(f"{cfg.train.seed}/{step}").choice(multiscale)  # stateless: resumes exactly
                     images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
                                                              align_corners=False)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -255,7 +276,16 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                     epoch_terms[name] = epoch_terms.get(name, 0.0) + value
                 epoch_steps += 1
                 bar.set_postfix({name: f"{value:.3f}" for name, value in weighted.items()} | {"lr": f"{lr:.4f}"})
+                if cfg.train.checkpoint_interval and step % cfg.train.checkpoint_interval == 0:
+                    save("last.pt", epoch, EpochProgress(epoch_batches, epoch_terms, epoch_steps,
+                                                        time.perf_counter() - epoch_start))
 
+            if stop.requested and epoch_batches < steps_per_epoch:  # mid-epoch: resume trains the rest of it
+                save("last.pt", epoch, EpochProgress(epoch_batches, epoch_terms, epoch_steps,
+                                                    time.perf_counter() - epoch_start))
+                tb.close()
+                tqdm.write(f"stopped at step {step}; resume with --resume {run_dir / 'last.pt'}")
+                return TrainResult(run_dir, metrics, step, stopped=True)
             if epoch_steps:
                 seconds = time.perf_counter() - epoch_start
                 train_seconds += seconds
@@ -267,11 +297,6 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                            + f"), {epoch_steps * cfg.train.batch_size / seconds:.1f} img/s, {seconds:.0f} s")
 
             finished = step >= total_steps or epoch + 1 == cfg.train.epochs
-            if stop.requested:
-                save("last.pt", epoch)  # the epoch is not finished: resume repeats its remaining batches
-                tb.close()
-                tqdm.write(f"stopped at step {step}; resume with --resume {run_dir / 'last.pt'}")
-                return TrainResult(run_dir, metrics, step, stopped=True)
             interval = cfg.train.eval_interval
             if finished or (interval and (epoch + 1) % interval == 0):
                 eval_model = ema.module if ema is not None else model

@@ -192,6 +192,8 @@ class TrainConfig:
     amp: bool = False  # CUDA only
     channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and on CUDA tensor cores
     eval_interval: int = bounded(1, 0, None)  # epochs between evaluations; 0 = only at the end
+    # steps between mid-epoch saves of last.pt (0 = at the end of each epoch only); a resume from one is exact
+    checkpoint_interval: int = bounded(0, 0, None)
     log_interval: int = bounded(20, 1, None)  # iterations between scalar logs
     # TensorBoard (README, "TensorBoard"): iterations between the per-term gradient norms on the head outputs
     # (0 = off; +0.05% training time at 50 on shapes_nano), iterations between histograms of the raw head outputs
@@ -219,6 +221,7 @@ class EvalConfig:
     conf_thresh: float = bounded(0.005, 0.0, 1.0)
     nms_iou: float = bounded(0.45, 0.0, 1.0, low_open=True)
     max_det: int = bounded(100, 1, None)
+    max_candidates: int = bounded(30000, 1, None)  # per image, the best scoring, before NMS
     batch_size: int = bounded(32, 1, None)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
@@ -58,6 +58,7 @@ BAD_BOX = "bad_box"
 CLIPPED_BOX = "clipped_box"
 UNKNOWN_CLASS = "unknown_class"
 UNKNOWN_CATEGORY = "unknown_category"
+DUPLICATE_IMAGE_ID = "duplicate_image_id"
 BAD_INPUT_KINDS: dict[str, str] = {
     MISSING_IMAGE: "image file missing; image dropped",
     EMPTY_IMAGE: "image file empty; image dropped",
@@ -69,6 +70,7 @@ BAD_INPUT_KINDS: dict[str, str] = {
     CLIPPED_BOX: "box partly outside the image; clipped to it",
     UNKNOWN_CLASS: "VOC class name not among the 20 classes; box dropped",
     UNKNOWN_CATEGORY: "COCO category id not in the categories list; box dropped",
+    DUPLICATE_IMAGE_ID: "COCO image id used by several images, whose boxes cannot be told apart; all dropped",
 }
 REPAIRED_KINDS = frozenset({CLIPPED_BOX})
 
@@ -303,7 +305,9 @@ def decode_image_file(path: Path) -> Tensor:
         raise BadImageError(EMPTY_IMAGE, path, "image file is empty (0 bytes)")
     signature = _magic(data[:16].numpy().tobytes())
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
+        image = decode_image(data, mode=ImageReadMode.RGB)
+        # A 16-bit PNG decodes to uint16: scaled to uint8 (the top 8 bits), like every other image.
+        return F.to_dtype(image, torch.uint8, scale=True) if image.dtype != torch.uint8 else image
     except RuntimeError as error:
         if signature is not None:
             # torchvision's message starts with the C++ source location; the reason is the last part.
@@ -496,7 +500,10 @@ class DetectionDataset(Dataset):
         return {"image_id": record.image_id, "orig_size": (record.height, record.width),
                 "scale": placement.scale, "pad": placement.pad, "flip": placement.flip}
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """Sample ``item``: an index, or ``(index, seed)`` from :class:`EpochSampler`, whose augmentation then draws
+        from a generator seeded with ``seed`` (from torch's global generator for a bare index)."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
         record = self.records[index]
         try:
             image = self._image(index)
@@ -517,7 +524,8 @@ class DetectionDataset(Dataset):
         if self.augment is None:
             result = letterbox(image, boxes_xyxy, labels, self.img_size)
         else:
-            result = darknet_augment(image, boxes_xyxy, labels, self.img_size, self.augment)
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            result = darknet_augment(image, boxes_xyxy, labels, self.img_size, self.augment, generator)
         placement = Placement(result.placement.scale_x * factor_x, result.placement.scale_y * factor_y,
                               result.placement.pad_x, result.placement.pad_y, result.placement.flip)
         boxes_cxcywh = box_xyxy_to_cxcywh(result.boxes_xyxy) / self.img_size
@@ -552,21 +560,46 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class EpochSampler(Sampler[tuple[int, int]]):
+    """The training order: every epoch, a permutation of the ``size`` samples and a seed for each, both drawn from
+    ``generator``; yields ``(index, seed)`` pairs, which :class:`DetectionDataset` reads.
+
+    Each sample's augmentation draws from its own generator seeded with its seed, so it depends only on the
+    generator's state at the start of the epoch and the sample's position in it: the same with 0 or 8 loader
+    workers, and exactly the same again when a run resumes mid-epoch. To resume, restore the generator's state
+    from the start of the epoch and set ``start`` to the number of samples already trained: the next epoch
+    drawn skips them (without loading them) and continues identically; ``start`` then returns to 0.
+    """
+
+    def __init__(self, size: int, generator: torch.Generator) -> None:
+        self.size = size
+        self.generator = generator
+        self.start = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=self.generator)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=self.generator)
+        start, self.start = self.start, 0
+        return zip(order[start:].tolist(), seeds[start:].tolist())
+
+
 def build_loader(dataset: DetectionDataset, batch_size: int, *, shuffle: bool, workers: int,
                  seed: int) -> DataLoader:
     """A ``DataLoader`` over ``dataset`` yielding :func:`collate` batches.
 
-    The shuffle order and the workers' seeds come from a ``torch.Generator`` seeded with ``seed``
-    (``loader.generator``; save its state to resume). A shuffled loader is taken to be a training loader and
-    drops the last partial batch (unless the data set is smaller than one batch), so every step sees
-    ``batch_size`` images. Workers are not persistent: each epoch draws their seeds afresh from the generator,
-    which is what makes a resumed run repeat the same augmentation. ``pin_memory`` is on when CUDA is
-    available. With ``workers=0`` the augmentation draws from the main process's torch generator instead (so
-    ``workers=0`` and ``workers>0`` give different, each reproducible, augmentations).
+    Everything random comes from a ``torch.Generator`` seeded with ``seed`` (``loader.generator``; save its
+    state at the start of an epoch to resume): with ``shuffle`` (a training loader), the order and the
+    per-sample augmentation seeds of :class:`EpochSampler` (``loader.sampler``), and the workers' seeds. A
+    training loader drops the last partial batch (unless the data set is smaller than one batch), so every
+    step sees ``batch_size`` images. ``pin_memory`` is on when CUDA is available.
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
+    sampler = EpochSampler(len(dataset), generator) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                       worker_init_fn=seed_worker, generator=generator,
                       drop_last=shuffle and len(dataset) >= batch_size, pin_memory=torch.cuda.is_available())
 

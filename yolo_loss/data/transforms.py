@@ -17,8 +17,9 @@ Two pipelines:
   ``src/data.c``): a random aspect ratio, the image stretched to it so that its long side fills the canvas,
   placed at a random offset on the grey canvas; then HSV distortion of the whole canvas; then a horizontal flip.
 
-Randomness comes only from torch's global generator (``torch.rand``), so ``torch.manual_seed`` (or the
-per-worker seed of a ``DataLoader``) makes the augmentation reproducible.
+Randomness comes only from the ``generator`` passed in (torch's global generator when none is): the training
+loader gives each sample its own seeded generator (:class:`yolo_loss.data.dataset.EpochSampler`), so the
+augmentation of an image depends on the seed, the epoch and the image, not on the loader's workers.
 """
 
 from __future__ import annotations
@@ -198,8 +199,9 @@ def _darknet_rand_scale(uniform: float, coin: float, amount: float) -> float:
 
 
 def darknet_augment(image: Tensor, boxes_xyxy: Tensor, labels: Tensor, img_size: int,
-                    cfg: AugmentConfig) -> Transformed:
-    """darknet's YOLOv3 training augmentation (pjreddie ``load_data_detection``), drawing from ``torch.rand``.
+                    cfg: AugmentConfig, generator: torch.Generator | None = None) -> Transformed:
+    """darknet's YOLOv3 training augmentation (pjreddie ``load_data_detection``), drawing ten uniform numbers
+    from ``generator`` (torch's global generator when None).
 
     With ``j = cfg.jitter``, an ``H x W`` image and ``S = img_size``:
 
@@ -224,7 +226,8 @@ def darknet_augment(image: Tensor, boxes_xyxy: Tensor, labels: Tensor, img_size:
     """
     height, width = image.shape[-2:]
     # One draw of fixed length per sample keeps the random stream aligned whatever the config switches off.
-    (u_width, u_height, u_dx, u_dy, u_hue, u_sat, coin_sat, u_val, coin_val, u_flip) = torch.rand(10).tolist()
+    (u_width, u_height, u_dx, u_dy, u_hue, u_sat, coin_sat, u_val, coin_val, u_flip) = (
+        torch.rand(10, generator=generator).tolist())
     jitter = cfg.jitter
     new_aspect = (width + (2.0 * u_width - 1.0) * jitter * width) / (height + (2.0 * u_height - 1.0) * jitter * height)
     if new_aspect < 1.0:
