@@ -197,6 +197,41 @@ def test_eval_command_line_names_a_broken_checkpoint(tmp_path: Path) -> None:
     assert str(broken) in done.stderr and "Traceback" not in done.stderr
 
 
+def test_bad_data_trains_under_skip_and_stops_under_error(tmp_path: Path) -> None:
+    """The COCO set of tests/test_data.py with one of each bad input: training under skip drops and counts them
+    (the list in the run folder); under error it stops naming the first; eval.py stops by default."""
+    from test_data import build_bad_coco
+
+    from yolo_loss.data import DataError
+
+    root = build_bad_coco(tmp_path / "bad")
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "model": {"width": 0.25, "depth": 0.33},
+        "data": {"format": "coco", "root": str(root), "img_size": 64, "train_images": "images/val",
+                 "train_annotations": "annotations/val.json", "val_images": "images/val",
+                 "val_annotations": "annotations/val.json"},
+        "train": {"epochs": 1, "batch_size": 1, "eval_interval": 0, "device": "cpu",
+                  "out_dir": str(tmp_path / "runs")},
+        "name": "bad"}))
+    done = run_cli("train.py", "--config", str(config_file))
+    assert done.returncode == 0, done.stderr
+    assert "duplicate_image_id: 2" in done.stdout and "bad_box: 4" in done.stdout, done.stdout  # the summary
+    listed = (tmp_path / "runs" / "bad" / "bad_inputs.txt").read_text().splitlines()
+    kinds = [line.split("\t")[0] for line in listed]
+    assert {kind: kinds.count(kind) for kind in set(kinds)} == {
+        "missing_image": 1, "empty_image": 1, "truncated_image": 1, "corrupt_image": 1, "bad_box": 4,
+        "clipped_box": 1, "unknown_category": 1, "duplicate_image_id": 2}
+    with pytest.raises(DataError, match=r"twin_a\.jpg: image id 30 in val\.json is shared by 2 images"):
+        cfg = load_config(config_file, ["data.on_bad=error"])
+        train(cfg, tmp_path / "runs")
+    done = run_cli("eval.py", "--checkpoint", str(tmp_path / "runs" / "bad" / "last.pt"))
+    assert done.returncode == 2 and "is shared by 2 images" in done.stderr and "Traceback" not in done.stderr
+    done = run_cli("eval.py", "--checkpoint", str(tmp_path / "runs" / "bad" / "last.pt"), "--set",
+                   "data.on_bad=skip")
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize("config, folder", [("coco128", "coco128"), ("voc_coco128", "voc_coco128")])
 def test_real_subsets_train_and_evaluate(config: str, folder: str, tmp_path: Path) -> None:
     if not (SHARED_DATA / folder).is_dir():

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from yolo_loss.data.dataset import (UNKNOWN_CATEGORY, UNREADABLE_ANNOTATION, AnnotationSet, BadInputReport,
-                                    DataError, ImageRecord, clip_box_xyxy)
+from yolo_loss.data.dataset import (DUPLICATE_IMAGE_ID, UNKNOWN_CATEGORY, UNREADABLE_ANNOTATION, AnnotationSet,
+                                    BadInputReport, DataError, ImageRecord, clip_box_xyxy)
 
 
 def _quiet_coco(dataset: dict[str, Any]) -> COCO:
@@ -29,6 +29,29 @@ def _quiet_coco(dataset: dict[str, Any]) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _drop_duplicate_image_ids(dataset: dict[str, Any], annotation_file: Path, image_folder: Path,
+                              report: BadInputReport) -> dict[str, Any]:
+    """``dataset`` without the images whose id several image entries share, nor their annotations (which of the
+    images an annotation belongs to cannot be known; pycocotools would silently keep the last entry)."""
+    entries: dict[Any, list[str]] = {}
+    for image in dataset["images"]:
+        if isinstance(image, dict):
+            entries.setdefault(image.get("id"), []).append(str(image.get("file_name", "")))
+    duplicated = {image_id for image_id, names in entries.items() if len(names) > 1}
+    for image_id in sorted(duplicated, key=str):
+        names = entries[image_id]
+        for name in names:
+            report.reject(DUPLICATE_IMAGE_ID, image_folder / name,
+                          f"image id {image_id} in {annotation_file.name} is shared by {len(names)} images "
+                          f"({', '.join(names)}): its annotations cannot be attributed")
+    if not duplicated:
+        return dataset
+    return {**dataset,
+            "images": [i for i in dataset["images"] if not isinstance(i, dict) or i.get("id") not in duplicated],
+            "annotations": [a for a in dataset["annotations"]
+                            if not isinstance(a, dict) or a.get("image_id") not in duplicated]}
 
 
 def read_coco(annotation_file: Path, image_folder: Path, *, report: BadInputReport | None = None,
@@ -41,7 +64,8 @@ def read_coco(annotation_file: Path, image_folder: Path, *, report: BadInputRepo
     - ``area`` is kept for the evaluation's size ranges.
     - Bad boxes (non-finite, non-positive size, outside the image) and unknown category ids are dropped
       (``skip``) or raise (``error``); boxes partly outside are clipped and counted. An image entry without a
-      positive ``width``/``height`` is dropped. Image files are checked later, by the dataset.
+      positive ``width``/``height`` is dropped, and so are all the images sharing an image id. Image files are
+      checked later, by the dataset.
 
     Args:
         annotation_file: the instances JSON.
@@ -66,6 +90,7 @@ def read_coco(annotation_file: Path, image_folder: Path, *, report: BadInputRepo
                                                 for key in ("images", "annotations", "categories")):
         raise DataError(f"{annotation_file}: not a COCO instances file (needs lists 'images', 'annotations' "
                         f"and 'categories')")
+    dataset = _drop_duplicate_image_ids(dataset, annotation_file, image_folder, report)
     try:
         coco = _quiet_coco(dataset)
     except (KeyError, TypeError) as error:
