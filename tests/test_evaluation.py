@@ -422,3 +422,32 @@ def test_postprocess_batch_equals_one_image_at_a_time_with_one_nms(monkeypatch):
     unlimited = run(maps, conf_thresh=0.05, max_det=10**6)
     no_nms = run(maps, conf_thresh=0.05, nms_iou=1.0, max_det=10**6)
     assert all(50 < len(u) < len(n) for u, n in zip(unlimited, no_nms))
+
+
+def test_postprocess_caps_candidates_per_image_before_nms(monkeypatch):
+    """max_candidates: each image sends only its best-scoring candidates to NMS. Against a plain per-image
+    reference: every (row, class) score above the threshold, the top 400 by score, torchvision's batched_nms by
+    class, the best 30."""
+    from torchvision.ops import batched_nms
+
+    from yolo_loss.boxes import box_cxcywh_to_xyxy
+    from yolo_loss.decode import decode_predictions
+
+    generator = torch.Generator().manual_seed(1)
+    maps = [torch.randn(2, 3 * (5 + NUM_CLASSES), 160 // s, 160 // s, generator=generator) * 2 for s in STRIDES]
+    sizes = []
+    real_nms = evaluation.batched_nms
+    monkeypatch.setattr(evaluation, "batched_nms", lambda b, s, i, t: sizes.append(len(b)) or real_nms(b, s, i, t))
+    detections = postprocess(maps, ANCHORS, STRIDES, conf_thresh=0.05, nms_iou=0.45, max_det=30, max_candidates=400)
+    assert sizes == [800]
+    boxes_cxcywh, obj, cls = decode_predictions(maps, ANCHORS, STRIDES)
+    for image, det in enumerate(detections):
+        scores = obj[image][:, None] * cls[image]  # [N, C]
+        rows, labels = (scores > 0.05).nonzero(as_tuple=True)
+        candidate_scores = scores[rows, labels]
+        assert candidate_scores.numel() > 2000  # the cap bites
+        top = torch.sort(candidate_scores, descending=True, stable=True).indices[:400]
+        xyxy = box_cxcywh_to_xyxy(boxes_cxcywh[image][rows[top]])
+        keep = batched_nms(xyxy, candidate_scores[top], labels[top], 0.45)[:30]
+        assert torch.equal(det.boxes_xyxy, xyxy[keep]) and torch.equal(det.labels, labels[top][keep])
+        assert torch.equal(det.scores, candidate_scores[top][keep])

@@ -44,6 +44,7 @@ from yolo_loss.decode import decode_predictions
 COCO_METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6], in that order
 VOC_METRIC_KEYS = ("VOC07_AP50", "VOC_AP50")
 VOC_IOU_THRESH = 0.5
+MAX_CANDIDATES = 30000  # per image, before NMS (eval.max_candidates)
 # VOC 2007's recall thresholds 0, 0.1, ..., 1 as the doubles nearest k/10 (MATLAB's 0:0.1:1). A recall of 3/5
 # then reaches the threshold 0.6; py-faster-rcnn's np.arange(0, 1.1, 0.1) holds 0.6000000000000001 and misses it.
 VOC07_RECALL_THRESHOLDS = np.arange(11) / 10
@@ -70,7 +71,8 @@ class Detections:
 
 @torch.no_grad()
 def postprocess(preds: list[Tensor], anchors_per_level: list[Tensor], strides: Sequence[int], *,
-                conf_thresh: float, nms_iou: float, max_det: int) -> list[Detections]:
+                conf_thresh: float, nms_iou: float, max_det: int,
+                max_candidates: int = MAX_CANDIDATES) -> list[Detections]:
     """Decode, score, NMS and keep the best ``max_det`` per image: darknet's YOLOv3 inference.
 
     Args:
@@ -81,6 +83,9 @@ def postprocess(preds: list[Tensor], anchors_per_level: list[Tensor], strides: S
         nms_iou: a candidate is suppressed by a higher-scoring one of the same image and class when their
             IoU ``> nms_iou``.
         max_det: at most this many detections per image, the highest scoring.
+        max_candidates: at most this many (box, class) candidates per image go to NMS, the highest scoring: an
+            untrained model, whose scores all sit near the threshold, would otherwise send every cell and class
+            (hundreds of thousands per image) through NMS (ultralytics caps at 30000 too).
 
     Returns:
         One :class:`Detections` per image, boxes xyxy in input pixels (not clipped to the image: the letterbox
@@ -100,21 +105,33 @@ def postprocess(preds: list[Tensor], anchors_per_level: list[Tensor], strides: S
     cand_row, cand_label = (row_scores > conf_thresh).nonzero(as_tuple=True)
     cand_image = row_image[cand_row]
     cand_scores = row_scores[cand_row, cand_label]
+    if cand_scores.numel() > max_candidates:
+        keep = _top_per_image(cand_image, cand_scores, batch, max_candidates)
+        cand_row, cand_label, cand_image, cand_scores = (cand_row[keep], cand_label[keep], cand_image[keep],
+                                                          cand_scores[keep])
     cand_boxes_xyxy = box_cxcywh_to_xyxy(boxes_cxcywh[cand_image, row_index[cand_row]])
 
     # One NMS for the whole batch: the (image, class) key keeps boxes of other images and classes from suppressing.
     keep = batched_nms(cand_boxes_xyxy, cand_scores, cand_image * num_classes + cand_label, nms_iou)
-    # keep is in decreasing score; a stable sort by image keeps that order inside each image, so the first
-    # max_det rows of each image's run are its best ones.
-    keep = keep[torch.sort(cand_image[keep], stable=True).indices]
-    kept_image = cand_image[keep]
-    kept_per_image = torch.bincount(kept_image, minlength=batch)
-    first_of_image = torch.cumsum(kept_per_image, dim=0) - kept_per_image
-    rank_in_image = torch.arange(keep.numel(), device=keep.device) - first_of_image[kept_image]
-    keep = keep[rank_in_image < max_det]
-    counts = kept_per_image.clamp(max=max_det).tolist()
+    # keep is in decreasing score: the best max_det of each image, grouped by image in that order.
+    keep = keep[_top_per_image(cand_image[keep], cand_scores[keep], batch, max_det, scores_sorted=True)]
+    counts = torch.bincount(cand_image[keep], minlength=batch).tolist()
     return [Detections(boxes, scores, labels) for boxes, scores, labels in zip(
         cand_boxes_xyxy[keep].split(counts), cand_scores[keep].split(counts), cand_label[keep].split(counts))]
+
+
+def _top_per_image(image: Tensor, scores: Tensor, batch: int, k: int, *, scores_sorted: bool = False) -> Tensor:
+    """Indices of the ``k`` highest ``scores`` of each image (``image``: ``Tensor[N]`` in ``[0, batch)``),
+    grouped by image in increasing order and by decreasing score inside each image; vectorised, no loop."""
+    order = torch.arange(scores.numel(), device=scores.device) if scores_sorted else (
+        torch.sort(scores, descending=True, stable=True).indices)
+    # A stable sort by image keeps the score order inside each image, so each image's first k rows are its best.
+    order = order[torch.sort(image[order], stable=True).indices]
+    sorted_image = image[order]
+    per_image = torch.bincount(sorted_image, minlength=batch)
+    first_of_image = torch.cumsum(per_image, dim=0) - per_image
+    rank_in_image = torch.arange(order.numel(), device=order.device) - first_of_image[sorted_image]
+    return order[rank_in_image < k]
 
 
 def box_iou_pairs_np(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:

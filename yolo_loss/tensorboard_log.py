@@ -417,7 +417,8 @@ class RunLogger:
         model.train(was_training)
         anchors = [a.to(preds[0]) for a in self.criterion.anchors_per_level]
         detections = postprocess(preds, anchors, self.criterion.strides, conf_thresh=self.cfg.eval.conf_thresh,
-                                 nms_iou=self.cfg.eval.nms_iou, max_det=self.cfg.eval.max_det)
+                                 nms_iou=self.cfg.eval.nms_iou, max_det=self.cfg.eval.max_det,
+                                 max_candidates=self.cfg.eval.max_candidates)
         return torch.stack([truth_and_prediction_panel(image, truth, det.boxes_xyxy.cpu(), det.scores.cpu(),
                                                        det.labels.cpu(), self.class_names)
                             for (image, truth, _), det in zip(self.val_samples, detections)])
