@@ -39,14 +39,10 @@ DARKNET_MULTISCALE = [32 * k for k in range(10, 20)]
 YOLOV3_LAYERS = {"convolutional": 75, "shortcut": 23, "route": 4, "upsample": 2, "yolo": 3}
 YOLOV3_MASKS = ([6, 7, 8], [3, 4, 5], [0, 1, 2])  # in cfg order: strides 32, 16, 8
 
-# Keys read for their value, keys that only matter for inference or memory, and why those are not needed.
-_NET_IGNORED = {
-    "subdivisions": "splits each batch to fit memory; the gradient is the same",
-    "channels": None,  # checked to be 3
-    "angle": None,  # checked to be 0
-    "power": None,  # checked to be 4
-}
-_YOLO_IGNORED = {"classes": None, "num": None, "mask": None}  # checked against the layers and the data
+# [net] keys that need no translation, and why (listed in the notes all the same).
+_NET_NOT_NEEDED = {"subdivisions": "splits each batch to fit memory; the gradient is the same"}
+# [yolo] keys checked against the layer stack rather than translated.
+_YOLO_CHECKED = frozenset({"classes", "num", "mask"})
 
 
 class DarknetCfgError(ValueError):
@@ -215,9 +211,9 @@ def import_cfg(sections: list[Section], *, train_images: int | None = None, sour
     train["ema"] = False  # darknet averages no weights
     train["grad_clip"] = 0.0  # and clips no gradients
     for key, value in net.options.items():
-        if key in _NET_IGNORED and _NET_IGNORED[key]:
-            notes.append(f"[net] {key}={value}: {_NET_IGNORED[key]}")
-        elif key not in used and key not in _NET_IGNORED:
+        if key in _NET_NOT_NEEDED:
+            notes.append(f"[net] {key}={value}: {_NET_NOT_NEEDED[key]}")
+        elif key not in used:
             notes.append(f"[net] {key}={value}: not supported")
 
     # The three [yolo] sections, each checked against the convolution before it.
@@ -241,7 +237,7 @@ def import_cfg(sections: list[Section], *, train_images: int | None = None, sour
             raise DarknetCfgError(f"{where}: classes={classes_here}, the first [yolo] says {classes}")
         classes = classes_here
         for key, value in section.options.items():
-            if key in _YOLO_IGNORED:
+            if key in _YOLO_CHECKED:
                 continue
             if key in settings and settings[key] != value:
                 notes.append(f"[yolo] {key}: {settings[key]} in the first [yolo], {value} at line {section.line}: "
