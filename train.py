@@ -1,6 +1,7 @@
 """Train a compact YOLOv3 with a configurable loss, then evaluate it.
 
     python train.py --config configs/shapes_nano.yaml [--set loss.xy=mse train.epochs=3] [--resume RUN/last.pt]
+    torchrun --nproc_per_node=N train.py --config ...   # N processes, train.batch_size images each (README)
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from yolo_loss import distributed as dist
 from yolo_loss.checkpoint import CheckpointError
 from yolo_loss.config import add_config_arguments, config_from_args, dump_config, exit_on_config_error
 from yolo_loss.darknet_weights import DarknetWeightsError
 from yolo_loss.data import DataError
 from yolo_loss.engine import NonFiniteLoss, ResumeError, format_metrics, train
 from yolo_loss.runtime import make_run_dir, write_run_info
+from yolo_loss.schema import Config
 
 EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
 
@@ -42,31 +45,45 @@ def main() -> None:
     if args.print_config:
         print(dump_config(cfg))
         return
-    if args.resume is not None:
-        run_dir = args.resume.resolve().parent
-    elif args.run_dir is not None:
-        run_dir = args.run_dir
-        if (run_dir / "last.pt").exists() or (run_dir / "metrics.json").exists():
-            print(f"error: {run_dir} holds a run already; continue it with --resume {run_dir / 'last.pt'}",
-                  file=sys.stderr)
-            raise SystemExit(2)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        run_dir = make_run_dir(Path(cfg.train.out_dir), cfg.name or Path(args.config).stem)
-    write_run_info(run_dir, dump_config(cfg), sys.argv)
-    print(f"run folder: {run_dir}")
+    dist.setup(cfg.train.device)  # under torchrun: join the other processes (README, "Distributed training")
+    is_main = dist.is_main()  # rank 0 writes the run's files and prints
+    # Rank 0 picks (and creates) the run folder; under torchrun the other processes get its answer.
+    run_dir, error = dist.broadcast_object(prepare_run_dir(args, cfg) if is_main else (None, None))
+    if error:
+        dist.on_main(print)(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    if is_main:
+        write_run_info(run_dir, dump_config(cfg), sys.argv)
+        print(f"run folder: {run_dir}")
     with exit_on_config_error(DataError, CheckpointError, ResumeError, DarknetWeightsError):
         try:
             result = train(cfg, run_dir, resume=args.resume, force_resume=args.force_resume)
         except NonFiniteLoss as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(1) from None
+    dist.teardown()
     if result.stopped:  # the engine has said where it stopped and how to resume
         raise SystemExit(EXIT_INTERRUPTED)
+    if not is_main:
+        return
     print(f"\nfinished {result.steps} steps; validation metrics:\n{format_metrics(result.metrics)}\n")
     print(f"checkpoints: {run_dir / 'best.pt'}, {run_dir / 'last.pt'}")
     print(f"evaluate again: python eval.py --checkpoint {run_dir / 'best.pt'}")
     print(f"TensorBoard:    tensorboard --logdir {run_dir}")
+
+
+def prepare_run_dir(args: argparse.Namespace, cfg: Config) -> tuple[Path | None, str | None]:
+    """The run folder (created) and None, or None and why it cannot be used: the folder of ``--resume``, the
+    ``--run-dir`` if it holds no run yet, else a new ``<train.out_dir>/<name>[-N]``."""
+    if args.resume is not None:
+        return args.resume.resolve().parent, None
+    if args.run_dir is not None:
+        run_dir = args.run_dir
+        if (run_dir / "last.pt").exists() or (run_dir / "metrics.json").exists():
+            return None, f"{run_dir} holds a run already; continue it with --resume {run_dir / 'last.pt'}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir, None
+    return make_run_dir(Path(cfg.train.out_dir), cfg.name or Path(args.config).stem), None
 
 
 if __name__ == "__main__":

@@ -199,3 +199,41 @@ def test_a_run_stopped_by_a_signal_is_resumed_not_failed(tmp_path: Path) -> None
     run = study.runs()[0]
     assert [o.status for o in outcomes] == ["interrupted"] and not (run.folder / FAILED).exists()
     assert run.state() == "interrupted" and "--resume" in train_command(study, run, python=str(fake))
+
+
+def test_runs_can_be_handed_to_torchrun(tmp_path: Path) -> None:
+    """--nproc-per-run N: each run is train.py under torchrun (one node, a port of its own), which --dry-run prints
+    for a scheduler; --devices are shared out N to a run."""
+    study = load_study(write_study(tmp_path, SHAPES_NANO, combine="grid", seeds=[0], axes={"xy": {"bce": {}}}))
+    run = study.runs()[0]
+    command = train_command(study, run, python="python", nproc_per_run=2)
+    assert command[:6] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(REPO / "train.py")]
+    assert command[6:] == train_command(study, run, python="python")[2:]  # the same train.py arguments
+    done = subprocess.run([sys.executable, "scripts/ablate.py", str(tmp_path / "study.yaml"), "--dry-run",
+                           "--nproc-per-run", "2"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and "-m torch.distributed.run --standalone --nproc_per_node=2 " in done.stdout
+    done = subprocess.run([sys.executable, "scripts/ablate.py", str(tmp_path / "study.yaml"), "--devices", "0,1,2",
+                           "--nproc-per-run", "2"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and "cannot share out" in done.stderr
+
+
+def test_torchrun_runs_stopped_by_a_signal_are_resumed_and_others_failed(tmp_path: Path) -> None:
+    """torchrun exits 1 when its processes stop on a signal: train.py's 'stopped at step' line in the log tells an
+    interrupted run (resumed next time) from a failed one. Each run gets its own pair of the four devices."""
+    fake = tmp_path / "fake_python"
+    fake.write_text("#!/bin/sh\n"
+                    "echo \"devices $CUDA_VISIBLE_DEVICES args $*\"\n"
+                    "while [ $# -gt 0 ]; do [ \"$1\" = --run-dir ] && run=\"$2\"; shift; done\n"
+                    "touch \"$run/last.pt\"\n"
+                    "case \"$run\" in *xy=bce*) echo 'stopped at step 7; resume with --resume last.pt';; esac\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    study = load_study(write_study(tmp_path, SHAPES_NANO, combine="grid", seeds=[0],
+                                   axes={"xy": {"bce": {}, "mse": {"loss.xy": "mse"}}}))
+    outcomes = run_study(study, jobs=9, devices=["0", "1", "2", "3"], nproc_per_run=2, python=str(fake),
+                         echo=lambda line: None)
+    assert {o.run.variant.name: o.status for o in outcomes} == {"xy=bce": "interrupted", "xy=mse": "failed"}
+    logs = [(run.folder / "train.log").read_text() for run in study.runs()]
+    assert all("-m torch.distributed.run --standalone --nproc_per_node=2 " in log for log in logs)
+    assert sorted(log.split("devices ")[1].split(" ")[0] for log in logs) == ["0,1", "2,3"]

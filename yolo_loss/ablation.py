@@ -21,6 +21,10 @@ the study is expanded, so a bad variant stops the study before anything trains, 
 Run state is read from the folder alone: ``metrics.json`` (written by ``train.py`` at the very end) means finished,
 ``failed.json`` (written by the runner) failed, ``last.pt`` without either interrupted (resumed from it), an empty or
 missing folder new.
+
+A run may be several processes: with ``nproc_per_run`` > 1 each run is ``torchrun`` (``python -m
+torch.distributed.run --standalone``) of ``train.py``, data-parallel over that many processes (README, "Distributed
+training"), and ``--dry-run`` prints those commands for a cluster scheduler.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ LOG = "train.log"
 # train.py's status when Ctrl-C / SIGTERM stopped it after saving last.pt (130), or the process was killed by a
 # signal outright (negative): the run is interrupted, not failed.
 INTERRUPTED_STATUSES = {130, -2, -9, -15}
+# What train.py prints after saving last.pt on a signal. torchrun passes a signal on to its processes but exits 1
+# itself, whatever they did: this line in the run's log tells an interrupted torchrun run from a failed one.
+STOPPED_LINE = "stopped at step"
 
 
 class StudyError(ValueError):
@@ -225,11 +232,18 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
     return study
 
 
-def train_command(study: Study, run: Run, *, python: str = sys.executable) -> list[str]:
-    """The ``train.py`` command line of a run: a fresh start in its folder, or ``--resume`` from its checkpoint."""
+def train_command(study: Study, run: Run, *, python: str = sys.executable, nproc_per_run: int = 1) -> list[str]:
+    """The ``train.py`` command line of a run: a fresh start in its folder, or ``--resume`` from its checkpoint.
+
+    With ``nproc_per_run`` > 1, ``train.py`` under ``python -m torch.distributed.run --standalone
+    --nproc_per_node=N`` (torchrun on one node, with a free port of its own, so runs side by side do not collide;
+    for several nodes a scheduler replaces ``--standalone`` by its rendezvous options).
+    """
     start = (["--resume", str(run.folder / CHECKPOINT)] if run.state() == "interrupted"
              else ["--run-dir", str(run.folder)])
-    return [python, str(TRAIN_SCRIPT), "--config", str(study.base), *start, "--set", *run.overrides]
+    launcher = [python] if nproc_per_run == 1 else [python, "-m", "torch.distributed.run", "--standalone",
+                                                    f"--nproc_per_node={nproc_per_run}"]
+    return [*launcher, str(TRAIN_SCRIPT), "--config", str(study.base), *start, "--set", *run.overrides]
 
 
 def describe_command(command: list[str]) -> str:
@@ -261,6 +275,12 @@ def record_failure(run: Run, returncode: int, log_tail: list[str]) -> dict[str, 
     return failure
 
 
+def stopped_by_signal(run: Run) -> bool:
+    """Whether the last invocation in the run's log says that train.py stopped on a signal and saved last.pt."""
+    log = (run.folder / LOG).read_text(errors="replace")
+    return STOPPED_LINE in log[log.rfind("\n$ ") + 1:]  # each invocation starts with a '$ command' line
+
+
 def set_aside(folder: Path, reason: str) -> Path:
     """Rename ``folder`` to ``<folder>.<reason>-<n>`` (never deleting what a run left) and return the new path."""
     n = 1
@@ -278,25 +298,38 @@ class Outcome:
     detail: str  # the AP50 of a finished run, the error of a failed one
 
 
-def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, python: str = sys.executable,
-              echo=print) -> list[Outcome]:
+def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, nproc_per_run: int = 1,
+              python: str = sys.executable, echo=print) -> list[Outcome]:
     """Run every unfinished run of ``study`` (resuming interrupted ones, restarting failed ones after setting their
-    folder aside), ``jobs`` at a time, each with ``cpu_count // jobs`` threads (or one device of ``devices`` each).
-    A failed run is recorded in its folder and does not stop the others. Returns what this call ran."""
+    folder aside), ``jobs`` at a time, each of ``nproc_per_run`` processes (torchrun when more than one) with
+    ``cpu_count // (jobs * nproc_per_run)`` threads each, or with ``nproc_per_run`` devices of ``devices`` per run.
+    A failed run is recorded in its folder and does not stop the others. Returns what this call ran.
+
+    Raises:
+        ValueError: ``devices`` cannot be shared out ``nproc_per_run`` to a run.
+    """
+    if nproc_per_run < 1:
+        raise ValueError(f"nproc_per_run must be at least 1, got {nproc_per_run}")
+    slots = None  # the CUDA_VISIBLE_DEVICES of each run running at once
+    if devices:
+        if len(devices) % nproc_per_run:
+            raise ValueError(f"{len(devices)} devices cannot be shared out {nproc_per_run} to a run")
+        slots = [",".join(devices[i:i + nproc_per_run]) for i in range(0, len(devices), nproc_per_run)]
     write_study_info(study)
     runs = study.runs()
     todo = [run for run in runs if run.state() != "finished"]
-    jobs = max(1, min(jobs, len(devices) if devices else jobs, len(todo) or 1))
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    jobs = max(1, min(jobs, len(slots) if slots else jobs, len(todo) or 1))
+    threads = str(max(1, (os.cpu_count() or 1) // (jobs * nproc_per_run)))
     free_devices: queue.Queue[str | None] = queue.Queue()
-    for device in (devices or [None] * jobs):
+    for device in (slots or [None] * jobs):
         free_devices.put(device)
     lock = threading.Lock()
     counts = {"done": len(runs) - len(todo), "running": 0, "failed": 0}
     durations: list[float] = []
     started = time.monotonic()
+    processes = f"{nproc_per_run} processes of {threads} threads" if nproc_per_run > 1 else f"{threads} threads"
     echo(f"study {study.path.name}: {len(runs)} runs, {counts['done']} finished already, {len(todo)} to run, "
-         f"{jobs} at a time ({threads} threads each{', devices ' + ','.join(devices) if devices else ''}); "
+         f"{jobs} at a time ({processes} each{', devices ' + ' '.join(slots) if slots else ''}); "
          f"folder {study.out}")
 
     def progress(line: str) -> None:
@@ -314,7 +347,7 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
         elif state == "new" and run.folder.exists() and any(run.folder.iterdir()):
             set_aside(run.folder, "incomplete")  # killed before its first checkpoint
         run.folder.mkdir(parents=True, exist_ok=True)
-        command = train_command(study, run, python=python)
+        command = train_command(study, run, python=python, nproc_per_run=nproc_per_run)
         write_run_info(study, run, command)
         device = free_devices.get()
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
@@ -336,7 +369,7 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
         if returncode == 0 and run.state() == "finished":
             metrics = json.loads((run.folder / FINISHED).read_text())["metrics"]
             outcome = Outcome(run, "finished", seconds, f"AP50 {metrics.get('AP50', float('nan')):.3f}")
-        elif returncode in INTERRUPTED_STATUSES and run.state() == "interrupted":
+        elif run.state() == "interrupted" and (returncode in INTERRUPTED_STATUSES or stopped_by_signal(run)):
             outcome = Outcome(run, "interrupted", seconds, "stopped by a signal; the next invocation resumes it")
         else:
             tail = (run.folder / LOG).read_text(errors="replace").splitlines()[-30:]

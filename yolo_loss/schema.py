@@ -178,7 +178,12 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     epochs: int = bounded(10, 1, None)
-    batch_size: int = bounded(16, 1, None)
+    batch_size: int = bounded(16, 1, None)  # per process: under torchrun the step sees batch_size x processes
+    # BatchNorm statistics in training (README, "Distributed training"): each process's batch (batch), the global
+    # batch of all processes (sync: SyncBatchNorm, CUDA only; the same as batch in one process), or the running
+    # statistics, not updated (frozen: the scale and shift still learn); sync and frozen give N processes the
+    # step of one process with N times the batch.
+    batchnorm: str = choice("batch", "batch", "sync", "frozen")
     lr: float = bounded(0.01, 0.0, None, low_open=True)  # per image of the batch: see README, "Learning rate"
     momentum: float = bounded(0.9, 0.0, 1.0, high_open=True)
     weight_decay: float = bounded(5e-4, 0.0, None)  # not applied to BatchNorm weights and biases
@@ -222,7 +227,7 @@ class EvalConfig:
     nms_iou: float = bounded(0.45, 0.0, 1.0, low_open=True)
     max_det: int = bounded(100, 1, None)
     max_candidates: int = bounded(30000, 1, None)  # per image, the best scoring, before NMS
-    batch_size: int = bounded(32, 1, None)
+    batch_size: int = bounded(32, 1, None)  # per process under torchrun
 
 
 @dataclass
