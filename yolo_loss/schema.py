@@ -226,7 +226,7 @@ class EvalConfig:
     conf_thresh: float = bounded(0.005, 0.0, 1.0)
     nms_iou: float = bounded(0.45, 0.0, 1.0, low_open=True)
     max_det: int = bounded(100, 1, None)
-    max_candidates: int = bounded(30000, 1, None)  # per image, the best scoring, before NMS
+    max_candidates: int = bounded(3000, 1, None)  # per image, the best scoring, before NMS (README, Speed)
     batch_size: int = bounded(32, 1, None)  # per process under torchrun
 
 

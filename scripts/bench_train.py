@@ -1,0 +1,152 @@
+"""Training throughput as ratios against the model alone: is the compute kept busy?
+
+    python scripts/bench_train.py [--config configs/shapes_nano.yaml] [--repeats 3] [--steps 40]
+    python scripts/bench_train.py --full        # also Darknet-53 YOLOv3 at 416 px (CUDA only)
+
+For each model, images per second of:
+  (a) model forward + backward + SGD step on batches already in memory (the loss replaced by the sum of the head
+      outputs, which costs nothing: its gradient is ones);
+  (b) the same with the config's loss;
+  (c) the whole training loop of train.py: the real loader (the config's cache, augmentation and workers), the
+      loss, EMA, gradient clipping, the non-finite check and TensorBoard logging, read from the run's
+      ``speed/images_per_sec`` scalars (every 10 steps; the first window, with the kernels' warm-up, left out).
+(a), (b) and (c) are measured in turn, ``--repeats`` times; the table gives medians and (b)/(a), (c)/(a).
+Targets: (b)/(a) >= 1/1.1 (the loss costs at most 10%); (c)/(a) >= 0.85 on the CPU model with the cache on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from yolo_loss.allocator import reexec_with_allocator_settings  # noqa: E402
+
+if __name__ == "__main__":
+    reexec_with_allocator_settings()  # before torch is imported: glibc reads its settings at start-up
+
+import torch  # noqa: E402
+
+from yolo_loss.config import apply_overrides, load_config  # noqa: E402
+from yolo_loss.data import build_dataset, build_loader  # noqa: E402
+from yolo_loss.engine import memory_format, train  # noqa: E402
+from yolo_loss.losses.criterion import build_criterion  # noqa: E402
+from yolo_loss.model import anchors_per_level, build_model  # noqa: E402
+from yolo_loss.optim import build_optimizer  # noqa: E402
+from yolo_loss.runtime import select_device  # noqa: E402
+from yolo_loss.tensorboard_log import read_scalars  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP_STEPS = 3
+LOG_EVERY = 10
+
+
+def in_memory_rate(cfg, device: torch.device, batches: list, steps: int, with_loss: bool) -> float:
+    """Images per second of (a) or (b): forward, backward and SGD step over ``batches`` already on the device."""
+    num_classes = batches[0][2]
+    model = build_model(cfg.model, num_classes).to(device, memory_format=memory_format(cfg)).train()
+    optimizer = build_optimizer(model, cfg.train)
+    criterion = build_criterion(cfg.loss, num_classes=num_classes,
+                                anchors_per_level=anchors_per_level(cfg.model, cfg.data.img_size),
+                                strides=model.strides)
+
+    def step(index: int) -> None:
+        images, targets, _ = batches[index % len(batches)]
+        preds = model(images)
+        loss = criterion(preds, targets, images.shape[-2:]).total if with_loss else sum(p.sum() for p in preds)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for index in range(WARMUP_STEPS):
+        step(index)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for index in range(steps):
+        step(index)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batches[0][0].shape[0] / (time.perf_counter() - start)
+
+
+def loop_rate(cfg, steps: int) -> float:
+    """Images per second of (c): train.py's loop for ``WARMUP_STEPS + steps`` steps, from its speed scalars."""
+    with tempfile.TemporaryDirectory() as folder:
+        run_cfg = apply_overrides(cfg, [f"train.max_steps={LOG_EVERY * (1 + -(-steps // LOG_EVERY))}",
+                                        "train.epochs=1000", "train.eval_interval=0", f"train.log_interval={LOG_EVERY}",
+                                        f"train.out_dir={folder}"])
+        run_dir = Path(folder) / "run"
+        run_dir.mkdir()
+        with open(os.devnull, "w") as quiet, _redirect(quiet):
+            train(run_cfg, run_dir)  # (it evaluates at the end: not timed)
+        _, windows = read_scalars(run_dir, "train", "speed/images_per_sec")
+    return statistics.median(windows[1:])  # the first window (step 1) holds the warm-up
+
+
+class _redirect:
+    """Silence stdout and stderr (the epoch lines) while the loop runs."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def __enter__(self) -> None:
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = self.stream
+
+    def __exit__(self, *exc) -> None:
+        sys.stdout, sys.stderr = self.saved
+
+
+def bench(label: str, cfg, repeats: int, steps: int) -> None:
+    device = select_device(cfg.train.device)
+    dataset = build_dataset(cfg.data, "train", train=True)
+    loader = build_loader(dataset, cfg.train.batch_size, shuffle=True, workers=0, seed=0)
+    batches = []
+    for images, targets, _ in loader:
+        batches.append((images.to(device, memory_format=memory_format(cfg)), targets.to(device),
+                        dataset.num_classes))
+        if len(batches) == 8:
+            break
+    rates: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    for _ in range(repeats):
+        rates["a"].append(in_memory_rate(cfg, device, batches, steps, with_loss=False))
+        rates["b"].append(in_memory_rate(cfg, device, batches, steps, with_loss=True))
+        rates["c"].append(loop_rate(cfg, steps))
+    a, b, c = (statistics.median(rates[k]) for k in "abc")
+    spread = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in rates.items()}
+    print(f"| {label} | {a:.1f} ({spread['a']}) | {b:.1f} ({spread['b']}) | {c:.1f} ({spread['c']}) "
+          f"| {b / a:.2f} | {c / a:.2f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "shapes_nano.yaml")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
+    parser.add_argument("--full", action="store_true", help="also Darknet-53 YOLOv3 at 416 px (CUDA only)")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.set)
+    device = select_device(cfg.train.device)
+    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
+          f"median images/s of {args.repeats} repeats (range), {args.steps} steps each")
+    print("| model | (a) model | (b) + loss | (c) training loop | (b)/(a) | (c)/(a) |")
+    print("|---|---|---|---|---|---|")
+    bench(f"{args.config.stem}, {cfg.data.img_size} px, batch {cfg.train.batch_size}", cfg, args.repeats, args.steps)
+    if args.full:
+        if device.type != "cuda":
+            print("--full: skipped, Darknet-53 at 416 px is a GPU measurement and no CUDA device is present")
+            return
+        full = apply_overrides(cfg, ["model.width=1.0", "model.depth=1.0", "data.img_size=416",
+                                     "data.shapes.image_size=416", "train.amp=true", "data.workers=8"])
+        bench(f"Darknet-53 YOLOv3, 416 px, batch {full.train.batch_size}, AMP", full, args.repeats, args.steps)
+
+
+if __name__ == "__main__":
+    main()
