@@ -10,12 +10,7 @@ coco_dir="${1:-data}/coco"
 weights_dir="${2:-weights}"
 mkdir -p "$coco_dir/images" "$weights_dir"
 
-fetch() {  # fetch URL FILE: download to FILE.part, then rename, so an interrupted download is never mistaken for a file
-  if [[ -s "$2" ]]; then echo "have $2"; return; fi
-  echo "downloading $1"
-  curl -fL --retry 3 --continue-at - -o "$2.part" "$1"
-  mv "$2.part" "$2"
-}
+source scripts/download_common.sh
 
 for split in train2017 val2017; do
   fetch "http://images.cocodataset.org/zips/$split.zip" "$coco_dir/$split.zip"
@@ -29,14 +24,8 @@ if [[ ! -e "$coco_dir/annotations/instances_val2017.json" ]]; then
   unzip -q -o "$coco_dir/annotations_trainval2017.zip" -d "$coco_dir"
 fi
 
-# Sizes of the published files (a 20-byte header, then float32s): 52 and 75 convolutions of yolov3.cfg.
-for spec in darknet53.conv.74:162482580 yolov3.weights:248007048; do
-  name="${spec%%:*}"; expected="${spec##*:}"
-  fetch "https://pjreddie.com/media/files/$name" "$weights_dir/$name"
-  size=$(stat -c %s "$weights_dir/$name")
-  if [[ "$size" != "$expected" ]]; then
-    echo "error: $weights_dir/$name has $size bytes, expected $expected; delete it and re-run" >&2
-    exit 1
-  fi
-done
+fetch https://pjreddie.com/media/files/darknet53.conv.74 "$weights_dir/darknet53.conv.74"
+check_size "$weights_dir/darknet53.conv.74" 162482580   # the 52 convolutions of Darknet-53
+fetch https://pjreddie.com/media/files/yolov3.weights "$weights_dir/yolov3.weights"
+check_size "$weights_dir/yolov3.weights" 248007048      # all 75 convolutions of yolov3.cfg, 80 classes
 echo "COCO in $coco_dir, weights in $weights_dir"

@@ -10,12 +10,7 @@ data_dir="${1:-data}"
 weights_dir="${2:-weights}"
 mkdir -p "$data_dir" "$weights_dir"
 
-fetch() {  # fetch URL FILE: download to FILE.part, then rename, so an interrupted download is never mistaken for a file
-  if [[ -s "$2" ]]; then echo "have $2"; return; fi
-  echo "downloading $1"
-  curl -fL --retry 3 --continue-at - -o "$2.part" "$1"
-  mv "$2.part" "$2"
-}
+source scripts/download_common.sh
 
 voc=http://host.robots.ox.ac.uk/pascal/VOC
 for tar in voc2007/VOCtrainval_06-Nov-2007.tar voc2007/VOCtest_06-Nov-2007.tar voc2012/VOCtrainval_11-May-2012.tar; do
@@ -30,10 +25,5 @@ for tar in voc2007/VOCtrainval_06-Nov-2007.tar voc2007/VOCtest_06-Nov-2007.tar v
 done
 
 fetch https://pjreddie.com/media/files/darknet53.conv.74 "$weights_dir/darknet53.conv.74"
-# The 52 convolutions of Darknet-53 after a 20-byte header: anything else is a broken download.
-size=$(stat -c %s "$weights_dir/darknet53.conv.74")
-if [[ "$size" != 162482580 ]]; then
-  echo "error: $weights_dir/darknet53.conv.74 has $size bytes, expected 162482580; delete it and re-run" >&2
-  exit 1
-fi
+check_size "$weights_dir/darknet53.conv.74" 162482580   # the 52 convolutions of Darknet-53
 echo "VOC in $data_dir/VOCdevkit, backbone in $weights_dir/darknet53.conv.74"
