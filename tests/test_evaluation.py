@@ -400,18 +400,18 @@ def test_postprocess_nothing_above_threshold():
 
 def test_postprocess_batch_equals_one_image_at_a_time_with_one_nms(monkeypatch):
     """Three random 160 px images (thousands of candidates each, so torchvision takes the same NMS path for the
-    batch and for one image): the batch gives each image exactly what it gets alone, with one batched_nms call;
+    batch and for one image): the batch gives each image exactly what it gets alone, with one grouped_nms call;
     NMS suppresses something and max_det = 50 cuts something, so the test can tell."""
     generator = torch.Generator().manual_seed(0)
     maps = [torch.randn(3, 3 * (5 + NUM_CLASSES), 160 // s, 160 // s, generator=generator) * 2 for s in STRIDES]
     calls = []
-    real_nms = evaluation.batched_nms
+    real_nms = evaluation.grouped_nms
 
     def counting_nms(boxes, scores, idxs, iou_threshold):
         calls.append(boxes.shape[0])
         return real_nms(boxes, scores, idxs, iou_threshold)
 
-    monkeypatch.setattr(evaluation, "batched_nms", counting_nms)
+    monkeypatch.setattr(evaluation, "grouped_nms", counting_nms)
     batched = run(maps, conf_thresh=0.05, max_det=50)
     assert len(calls) == 1 and calls[0] > 3 * 1000
     for image, det in enumerate(batched):
@@ -436,8 +436,8 @@ def test_postprocess_caps_candidates_per_image_before_nms(monkeypatch):
     generator = torch.Generator().manual_seed(1)
     maps = [torch.randn(2, 3 * (5 + NUM_CLASSES), 160 // s, 160 // s, generator=generator) * 2 for s in STRIDES]
     sizes = []
-    real_nms = evaluation.batched_nms
-    monkeypatch.setattr(evaluation, "batched_nms", lambda b, s, i, t: sizes.append(len(b)) or real_nms(b, s, i, t))
+    real_nms = evaluation.grouped_nms
+    monkeypatch.setattr(evaluation, "grouped_nms", lambda b, s, i, t: sizes.append(len(b)) or real_nms(b, s, i, t))
     detections = postprocess(maps, ANCHORS, STRIDES, conf_thresh=0.05, nms_iou=0.45, max_det=30, max_candidates=400)
     assert sizes == [800]
     boxes_cxcywh, obj, cls = decode_predictions(maps, ANCHORS, STRIDES)
@@ -451,3 +451,22 @@ def test_postprocess_caps_candidates_per_image_before_nms(monkeypatch):
         keep = batched_nms(xyxy, candidate_scores[top], labels[top], 0.45)[:30]
         assert torch.equal(det.boxes_xyxy, xyxy[keep]) and torch.equal(det.labels, labels[top][keep])
         assert torch.equal(det.scores, candidate_scores[top][keep])
+
+
+@pytest.mark.parametrize("count, groups", [(300, 7), (5000, 3), (20000, 400)])
+def test_grouped_nms_equals_torchvision_batched_nms(count, groups):
+    """The same kept boxes as torchvision.ops.batched_nms, below and above its one-call size, with few and many
+    groups (overlapping boxes, so that NMS suppresses), by decreasing score; among equal scores (20000 random
+    float32 scores have ties) the order may differ, torchvision's sort being unstable."""
+    from torchvision.ops import batched_nms
+
+    generator = torch.Generator().manual_seed(count)
+    corner = torch.rand(count, 2, generator=generator) * 200
+    boxes = torch.cat((corner, corner + 10 + torch.rand(count, 2, generator=generator) * 40), dim=1)
+    scores = torch.rand(count, generator=generator)
+    keys = torch.randint(0, groups, (count,), generator=generator)
+    expected = batched_nms(boxes, scores, keys, 0.45)
+    assert 0 < len(expected) < count
+    kept = evaluation.grouped_nms(boxes, scores, keys, 0.45)
+    assert torch.equal(torch.sort(kept).values, torch.sort(expected).values)
+    assert torch.equal(scores[kept], scores[expected])  # the same order up to equal scores
