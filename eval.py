@@ -24,8 +24,9 @@ from yolo_loss.darknet_weights import DarknetWeightsError, load_darknet_weights
 from yolo_loss.data import DataError, build_dataset, build_loader
 from yolo_loss.engine import evaluate, format_metrics, memory_format
 from yolo_loss.evaluation import write_results_json
-from yolo_loss.model import build_model
+from yolo_loss.model import YOLOv3, build_model
 from yolo_loss.runtime import select_device
+from yolo_loss.schema import Config
 
 
 def main() -> None:
@@ -66,7 +67,7 @@ def main() -> None:
     print(f"wrote {out / 'eval_metrics.json'} and {out / 'detections.json'}")
 
 
-def load_complete_darknet_weights(model, cfg) -> None:
+def load_complete_darknet_weights(model: YOLOv3, cfg: Config) -> None:
     """Load ``cfg.model.pretrained`` into ``model``, refusing a partial file (a backbone has no detector head)."""
     if not cfg.model.pretrained:
         raise DarknetWeightsError("--config evaluates the darknet weights of model.pretrained, which is not set; "

@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -83,24 +84,10 @@ def loop_rate(cfg, steps: int) -> float:
                                         f"train.out_dir={folder}"])
         run_dir = Path(folder) / "run"
         run_dir.mkdir()
-        with open(os.devnull, "w") as quiet, _redirect(quiet):
+        with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):  # epoch lines
             train(run_cfg, run_dir)  # (it evaluates at the end: not timed)
         _, windows = read_scalars(run_dir, "train", "speed/images_per_sec")
     return statistics.median(windows[1:])  # the first window (step 1) holds the warm-up
-
-
-class _redirect:
-    """Silence stdout and stderr (the epoch lines) while the loop runs."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-
-    def __enter__(self) -> None:
-        self.saved = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = self.stream
-
-    def __exit__(self, *exc) -> None:
-        sys.stdout, sys.stderr = self.saved
 
 
 def bench(label: str, cfg, repeats: int, steps: int) -> None:
