@@ -24,6 +24,7 @@ from yolo_loss.darknet_weights import DarknetWeightsError, load_darknet_weights
 from yolo_loss.data import DataError, build_dataset, build_loader
 from yolo_loss.engine import evaluate, format_metrics, memory_format
 from yolo_loss.evaluation import write_results_json
+from yolo_loss.head import build_head
 from yolo_loss.model import YOLOv3, build_model
 from yolo_loss.runtime import select_device
 from yolo_loss.schema import Config
@@ -58,6 +59,8 @@ def main() -> None:
         else:
             out = args.out or Path(cfg.model.pretrained).with_suffix(".eval")
             load_complete_darknet_weights(model, cfg)
+    head = build_head(cfg, dataset.num_classes)  # what evaluate scores with: the head the model was trained for
+    print(f"scoring: objectness x {head.class_activation} of the class logits (loss.cls={cfg.loss.cls})")
     loader = build_loader(dataset, cfg.eval.batch_size, shuffle=False, workers=cfg.data.workers, seed=0)
     metrics, _, evaluator = evaluate(model, loader, None, cfg, device)
     out.mkdir(parents=True, exist_ok=True)

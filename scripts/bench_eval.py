@@ -34,8 +34,10 @@ from yolo_loss.config import apply_overrides, config_from_dict, load_config  # n
 from yolo_loss.data import build_dataset, build_loader  # noqa: E402
 from yolo_loss.data.transforms import unletterbox_boxes  # noqa: E402
 from yolo_loss.engine import memory_format  # noqa: E402
-from yolo_loss.evaluation import Evaluator, postprocess  # noqa: E402
-from yolo_loss.model import anchors_per_level, build_model  # noqa: E402
+from yolo_loss.evaluation import Evaluator  # noqa: E402
+from yolo_loss.head import build_head  # noqa: E402
+from yolo_loss.model import build_model  # noqa: E402
+from yolo_loss.postprocess import postprocess  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("load", "model", "decode+nms", "bookkeeping", "pycocotools", "voc")
@@ -47,7 +49,7 @@ def timed_pass(model, loader, cfg, device) -> tuple[dict[str, float], float, dic
     seconds = dict.fromkeys(STAGES, 0.0)
     dataset = loader.dataset
     evaluator = Evaluator(dataset.ground_truth_coco, dataset.category_ids)
-    anchors = [a.to(device) for a in anchors_per_level(cfg.model, cfg.data.img_size)]
+    head = build_head(cfg, dataset.num_classes)
     detections_total = 0
     clock = time.perf_counter()
     for images, _, metas in loader:
@@ -57,9 +59,8 @@ def timed_pass(model, loader, cfg, device) -> tuple[dict[str, float], float, dic
         preds = [p.float() for p in model(images)]
         clock, now = now, time.perf_counter()
         seconds["model"] += now - clock
-        detections = postprocess(preds, anchors, model.strides, conf_thresh=cfg.eval.conf_thresh,
-                                 nms_iou=cfg.eval.nms_iou, max_det=cfg.eval.max_det,
-                                 max_candidates=cfg.eval.max_candidates)
+        detections = postprocess(preds, head, conf_thresh=cfg.eval.conf_thresh, nms_iou=cfg.eval.nms_iou,
+                                 max_det=cfg.eval.max_det, max_candidates=cfg.eval.max_candidates)
         clock, now = now, time.perf_counter()
         seconds["decode+nms"] += now - clock
         for det, meta in zip(detections, metas):
@@ -68,11 +69,9 @@ def timed_pass(model, loader, cfg, device) -> tuple[dict[str, float], float, dic
         evaluator.update([m["image_id"] for m in metas], detections)
         clock = time.perf_counter()
         seconds["bookkeeping"] += clock - now
-    start = time.perf_counter()
-    metrics = evaluator.compute()  # pycocotools, then the VOC metric
-    evaluator._voc_cache = None  # compute() cached the VOC metric: time it again, alone
-    seconds["voc"] = _time(evaluator._voc_per_class)
-    seconds["pycocotools"] = time.perf_counter() - start - seconds["voc"]
+    seconds["voc"] = _time(evaluator.voc_metrics)  # first: it caches the VOC matching that compute() reuses
+    seconds["pycocotools"] = _time(evaluator.coco_metrics)
+    metrics = evaluator.compute()
     return seconds, detections_total / len(dataset), metrics
 
 

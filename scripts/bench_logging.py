@@ -29,8 +29,9 @@ import torch  # noqa: E402
 from yolo_loss.config import load_config  # noqa: E402
 from yolo_loss.data import build_dataset, build_loader  # noqa: E402
 from yolo_loss.engine import memory_format  # noqa: E402
+from yolo_loss.head import build_head  # noqa: E402
 from yolo_loss.losses.criterion import build_criterion  # noqa: E402
-from yolo_loss.model import anchors_per_level, build_model  # noqa: E402
+from yolo_loss.model import build_model  # noqa: E402
 from yolo_loss.optim import build_optimizer, grad_norm_and_clip  # noqa: E402
 from yolo_loss.tensorboard_log import term_gradient_norms  # noqa: E402
 
@@ -51,9 +52,7 @@ def main() -> None:
         if len(batches) == 4:
             break
     model = build_model(cfg.model, dataset.num_classes).to(memory_format=memory_format(cfg))
-    criterion = build_criterion(cfg.loss, num_classes=dataset.num_classes,
-                                anchors_per_level=anchors_per_level(cfg.model, cfg.data.img_size),
-                                strides=model.strides)
+    criterion = build_criterion(cfg.loss, build_head(cfg, dataset.num_classes))
     optimizer = build_optimizer(model, cfg.train)
 
     def now() -> tuple[float, float]:

@@ -24,6 +24,7 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
+from yolo_loss.head import HeadSpec, class_activation  # noqa: E402
 from yolo_loss.losses.criterion import build_criterion  # noqa: E402
 from yolo_loss.schema import YOLOV3_ANCHORS, LossConfig  # noqa: E402
 
@@ -74,7 +75,9 @@ def main() -> None:
         preds, targets = make_inputs(batch, boxes, img, num_classes)
         floor = median_ms(lambda: sum(p.sum() for p in preds).backward(), preds, args.repeats)
         for name, cfg in variants.items():
-            criterion = build_criterion(cfg, num_classes=num_classes, anchors_per_level=anchors, strides=STRIDES)
+            head = HeadSpec.from_anchors(anchors, strides=STRIDES, num_classes=num_classes,
+                                         class_activation=class_activation(cfg.cls))
+            criterion = build_criterion(cfg, head)
             loss = median_ms(lambda: criterion(preds, targets, img).total.backward(), preds, args.repeats)
             print(f"| {batch} | {boxes} | {floor:.1f} | {name} | {loss:.1f} | {loss / floor:.2f}x |")
 

@@ -36,8 +36,9 @@ import torch  # noqa: E402
 from yolo_loss.config import apply_overrides, load_config  # noqa: E402
 from yolo_loss.data import build_dataset, build_loader  # noqa: E402
 from yolo_loss.engine import memory_format, train  # noqa: E402
+from yolo_loss.head import build_head  # noqa: E402
 from yolo_loss.losses.criterion import build_criterion  # noqa: E402
-from yolo_loss.model import anchors_per_level, build_model  # noqa: E402
+from yolo_loss.model import build_model  # noqa: E402
 from yolo_loss.optim import build_optimizer  # noqa: E402
 from yolo_loss.runtime import select_device  # noqa: E402
 from yolo_loss.tensorboard_log import read_scalars  # noqa: E402
@@ -52,9 +53,7 @@ def in_memory_rate(cfg, device: torch.device, batches: list, steps: int, with_lo
     num_classes = batches[0][2]
     model = build_model(cfg.model, num_classes).to(device, memory_format=memory_format(cfg)).train()
     optimizer = build_optimizer(model, cfg.train)
-    criterion = build_criterion(cfg.loss, num_classes=num_classes,
-                                anchors_per_level=anchors_per_level(cfg.model, cfg.data.img_size),
-                                strides=model.strides)
+    criterion = build_criterion(cfg.loss, build_head(cfg, num_classes))
 
     def step(index: int) -> None:
         images, targets, _ = batches[index % len(batches)]

@@ -20,9 +20,11 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from yolo_loss.config import load_config  # noqa: E402
 from yolo_loss.data import build_dataset, collate  # noqa: E402
-from yolo_loss.losses import assign_targets, build_criterion  # noqa: E402
+from yolo_loss.losses.assign import assign_targets  # noqa: E402
+from yolo_loss.losses.criterion import build_criterion  # noqa: E402
 from yolo_loss.losses.components import bce_with_logits, xy_bce, xy_mse, xy_mse_t  # noqa: E402
-from yolo_loss.model import anchors_per_level, build_model  # noqa: E402
+from yolo_loss.head import HeadSpec, build_head  # noqa: E402
+from yolo_loss.model import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {name: load_config(REPO / "configs" / "presets" / f"{name}.yaml").loss for name in ("darknet", "paper")}
@@ -63,7 +65,7 @@ def single_truth_gradient(size: float, preset: str) -> float:
     at the image centre, for head outputs of 0 except tw (predicting half the truth's width), batch 1."""
     anchors = [torch.tensor(a, dtype=torch.float32).view(3, 2) for a in
                ([10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326])]
-    criterion = build_criterion(PRESETS[preset], num_classes=1, anchors_per_level=anchors, strides=STRIDES)
+    criterion = build_criterion(PRESETS[preset], HeadSpec.from_anchors(anchors, strides=STRIDES, num_classes=1))
     preds = [torch.zeros(1, 3 * 6, IMG // s, IMG // s, requires_grad=True) for s in STRIDES]
     targets = torch.tensor([[0, 0, 0.5 + 1e-3, 0.5 + 1e-3, size, size]])
     positives = assign_targets(targets, num_classes=1, anchors_per_level=anchors, strides=STRIDES,
@@ -116,11 +118,10 @@ def term_magnitudes() -> dict[str, dict[str, list[float]]]:
     model = build_model(cfg.model, dataset.num_classes).eval()
     with torch.no_grad():
         preds = model(images)
-    anchors = anchors_per_level(cfg.model, cfg.data.img_size)
+    head = build_head(cfg, dataset.num_classes)  # both presets score classes with sigmoids
     result = {}
     for name, loss in PRESETS.items():
-        criterion = build_criterion(loss, num_classes=dataset.num_classes, anchors_per_level=anchors,
-                                    strides=model.strides)
+        criterion = build_criterion(loss, head)
         out = criterion(preds, targets, images.shape[-2:])
         result[name] = {term: values.tolist() for term, values in out.terms.items()}
         result[name]["ignored negatives (count)"] = out.diagnostics["ignored"].tolist()

@@ -3,7 +3,9 @@
     python scripts/export_darknet_weights.py runs/voc0712_darknet/best.pt yolov3-voc.weights
     python scripts/export_darknet_weights.py runs/x/last.pt backbone.conv.74 --layers 52   # the backbone only
 
-darknet reads the file with the matching .cfg (yolov3.cfg layout, the classes of the run).
+darknet reads the file with the matching .cfg (yolov3.cfg layout, the classes of the run). darknet's [yolo] layer
+scores classes with independent sigmoids, so a model trained with a softmax over its classes (loss.cls=ce, poly1)
+is refused, unless only its backbone is written.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from yolo_loss.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from yolo_loss.config import config_from_dict  # noqa: E402
 from yolo_loss.darknet_weights import save_darknet_weights  # noqa: E402
+from yolo_loss.head import build_head  # noqa: E402
 from yolo_loss.model import build_model  # noqa: E402
+
+
+BACKBONE_CONVOLUTIONS = 52  # Darknet-53 without its classifier: darknet53.conv.74
 
 
 def main() -> None:
@@ -33,7 +39,14 @@ def main() -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     cfg = config_from_dict(state["config"], source=str(args.checkpoint))
-    model = build_model(cfg.model, len(state["class_names"]))
+    head = build_head(cfg, len(state["class_names"]))
+    if head.class_activation != "sigmoid" and (args.layers is None or args.layers > BACKBONE_CONVOLUTIONS):
+        print(f"error: {args.checkpoint} was trained with loss.cls={cfg.loss.cls}, a softmax over the classes, "
+              "but darknet's [yolo] layer scores each class with its own sigmoid: darknet would score these "
+              f"weights differently. Export the backbone only (--layers {BACKBONE_CONVOLUTIONS}), or train with "
+              "loss.cls=bce or focal", file=sys.stderr)
+        raise SystemExit(2)
+    model = build_model(cfg.model, head.num_classes)
     model.load_state_dict(state["ema"]["module"] if args.ema and state.get("ema") else state["model"])
     written = save_darknet_weights(model, args.weights, images_seen=state.get("images_seen", 0),
                                    max_layers=args.layers)

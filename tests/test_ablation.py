@@ -237,3 +237,4 @@ def test_torchrun_runs_stopped_by_a_signal_are_resumed_and_others_failed(tmp_pat
     logs = [(run.folder / "train.log").read_text() for run in study.runs()]
     assert all("-m torch.distributed.run --standalone --nproc_per_node=2 " in log for log in logs)
     assert sorted(log.split("devices ")[1].split(" ")[0] for log in logs) == ["0,1", "2,3"]
+

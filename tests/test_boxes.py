@@ -9,10 +9,12 @@ import pytest
 import torch
 from torchvision import ops
 
-from yolo_loss.boxes import (BOX_LOSSES, box_cxcywh_to_xyxy, box_iou_pairwise, box_xyxy_to_cxcywh, ciou_loss,
-                             diou_loss, giou_loss, iou_loss, log_iou_loss)
+from yolo_loss.boxes import (box_cxcywh_to_xyxy, box_iou_pairwise, box_xyxy_to_cxcywh, ciou_loss,
+                             diou_loss, iou_loss, log_iou_loss)
+from yolo_loss.losses.registry import COMPONENTS
 from yolo_loss.schema import LossConfig
 
+BOX_LOSSES = {entry.name: entry.function for entry in COMPONENTS if entry.term == "box"}  # from the registry
 TORCHVISION_LOSSES = {
     "giou": ops.generalized_box_iou_loss,
     "diou": ops.distance_box_iou_loss,
@@ -48,9 +50,10 @@ def degenerate_pairs() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(pred, dtype=torch.float64), torch.tensor(target, dtype=torch.float64)
 
 
-def test_box_losses_are_keyed_by_the_config_names():
+def test_box_losses_are_the_config_names():
     choices = next(f for f in dataclasses.fields(LossConfig) if f.name == "box").metadata["choices"]
     assert set(BOX_LOSSES) == set(choices) - {"none"}
+    assert all(entry.decoded_box for entry in COMPONENTS if entry.term == "box")
 
 
 def test_format_round_trip_and_hand_values():

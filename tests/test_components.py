@@ -3,7 +3,6 @@ gradients, hand values, gradcheck and extreme inputs."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -11,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from yolo_loss.losses.components import (CLS_LOSSES, OBJ_LOSSES, WH_LOSSES, XY_LOSSES, bce_with_logits, cls_ce,
-                                         cls_poly1, mse_on_sigmoid, sigmoid_focal, smooth_labels, wh_l1, wh_mse,
-                                         wh_smooth_l1, xy_bce, xy_mse, xy_mse_t)
-from yolo_loss.schema import LossConfig
+from yolo_loss.losses.components import (bce_with_logits, cls_ce, cls_poly1, mse_on_sigmoid, sigmoid_focal,
+                                         smooth_labels, wh_l1, wh_mse, wh_smooth_l1, xy_bce, xy_mse, xy_mse_t)
+from yolo_loss.losses.registry import COMPONENTS as REGISTRY
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -35,11 +33,9 @@ def grad_of(fn, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return x.grad
 
 
-@pytest.mark.parametrize("term, table", [("xy", XY_LOSSES), ("wh", WH_LOSSES), ("obj", OBJ_LOSSES),
-                                         ("cls", CLS_LOSSES)])
-def test_tables_are_keyed_by_the_config_names(term, table):
-    choices = next(f for f in dataclasses.fields(LossConfig) if f.name == term).metadata["choices"]
-    assert set(table) == set(choices) - {"none"}
+def table(term: str) -> dict:
+    """``{name: function}`` of a term's components, from the registry."""
+    return {entry.name: entry.function for entry in REGISTRY if entry.term == term}
 
 
 # --- xy ---------------------------------------------------------------------------------------------------
@@ -180,8 +176,8 @@ def test_class_hand_values():
     t = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     assert cls_ce(z, t).item() == pytest.approx(math.log(2))
     assert cls_poly1(z, t).item() == pytest.approx(math.log(2) + 0.5)
-    torch.testing.assert_close(CLS_LOSSES["bce"](z, t), torch.full((1, 2), math.log(2), dtype=torch.float64))
-    assert CLS_LOSSES["focal"](z, t).shape == (1, 2)
+    torch.testing.assert_close(table("cls")["bce"](z, t), torch.full((1, 2), math.log(2), dtype=torch.float64))
+    assert table("cls")["focal"](z, t).shape == (1, 2)
 
 
 def test_smooth_labels_yolo_convention():
@@ -196,12 +192,11 @@ def test_smooth_labels_yolo_convention():
 
 # (name, fn, kind): kind picks the inputs. "xy": logits vs offsets in [0, 1); "wh": tw vs gw;
 # "binary": logits vs soft targets; "cls": Tensor[N, C] logits vs multi-hot targets.
+KIND_OF_TERM = {"xy": "xy", "wh": "wh", "obj": "binary", "cls": "cls"}
 COMPONENTS = (
-    [(f"xy_{name}", fn, "xy") for name, fn in XY_LOSSES.items()]
-    + [(f"wh_{name}", fn, "wh") for name, fn in WH_LOSSES.items()]
-    + [(f"obj_{name}", fn, "binary") for name, fn in OBJ_LOSSES.items()]
+    [(f"{entry.term}_{entry.name}", entry.function, KIND_OF_TERM[entry.term]) for entry in REGISTRY
+     if entry.term in KIND_OF_TERM]
     + [("obj_focal_gamma_0.5", lambda z, t: sigmoid_focal(z, t, gamma=0.5), "binary")]
-    + [(f"cls_{name}", fn, "cls") for name, fn in CLS_LOSSES.items()]
 )
 
 

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import math
 
 import pytest
 import torch
 import torchvision
 
+from yolo_loss.head import HeadSpec, class_activation
 from yolo_loss.losses.assign import anchor_boxes_at_cells, assign_targets, ignore_mask, truths_per_image
-from yolo_loss.losses.criterion import TERMS, YoloCriterion, build_criterion
+from yolo_loss.losses import registry
+from yolo_loss.losses.criterion import YoloCriterion, build_criterion
+from yolo_loss.losses.registry import COMPONENTS, Component
 from yolo_loss.schema import YOLOV3_ANCHORS, LossConfig
 
 STRIDES = (8, 16, 32)
 IMG = 128
 ANCHORS = [torch.tensor(YOLOV3_ANCHORS[3 * level:3 * level + 3], dtype=torch.float64) * IMG / 416
            for level in range(3)]
+
+
+def make_criterion(cfg: LossConfig, num_classes: int) -> YoloCriterion:
+    """The criterion of ``cfg`` on the test's anchors, with the head its class component implies."""
+    head = HeadSpec.from_anchors(ANCHORS, strides=STRIDES, num_classes=num_classes,
+                                 class_activation=class_activation(cfg.cls))
+    return build_criterion(cfg, head)
 
 
 def sig(z: float) -> float:
@@ -134,8 +144,7 @@ def hard_targets(preds: list[torch.Tensor]) -> torch.Tensor:
 
 
 def darknet_criterion(num_classes: int, ignore_thresh: float = 0.7) -> YoloCriterion:
-    return build_criterion(LossConfig(ignore_thresh=ignore_thresh), num_classes=num_classes,
-                           anchors_per_level=ANCHORS, strides=STRIDES)
+    return make_criterion(LossConfig(ignore_thresh=ignore_thresh), num_classes)
 
 
 def test_darknet_gradient_equals_plain_loop_delta():
@@ -171,8 +180,7 @@ def test_darknet_loss_value_by_hand_single_truth():
              for s in STRIDES]
     w = h = 0.25
     targets = torch.tensor([[0, 1, 0.5, 0.5, w, h]], dtype=torch.float64)
-    criterion = build_criterion(LossConfig(ignore="none"), num_classes=num_classes, anchors_per_level=ANCHORS,
-                                strides=STRIDES)
+    criterion = make_criterion(LossConfig(ignore="none"), num_classes)
     total = criterion(preds, targets, IMG).total.item()
     all_anchors = torch.cat(ANCHORS)
     best = max(range(9), key=lambda k: (shape_iou(32, 32, *all_anchors[k].tolist()), -k))
@@ -190,7 +198,7 @@ def test_paper_coordinate_gradient_is_t_minus_t_hat():
     preds = head_maps(2, num_classes, seed=1)
     targets = torch.tensor([[0, 1, 0.41, 0.63, 0.2, 0.3], [1, 0, 0.2, 0.2, 0.05, 0.07]], dtype=torch.float64)
     cfg = LossConfig(xy="mse_t", box_scale="none", ignore="prior", ignore_thresh=0.5)
-    criterion = build_criterion(cfg, num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES)
+    criterion = make_criterion(cfg, num_classes)
     criterion(preds, targets, IMG).total.backward()
     levels = assign_targets(targets, num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES,
                             grid_sizes=[(IMG // s, IMG // s) for s in STRIDES], img_size=(IMG, IMG))
@@ -274,7 +282,7 @@ def test_weights_applied_once_and_total_is_their_sum():
     cfg = LossConfig()
     cfg.weights.obj_neg, cfg.weights.cls = 0.5, 2.0
     cfg.level_weights.obj_neg = [4.0, 1.0, 0.4]
-    result = build_criterion(cfg, num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES)(
+    result = make_criterion(cfg, num_classes)(
         preds, targets, IMG)
     torch.testing.assert_close(result.weighted["obj_neg"],
                                result.terms["obj_neg"] * torch.tensor([2.0, 0.5, 0.2], dtype=torch.float64))
@@ -287,9 +295,8 @@ def test_mean_per_term_divides_by_positives_and_cells():
     preds = head_maps(2, num_classes, seed=4)
     targets = torch.tensor([[0, 1, 0.4, 0.4, 0.3, 0.2], [1, 0, 0.6, 0.5, 0.3, 0.25],
                             [1, 1, 0.2, 0.5, 0.28, 0.22]], dtype=torch.float64)
-    common = dict(num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES)
-    summed = build_criterion(LossConfig(), **common)(preds, targets, IMG)
-    mean = build_criterion(LossConfig(reduction="mean_per_term"), **common)(preds, targets, IMG)
+    summed = make_criterion(LossConfig(), num_classes)(preds, targets, IMG)
+    mean = make_criterion(LossConfig(reduction="mean_per_term"), num_classes)(preds, targets, IMG)
     positives = summed.diagnostics["positives"].clamp(min=1)
     cells = torch.tensor([3 * (IMG // s) ** 2 * 2 for s in STRIDES], dtype=torch.float64)
     for term in ("xy", "wh", "cls"):
@@ -322,7 +329,7 @@ def test_numerically_safe(case):
                            reduction="mean_per_term")):
         for p in preds:
             p.grad = None
-        result = build_criterion(cfg, num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES)(
+        result = make_criterion(cfg, num_classes)(
             preds, targets, IMG)
         result.total.backward()
         assert torch.isfinite(result.total)
@@ -336,20 +343,63 @@ def test_numerically_safe(case):
                     assert (result.terms[term] == 0).all()
 
 
-def test_every_component_combination_runs_and_backpropagates():
+def with_component(entry: Component) -> LossConfig:
+    """The darknet preset with ``entry`` in its slot (a box component replaces x, y, w, h)."""
+    if entry.term == "box":
+        return LossConfig(xy="none", wh="none", box=entry.name)
+    return LossConfig(**{entry.term: entry.name})
+
+
+@pytest.mark.parametrize("entry", COMPONENTS, ids=[f"{e.term}={e.name}" for e in COMPONENTS])
+def test_every_component_trains_in_the_criterion(entry: Component) -> None:
+    """Each registry entry in its slot, with label smoothing on and every other term at darknet's: finite positive
+    loss and gradients, the term present, and the component's own hyper-parameter reaching it (a changed value
+    changes the term)."""
     num_classes = 3
     preds = head_maps(2, num_classes, seed=6)
-    targets = torch.tensor([[0, 1, 0.4, 0.4, 0.3, 0.2], [1, 0, 0.6, 0.5, 0.1, 0.1]], dtype=torch.float64)
-    boxes = [("bce", "mse", "none"), ("mse", "smooth_l1", "none"), ("mse_t", "l1", "none")] + \
-        [("none", "none", b) for b in ("iou", "log_iou", "giou", "diou", "ciou")]
-    for (xy, wh, box), obj, cls in itertools.product(boxes, ("bce", "focal", "mse"), ("bce", "ce", "focal", "poly1")):
-        cfg = LossConfig(xy=xy, wh=wh, box=box, obj=obj, cls=cls, label_smoothing=0.1)
-        result = build_criterion(cfg, num_classes=num_classes, anchors_per_level=ANCHORS, strides=STRIDES)(
-            preds, targets, IMG)
-        grads = torch.autograd.grad(result.total, preds)
-        assert torch.isfinite(result.total) and result.total > 0
-        assert all(torch.isfinite(g).all() for g in grads)
-        assert set(result.terms) == {t for t, on in zip(TERMS, (xy, wh, box, obj, obj, cls)) if on != "none"}
+    targets = torch.tensor([[0, 1, 0.4, 0.4, 0.3, 0.2], [1, 0, 0.6, 0.5, 0.1, 0.1], [1, 2, 0.6, 0.5, 0.1, 0.1]],
+                           dtype=torch.float64)
+    cfg = with_component(entry)
+    cfg.label_smoothing = 0.1
+    result = make_criterion(cfg, num_classes)(preds, targets, IMG)
+    grads = torch.autograd.grad(result.total, preds)
+    assert torch.isfinite(result.total) and result.total > 0
+    assert all(torch.isfinite(g).all() for g in grads)
+    term = {"obj": "obj_pos"}.get(entry.term, entry.term)
+    assert term in result.terms and (result.terms[term] != 0).any()
+    for param in entry.params:
+        changed = dataclasses.replace(cfg, **{param.field: param.default * 0.5 + 0.1})
+        other = make_criterion(changed, num_classes)(preds, targets, IMG)
+        assert not torch.equal(other.terms[term], result.terms[term]), param.field
+
+
+def test_the_schema_names_are_the_registry():
+    """The allowed values of loss.xy ... loss.cls and the hyper-parameter keys are those of the registry entries."""
+    fields = {f.name: f for f in dataclasses.fields(LossConfig)}
+    for term in registry.TERMS:
+        entries = {e.name for e in COMPONENTS if e.term == term}
+        allowed = set(fields[term].metadata["choices"])
+        assert allowed == entries | ({"none"} if term in registry.OPTIONAL_TERMS else set()), term
+    for entry in COMPONENTS:
+        for param in entry.params:
+            assert fields[param.field].default == param.default
+            assert fields[param.field].metadata["range"] == (param.low, param.high, param.low_open, param.high_open)
+    declared = {p.field for e in COMPONENTS for p in e.params}
+    assert declared == {p.field for p in registry.hyperparameters()}
+    assert declared <= set(fields)
+
+
+def test_a_softmax_loss_needs_a_softmax_head() -> None:
+    """A softmax class loss with a sigmoid head (or the reverse) would be evaluated with another meaning than it
+    was trained with: refused."""
+    sigmoid_head = HeadSpec.from_anchors(ANCHORS, strides=STRIDES, num_classes=3)
+    with pytest.raises(ValueError, match="softmax"):
+        build_criterion(LossConfig(cls="ce"), sigmoid_head)
+    softmax_head = dataclasses.replace(sigmoid_head, class_activation="softmax")
+    with pytest.raises(ValueError, match="sigmoid"):
+        build_criterion(LossConfig(cls="bce"), softmax_head)
+    assert [class_activation(name) for name in ("bce", "ce", "focal", "poly1")] == [
+        "sigmoid", "softmax", "sigmoid", "softmax"]
 
 
 def test_prior_ignore_rule_by_hand():
@@ -362,8 +412,7 @@ def test_prior_ignore_rule_by_hand():
     cx = cy = 1.5 * 32
     targets = torch.tensor([[0, 0, cx / IMG, cy / IMG, w / IMG, h / IMG]], dtype=torch.float64)
     preds = head_maps(1, 1, seed=7)
-    criterion = build_criterion(LossConfig(ignore="prior", ignore_thresh=0.5), num_classes=1,
-                                anchors_per_level=ANCHORS, strides=STRIDES)
+    criterion = make_criterion(LossConfig(ignore="prior", ignore_thresh=0.5), 1)
     result = criterion(preds, targets, IMG)
     expected = []
     for level, stride in enumerate(STRIDES):

@@ -26,7 +26,9 @@ from torch.utils.data import Dataset
 
 from yolo_loss.data import (VOC_CLASSES, DataError, DetectionDataset, build_dataset, build_loader,
                             collate, read_coco, read_voc, seed_worker)
-from yolo_loss.data import dataset as dataset_module
+from yolo_loss.data import cache as cache_module
+from yolo_loss.data.cache import cache_bytes
+from yolo_loss.data.images import check_image_file, decode_image_file
 from yolo_loss.schema import AugmentConfig, DataConfig, ShapesConfig
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -308,8 +310,8 @@ def test_image_formats_decode_to_rgb(tmp_path: Path) -> None:
     Image.fromarray(grey).convert("RGB").save(tmp_path / "plain.bmp")
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # 16-bit: v * 257 -> v in 8 bits
     for name in ("grey.jpg", "rgba.png", "cmyk.jpg", "plain.bmp", "deep.png"):
-        assert dataset_module.check_image_file(tmp_path / name) is None
-        image = dataset_module.decode_image_file(tmp_path / name)
+        assert check_image_file(tmp_path / name) is None
+        image = decode_image_file(tmp_path / name)
         assert image.shape == (3, 10, 12) and image.dtype == torch.uint8
         exact = name in ("rgba.png", "plain.bmp", "deep.png")  # lossless: the grey ramp comes back in every channel
         assert torch.equal(image[1], torch.from_numpy(grey)) if exact else (image[0] - image[2]).abs().max() <= 2
@@ -342,7 +344,7 @@ def test_cache_gives_the_same_samples(coco_folder: Path) -> None:
     """The cache stores the letterbox resize, so evaluation samples are identical with and without it."""
     plain = read_fixture(coco_folder)
     cached = DetectionDataset(plain.records, plain.class_names, plain.category_ids, 32, cache=True)
-    assert cached.cache_nbytes == dataset_module.cache_bytes(plain.records, 32) == 3 * (32 * 32 + 32 * 24 + 32 * 19)
+    assert cached.cache_nbytes == cache_bytes(plain.records, 32) == 3 * (32 * 32 + 32 * 24 + 32 * 19)
     for index in range(len(plain)):
         (image, target, meta), (image_c, target_c, meta_c) = plain[index], cached[index]
         assert torch.equal(image, image_c)
@@ -351,7 +353,7 @@ def test_cache_gives_the_same_samples(coco_folder: Path) -> None:
 
 
 def test_cache_refuses_when_memory_is_short(coco_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dataset_module, "available_memory_bytes", lambda: 4000)
+    monkeypatch.setattr(cache_module, "available_memory_bytes", lambda: 4000)
     plain = read_fixture(coco_folder)
     with pytest.raises(DataError, match=r"data.cache=true needs about .* for 3 images .* set data.cache=false"):
         DetectionDataset(plain.records, plain.class_names, plain.category_ids, 32, cache=True)
@@ -525,3 +527,4 @@ def test_voc_subset_counts_and_corner_convention() -> None:
             offsets.append(box[:2] - nearest[:2])
     offsets = np.concatenate(offsets)
     assert len(offsets) == 2 * 515 and abs(offsets.mean()) < 0.3 and np.abs(offsets).max() <= 1.0
+

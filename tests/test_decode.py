@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from yolo_loss.decode import MAX_LOG_WH, decode_level, decode_predictions, grid_xy, per_anchor_view
+from yolo_loss.head import HeadSpec
 
 ANCHORS = torch.tensor([[10.0, 13.0], [20.0, 30.0]])  # A = 2
 
@@ -91,14 +92,15 @@ def test_channels_not_a_multiple_of_the_anchors_are_rejected():
         per_anchor_view(torch.zeros(1, 16, 2, 2), 3)
 
 
-def test_decode_predictions_concatenates_levels_and_applies_sigmoid():
+def test_decode_predictions_concatenates_levels_and_applies_sigmoid():  # a sigmoid head
     """Two levels, 2 x 2 at stride 8 (A * H * W = 8 rows) and 1 x 1 at stride 16 (2 rows): a value set at anchor 1
     of the second level lands at row 8 + 1 = 9, after all rows of the first level."""
     anchors = [ANCHORS, ANCHORS * 2]
     first, second = head_map(2, 3, 2, 2), head_map(2, 3, 1, 1)
     set_raw(first, 2, anchor=0, row=1, col=1, values=[0.0, 0.0, 0.0, 0.0, math.log(3.0), 0.0, 0.0, 2.0])
     set_raw(second, 2, anchor=1, row=0, col=0, values=[0.0, 0.0, math.log(0.5), 0.0, -math.log(3.0), 5.0])
-    boxes, obj, cls = decode_predictions([first, second], anchors, strides=(8, 16))
+    boxes, obj, cls = decode_predictions([first, second], HeadSpec.from_anchors(anchors, strides=(8, 16),
+                                                                                num_classes=3))
     assert boxes.shape == (1, 10, 4) and obj.shape == (1, 10) and cls.shape == (1, 10, 3)
     # First level, anchor 0, row 1, column 1: row 3; sig(ln 3) = 0.75, sig(2) for class 2.
     assert torch.allclose(boxes[0, 3], torch.tensor([12.0, 12.0, 10.0, 13.0]))

@@ -27,10 +27,11 @@ from yolo_loss import distributed as dist
 from yolo_loss.checkpoint import load_checkpoint
 from yolo_loss.config import config_from_dict, load_config
 from yolo_loss.data import build_dataset, build_loader
-from yolo_loss.data.dataset import EpochSampler, RankBatchSampler
+from yolo_loss.data.loader import EpochSampler, RankBatchSampler
 from yolo_loss.engine import evaluate, train
+from yolo_loss.head import build_head
 from yolo_loss.losses.criterion import build_criterion
-from yolo_loss.model import anchors_per_level, build_model
+from yolo_loss.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,9 +147,7 @@ def evaluate_checkpoint(checkpoint: Path) -> dict:
     model.load_state_dict(state["model"])
     loader = build_loader(dataset, cfg.eval.batch_size, shuffle=False, workers=0, seed=0, rank=dist.rank(),
                           world_size=dist.world_size())
-    criterion = build_criterion(cfg.loss, num_classes=dataset.num_classes,
-                                anchors_per_level=anchors_per_level(cfg.model, cfg.data.img_size),
-                                strides=model.strides)
+    criterion = build_criterion(cfg.loss, build_head(cfg, dataset.num_classes))
     metrics, losses, evaluator = evaluate(model, loader, criterion, cfg, device)
     return {"metrics": metrics, "losses": losses, "results": evaluator.results(),
             "images": [int(i) for i in evaluator.coco_eval.params.imgIds], "local_batches": len(loader)}

@@ -19,7 +19,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from yolo_loss.checkpoint import load_checkpoint
 from yolo_loss.config import config_from_dict, config_to_dict, load_config
-from yolo_loss.engine import METRIC_KEYS, ResumeError, train
+from yolo_loss.data import build_dataset, build_loader
+from yolo_loss.engine import METRIC_KEYS, ResumeError, evaluate, train
+from yolo_loss.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -121,6 +123,46 @@ def test_training_starts_from_darknet_weights(shapes_root: Path, tmp_path: Path)
     with pytest.raises(DarknetWeightsError, match="coco.weights does not fit this model"):
         train(cfg, tmp_path / "run2")
     assert not (tmp_path / "run2" / "last.pt").exists()
+
+
+def shifted_class_logits(state: dict, shift: float, num_classes: int) -> dict:
+    """A model state dict with ``shift`` added to the bias of every class logit of the three output convolutions."""
+    state = {name: value.clone() for name, value in state.items()}
+    for name, bias in state.items():
+        if name.endswith("pred.bias"):
+            per_anchor = bias.view(-1, 5 + num_classes)  # tx, ty, tw, th, to, tc_0 .. tc_{C-1} per anchor
+            per_anchor[:, 5:] += shift
+    return state
+
+
+@pytest.mark.parametrize("loss_cls, invariant", [("ce", True), ("poly1", True), ("bce", False)])
+def test_a_softmax_model_is_scored_with_its_softmax(loss_cls: str, invariant: bool, shapes_root: Path,
+                                                    tmp_path: Path) -> None:
+    """What is trained is what is evaluated. A softmax over the classes ignores a constant added to all class
+    logits; sigmoids do not. So shifting every class bias of a trained ``cls: ce`` (or ``poly1``) checkpoint by +3
+    leaves its detections as they were (scores to 1e-5), and the same shift changes a ``cls: bce`` model's."""
+    cfg = tiny_config(shapes_root, tmp_path, epochs=4)
+    cfg.loss.cls = loss_cls
+    cfg.eval.conf_thresh = 1e-4  # a model of 16 steps scores low: keep enough detections to compare
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    train(cfg, run_dir)
+    state = load_checkpoint(run_dir / "last.pt")
+    dataset = build_dataset(cfg.data, "val", train=False)
+    loader = build_loader(dataset, cfg.eval.batch_size, shuffle=False, workers=0, seed=0)
+    model = build_model(cfg.model, dataset.num_classes)
+    detections = []
+    for shift in (0.0, 3.0):
+        model.load_state_dict(shifted_class_logits(state["model"], shift, dataset.num_classes))
+        _, _, evaluator = evaluate(model, loader, None, cfg, torch.device("cpu"))
+        detections.append(evaluator.results())
+    plain, shifted = detections
+    assert len(plain) > 20
+    same = len(plain) == len(shifted) and all(
+        (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        and a["bbox"] == pytest.approx(b["bbox"], abs=1e-3) and a["score"] == pytest.approx(b["score"], abs=1e-5)
+        for a, b in zip(plain, shifted))
+    assert same == invariant
 
 
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from yolo_loss.model import Darknet53, Residual, YOLOv3, anchors_per_level, build_model
-from yolo_loss.schema import YOLOV3_ANCHORS, ModelConfig
+from yolo_loss.model import Darknet53, Residual, YOLOv3, build_model
+from yolo_loss.schema import ModelConfig
 
 NANO = {"width": 0.25, "depth": 0.33}  # the default CPU setting (configs/shapes_nano.yaml)
 YOLOV3_COCO_PARAMETERS = 61_949_149  # yolov3.cfg with 80 classes, as counted by the PyTorch ports
@@ -252,17 +252,3 @@ def test_residual_adds_its_input():
         assert torch.equal(block(x), x)
         block.expand.bn.bias.fill_(1.0)  # now the branch adds exactly 1 everywhere
         assert torch.allclose(block(x), x + 1.0)
-
-
-def test_anchors_per_level_scaled_to_the_input():
-    cfg = ModelConfig()  # YOLOv3 anchors given at 416 px
-    levels = anchors_per_level(cfg, 160)
-    assert [tuple(a.shape) for a in levels] == [(3, 2)] * 3
-    scale = 160 / 416
-    assert torch.allclose(levels[0][0], torch.tensor([10 * scale, 13 * scale]))
-    assert torch.allclose(levels[2][2], torch.tensor([373 * scale, 326 * scale]))
-    assert torch.allclose(torch.cat(levels), torch.tensor(YOLOV3_ANCHORS) * scale)
-    assert torch.equal(torch.cat(anchors_per_level(cfg, 416)), torch.tensor(YOLOV3_ANCHORS, dtype=torch.float32))
-
-    unscaled = anchors_per_level(ModelConfig(anchors_img_size=0), 160)
-    assert torch.equal(torch.cat(unscaled), torch.tensor(YOLOV3_ANCHORS, dtype=torch.float32))

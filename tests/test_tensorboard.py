@@ -22,12 +22,14 @@ from tensorboard.util import tensor_util
 
 from yolo_loss.config import config_from_dict, config_to_dict, load_config
 from yolo_loss.engine import train
-from yolo_loss.evaluation import Detections, Evaluator, voc_ap_area, voc_pr_curve
-from yolo_loss.losses import build_criterion
+from yolo_loss.evaluation import Evaluator, voc_ap_area, voc_pr_curve
+from yolo_loss.head import HeadSpec
+from yolo_loss.losses.criterion import build_criterion
 from yolo_loss.losses.criterion import DIAGNOSTICS, LossResult
+from yolo_loss.postprocess import Detections
 from yolo_loss.schema import YOLOV3_ANCHORS, LevelWeights, LossConfig, LossWeights
 from yolo_loss.tensorboard_log import (LEVEL_NAMES, METRIC_TAGS, PR_NUM_THRESHOLDS, hparam_values, hparams_summaries,
-                                       loss_scalars, pr_curve_counts, term_gradient_norms, voc_detections)
+                                       loss_scalars, pr_curve_counts, term_gradient_norms)
 
 REPO = Path(__file__).resolve().parents[1]
 TERMS = ("xy", "wh", "obj_pos", "obj_neg", "cls")  # the darknet preset's terms (no IoU box term)
@@ -202,14 +204,15 @@ def test_term_gradient_norms_equal_separate_backward_passes() -> None:
     preds = [torch.randn(2, 3 * 8, 64 // s, 64 // s, requires_grad=True) for s in (8, 16, 32)]
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4], [1, 2, 0.2, 0.3, 0.1, 0.1], [1, 0, 0.7, 0.6, 0.8, 0.5]])
     loss_cfg = LossConfig(level_weights=LevelWeights(xy=[1.0, 2.0, 0.5]), weights=LossWeights(cls=3.0))
-    criterion = build_criterion(loss_cfg, num_classes=3, anchors_per_level=anchors, strides=(8, 16, 32))
+    head = HeadSpec.from_anchors(anchors, strides=(8, 16, 32), num_classes=3)
+    criterion = build_criterion(loss_cfg, head)
     norms = term_gradient_norms(criterion(preds, targets, 64), preds)
     assert all(p.grad is None for p in preds)  # measuring does not touch .grad
 
     for term in (*TERMS, "total"):
         weights = {t: (1.0 if term in (t, "total") else 0.0) * getattr(loss_cfg.weights, t) for t in TERMS}
-        alone = build_criterion(LossConfig(level_weights=LevelWeights(xy=[1.0, 2.0, 0.5]), weights=LossWeights(**weights)),
-                                num_classes=3, anchors_per_level=anchors, strides=(8, 16, 32))
+        alone = build_criterion(LossConfig(level_weights=LevelWeights(xy=[1.0, 2.0, 0.5]),
+                                           weights=LossWeights(**weights)), head)
         grads = torch.autograd.grad(alone(preds, targets, 64).total, preds)
         for level, grad in zip(LEVEL_NAMES, grads):
             assert norms[f"grad/{term}/{level}"] == pytest.approx(float(grad.norm()), rel=1e-5, abs=1e-9)
@@ -260,8 +263,9 @@ def coco_gt(boxes_per_image: dict[int, list[tuple[int, list[float], int]]]) -> C
     return coco
 
 
-def test_voc_detections_reproduce_the_evaluators_ap() -> None:
-    """The per-detection TP/FP behind the curves give the Evaluator's own per-class VOC AP."""
+def test_voc_matches_reproduce_the_evaluators_ap() -> None:
+    """The per-detection TP/FP behind the curves (Evaluator.voc_matches) give the Evaluator's own per-class VOC AP,
+    and Evaluator.detections gives back what an image was given, by decreasing score."""
     rng = np.random.default_rng(0)
     gt = {image: [(CATEGORY_IDS[int(rng.integers(3))], [x, y, x + 20, y + 25], int(rng.random() < 0.1))
                   for x, y in rng.integers(0, 130, size=(4, 2)).tolist()] for image in range(1, 7)}
@@ -273,7 +277,8 @@ def test_voc_detections_reproduce_the_evaluators_ap() -> None:
         evaluator.update([image], [Detections(torch.tensor([r[0] for r in rows], dtype=torch.float32),
                                               torch.tensor([r[1] for r in rows]),
                                               torch.tensor([r[2] for r in rows]))])
-    labels, scores, is_tp, is_fp, num_gt = voc_detections(evaluator)
+    matches = evaluator.voc_matches()
+    labels, scores, is_tp, is_fp, num_gt = matches.labels, matches.scores, matches.is_tp, matches.is_fp, matches.num_gt
     per_class = evaluator.per_class_ap50()
     names = {0: "circle", 1: "square", 2: "tri"}
     for label in np.flatnonzero(num_gt).tolist():
@@ -284,6 +289,11 @@ def test_voc_detections_reproduce_the_evaluators_ap() -> None:
         counts = pr_curve_counts(scores[labels == label], is_tp[labels == label], is_fp[labels == label],
                                  int(num_gt[label]))
         assert counts["recall"][0] == pytest.approx(recall[-1])
+    given = evaluator.detections(6)
+    assert len(given) == 2 * len(gt[6]) + 1 and given.scores[0] == pytest.approx(0.95)
+    assert bool((given.scores[:-1] >= given.scores[1:]).all())
+    with pytest.raises(KeyError, match="has not been evaluated"):
+        evaluator.detections(99)
 
 
 def test_plot_run_writes_pngs(run_dir: Path, tmp_path: Path) -> None:

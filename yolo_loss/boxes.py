@@ -20,7 +20,6 @@ overflow float16.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -161,12 +160,3 @@ def ciou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, eps: float = 1e-7) -> T
         alpha = v / (1.0 - iou + v + eps)
     return diou + alpha * v
 
-
-# Keyed by the ``loss.box`` config names (schema.LossConfig); all share ``(pred_xyxy, target_xyxy, *, eps)``.
-BOX_LOSSES: dict[str, Callable[..., Tensor]] = {
-    "iou": iou_loss,
-    "log_iou": log_iou_loss,
-    "giou": giou_loss,
-    "diou": diou_loss,
-    "ciou": ciou_loss,
-}

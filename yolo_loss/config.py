@@ -504,14 +504,15 @@ class _Converter:
     def _check_range(self, number: float, raw: int | float, metadata: Mapping[str, Any], dotted: str) -> Any:
         """``number`` if inside the field's ``range`` metadata, else an issue quoting the value as written."""
         bounds = metadata.get("range")
-        if bounds is None:
+        if bounds is None or number in metadata.get("also", ()):
             return number
         low, high, low_open, high_open = bounds
         too_low = low is not None and (number <= low if low_open else number < low)
         too_high = high is not None and (number >= high if high_open else number > high)
         if not (too_low or too_high):
             return number
-        return self._fail(dotted, f"must be {_range_text(low, high, low_open, high_open)}, got {raw!r}")
+        also = "".join(f" or {value:g}" for value in metadata.get("also", ()))
+        return self._fail(dotted, f"must be {_range_text(low, high, low_open, high_open)}{also}, got {raw!r}")
 
     def _resolve_path(self, path: str, dotted: str) -> str:
         """An absolute path: relative ones against the folder of the file that set the key ("" stays "": unset)."""

@@ -144,13 +144,19 @@ def import_cfg(sections: list[Section], *, train_images: int | None = None, sour
         raise DarknetCfgError(f"{source} is not YOLOv3's layer stack (found {found}; expected {expected}): this "
                               "project builds the YOLOv3 of yolov3.cfg and imports only its cfgs")
     notes: list[str] = []
-    model: dict[str, Any] = {"width": 1.0, "depth": 1.0}
+    data, augment, train = _import_net(net, source, train_images, notes)
+    model, loss, yolo_augment, classes = _import_yolos(layers, source, notes)
+    data["augment"] = augment | yolo_augment
+    return CfgImport({"model": model, "data": data, "loss": loss, "train": train}, notes, classes)
+
+
+def _import_net(net: Section, source: str, train_images: int | None, notes: list[str],
+                ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The ``[net]`` section: ``data``, ``data.augment`` and ``train`` keys; what is not translated goes to
+    ``notes``."""
     data: dict[str, Any] = {}
     augment: dict[str, Any] = {"flip": 0.5}  # darknet flips every training image with probability 1/2
-    loss: dict[str, Any] = {}
     train: dict[str, Any] = {}
-
-    # [net]
     used = set()
 
     def net_value(key: str, default: Any = None, kind: type = float) -> Any:
@@ -215,8 +221,16 @@ def import_cfg(sections: list[Section], *, train_images: int | None = None, sour
             notes.append(f"[net] {key}={value}: {_NET_NOT_NEEDED[key]}")
         elif key not in used:
             notes.append(f"[net] {key}={value}: not supported")
+    return data, augment, train
 
-    # The three [yolo] sections, each checked against the convolution before it.
+
+def _import_yolos(layers: list[Section], source: str, notes: list[str],
+                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int | None]:
+    """The three ``[yolo]`` sections, each checked against the convolution before it: ``model``, ``loss`` and
+    ``data.augment`` keys and the class count; what is not translated goes to ``notes``."""
+    model: dict[str, Any] = {"width": 1.0, "depth": 1.0}
+    loss: dict[str, Any] = {}
+    augment: dict[str, Any] = {}
     yolos = [(i, s) for i, s in enumerate(layers) if s.name == "yolo"]
     settings: dict[str, str] = {}
     classes = None
@@ -266,8 +280,7 @@ def import_cfg(sections: list[Section], *, train_images: int | None = None, sour
                              "implemented (1, yolov3.cfg's value, turns them off)")
         else:
             notes.append(f"[yolo] {key}={value}: not supported")
-    data["augment"] = augment
-    return CfgImport({"model": model, "data": data, "loss": loss, "train": train}, notes, classes)
+    return model, loss, augment, classes
 
 
 def import_cfg_file(path: Path, *, train_images: int | None = None) -> CfgImport:

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from yolo_loss.head import HeadSpec
 
 MAX_LOG_WH = math.log(1e3)
 
@@ -71,12 +76,12 @@ def decode_level(pred: Tensor, anchors_wh: Tensor, stride: float) -> tuple[Tenso
     return boxes.view(batch, -1, 4), rows[..., 4], rows[..., 5:]
 
 
-def decode_predictions(preds: list[Tensor], anchors_per_level: list[Tensor],
-                       strides: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """Decode all levels and concatenate them: boxes ``Tensor[B, N, 4]`` cxcywh pixels,
-    objectness probabilities ``Tensor[B, N]`` and class probabilities ``Tensor[B, N, C]``."""
-    decoded = [decode_level(p, a, s) for p, a, s in zip(preds, anchors_per_level, strides)]
+def decode_predictions(preds: list[Tensor], head: HeadSpec) -> tuple[Tensor, Tensor, Tensor]:
+    """Decode all levels and concatenate them: boxes ``Tensor[B, N, 4]`` cxcywh pixels, objectness probabilities
+    ``Tensor[B, N]`` and class probabilities ``Tensor[B, N, C]`` by the head's class activation (independent
+    sigmoids, or a softmax over the classes of each row)."""
+    decoded = [decode_level(p, a, s) for p, a, s in zip(preds, head.anchors(like=preds[0]), head.strides)]
     boxes = torch.cat([d[0] for d in decoded], dim=1)
     obj = torch.cat([d[1] for d in decoded], dim=1).sigmoid()
-    cls = torch.cat([d[2] for d in decoded], dim=1).sigmoid()
+    cls = head.class_probabilities(torch.cat([d[2] for d in decoded], dim=1))
     return boxes, obj, cls

@@ -17,18 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from yolo_loss import distributed as dist
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint, state_has_nonfinite
 from yolo_loss.config import config_hash, config_to_dict
 from yolo_loss.darknet_weights import load_darknet_weights
-from yolo_loss.data import build_dataset, build_loader
+from yolo_loss.data import DetectionDataset, build_dataset, build_loader
 from yolo_loss.data.transforms import unletterbox_boxes
-from yolo_loss.evaluation import Evaluator, postprocess
+from yolo_loss.evaluation import Evaluator
+from yolo_loss.head import HeadSpec, build_head
 from yolo_loss.losses.criterion import LossResult, YoloCriterion, build_criterion
-from yolo_loss.model import anchors_per_level, build_model
-from yolo_loss.optim import ModelEMA, build_optimizer, grad_norm_and_clip, lr_at, set_lr
+from yolo_loss.model import build_model
+from yolo_loss.optim import BATCH_NORMS, ModelEMA, build_optimizer, grad_norm_and_clip, lr_at, set_lr
+from yolo_loss.postprocess import postprocess
 from yolo_loss.runtime import rng_state, seed_everything, set_rng_state
 from yolo_loss.schema import Config
 from yolo_loss.tensorboard_log import LEVEL_NAMES, RunLogger, loss_scalars
@@ -85,7 +88,7 @@ def freeze_batchnorm(model: torch.nn.Module) -> None:
     """``train.batchnorm=frozen``: every BatchNorm in eval mode, normalising with its running statistics and not
     updating them (its scale and shift still learn); call after ``model.train()``."""
     for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, BATCH_NORMS):
             module.eval()
 
 
@@ -95,13 +98,15 @@ def evaluate(model: torch.nn.Module, loader, criterion: YoloCriterion | None, cf
     """Run the model over a loader: COCO and VOC metrics, and (when a criterion is given) the mean loss terms under
     the training tags (:func:`~yolo_loss.tensorboard_log.loss_scalars`).
 
-    Under ``torchrun`` every process runs its share of the batches (a loader built with its rank, see
-    :func:`~yolo_loss.data.dataset.build_loader`) and gets every process's results, in single-process order, before
-    the metrics: every process returns the metrics and losses of one process evaluating the whole set."""
+    The detections are scored with the head description of ``cfg`` and the loader's data set
+    (:func:`~yolo_loss.head.build_head`): as the model was trained. Under ``torchrun`` every process runs its share
+    of the batches (a loader built with its rank, see :func:`~yolo_loss.data.build_loader`) and gets every
+    process's results, in single-process order, before the metrics: every process returns the metrics and losses
+    of one process evaluating the whole set."""
     model.eval()
     dataset = loader.dataset
     evaluator = Evaluator(dataset.ground_truth_coco, dataset.category_ids)
-    anchors = [a.to(device) for a in anchors_per_level(cfg.model, cfg.data.img_size)]
+    head = build_head(cfg, dataset.num_classes)
     per_batch = []  # (image ids, detections in original-image pixels, loss scalars) of each batch
     for images, targets, metas in loader:
         images = images.to(device, memory_format=memory_format(cfg), non_blocking=True)
@@ -109,9 +114,8 @@ def evaluate(model: torch.nn.Module, loader, criterion: YoloCriterion | None, cf
         losses = {}
         if criterion is not None:
             losses = loss_scalars(criterion(preds, targets.to(device), images.shape[-2:]), images.shape[0])
-        detections = postprocess(preds, anchors, model.strides, conf_thresh=cfg.eval.conf_thresh,
-                                 nms_iou=cfg.eval.nms_iou, max_det=cfg.eval.max_det,
-                                 max_candidates=cfg.eval.max_candidates)
+        detections = postprocess(preds, head, conf_thresh=cfg.eval.conf_thresh, nms_iou=cfg.eval.nms_iou,
+                                 max_det=cfg.eval.max_det, max_candidates=cfg.eval.max_candidates)
         for det, meta in zip(detections, metas):
             det.boxes_xyxy = unletterbox_boxes(det.boxes_xyxy.cpu(), meta["scale"], meta["pad"], meta["orig_size"])
             det.scores, det.labels = det.scores.cpu(), det.labels.cpu()
@@ -153,16 +157,69 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resume: bool = False) -> TrainResult:
-    """Train ``cfg`` in ``run_dir`` (created by the caller); resume from a checkpoint when given.
+@dataclass
+class TrainState:
+    """Where training is: what a checkpoint holds besides the weights, optimiser, EMA, scaler and random states.
 
-    Under ``torchrun`` every process calls this with the same arguments (:mod:`yolo_loss.distributed`);
-    ``train.batch_size`` is then the batch of each process, and a step trains on ``batch_size`` x processes images.
+    Attributes:
+        epoch: the epoch being trained (0-based); after an epoch ends, the number of epochs finished.
+        step: optimiser steps taken (a skipped non-finite step counts).
+        best_ap: the best COCO AP evaluated so far (-1 before any).
+        nonfinite_skipped: steps skipped for a non-finite loss.
+        train_seconds, images_seen: training time (no evaluation) and images, summed over resumes.
+        progress: how far the unfinished epoch got (restored from a mid-epoch checkpoint, used once).
+        metrics: the last evaluation's metrics; final_terms: the mean weighted terms of the last epoch trained.
     """
+
+    epoch: int = 0
+    step: int = 0
+    best_ap: float = -1.0
+    nonfinite_skipped: int = 0
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    progress: EpochProgress = field(default_factory=EpochProgress)
+    metrics: dict[str, float] = field(default_factory=dict)
+    final_terms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Trainer:
+    """What a run trains with, built once by :func:`build_trainer`; ``net`` is the DDP wrapper in a distributed
+    run (the model itself in one process): forward and backward go through it, the model is saved, averaged and
+    evaluated."""
+
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    train_set: DetectionDataset
+    val_set: DetectionDataset
+    train_loader: DataLoader
+    val_loader: DataLoader
+    head: HeadSpec
+    model: torch.nn.Module
+    criterion: YoloCriterion
+    optimizer: torch.optim.Optimizer
+    ema: ModelEMA | None
+    scaler: torch.amp.GradScaler
+    total_steps: int
+    net: torch.nn.Module | None = None
+    logger: RunLogger | dist.Muted | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+def build_trainer(cfg: Config, run_dir: Path, *, resume: Path | None) -> Trainer:
+    """Seed, then build the data, the model (from its pretrained start unless resuming), the head description,
+    the criterion and the optimiser, in an order that does not change: the seeds make a run reproducible."""
     device = dist.setup(cfg.train.device)
     seed_everything(cfg.train.seed, cfg.train.deterministic)  # the same in every process: the same data order
     write = dist.on_main(tqdm.write)  # console lines from rank 0 only
-    total_batch = cfg.train.batch_size * dist.world_size()  # images per optimiser step, over all processes
     train_set = build_dataset(cfg.data, "train", train=True)
     val_set = build_dataset(cfg.data, "val", train=False)
     if train_set.bad_input.total and dist.is_main():
@@ -172,200 +229,252 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                                 seed=cfg.train.seed, rank=dist.rank(), world_size=dist.world_size())
     val_loader = build_loader(val_set, cfg.eval.batch_size, shuffle=False, workers=cfg.data.workers,
                               seed=cfg.train.seed, rank=dist.rank(), world_size=dist.world_size())
-    num_classes = train_set.num_classes
-    model = build_model(cfg.model, num_classes).to(device, memory_format=memory_format(cfg))
+    model = build_model(cfg.model, train_set.num_classes).to(device, memory_format=memory_format(cfg))
     if cfg.model.pretrained and resume is None:
         write(str(load_darknet_weights(model, Path(cfg.model.pretrained),
                                        max_layers=cfg.model.pretrained_layers or None)))
     if cfg.train.batchnorm == "sync":
         model = dist.sync_batchnorm(model, device)
-    criterion = build_criterion(cfg.loss, num_classes=num_classes,
-                                anchors_per_level=anchors_per_level(cfg.model, cfg.data.img_size),
-                                strides=model.strides)
-    optimizer = build_optimizer(model, cfg.train)
-    ema = ModelEMA(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
-    use_amp = cfg.train.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    steps_per_epoch = len(train_loader)
-    total_steps = cfg.train.epochs * steps_per_epoch
+    head = build_head(cfg, train_set.num_classes)
+    total_steps = cfg.train.epochs * len(train_loader)
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
+    return Trainer(cfg, run_dir, device, train_set, val_set, train_loader, val_loader, head, model,
+                   build_criterion(cfg.loss, head), build_optimizer(model, cfg.train),
+                   ModelEMA(model, decay=cfg.train.ema_decay) if cfg.train.ema else None,
+                   torch.amp.GradScaler("cuda", enabled=use_amp(cfg, device)), total_steps)
 
-    step, start_epoch, best_ap, nonfinite_skipped = 0, 0, -1.0, 0
-    train_seconds, images_seen = 0.0, 0  # the training steps only (no evaluation), summed over resumes
-    # Where a checkpoint written mid-epoch left its epoch: batches consumed, summed terms, steps and seconds.
-    progress = EpochProgress()
-    if resume is not None:
-        state = load_checkpoint(resume, map_location="cpu")  # load_state_dict copies onto the model's device
-        if state["config_hash"] != config_hash(cfg) and not force_resume:
-            raise ResumeError(f"{resume} was written with a different config (hash {state['config_hash']} vs "
-                              f"{config_hash(cfg)}); pass --force-resume to continue anyway")
-        saved_world = state.get("world_size", 1)
-        if saved_world != dist.world_size() and not force_resume:
-            raise ResumeError(f"{resume} was written by {saved_world} process(es), a batch of "
-                              f"{cfg.train.batch_size * saved_world} images per step; this run has "
-                              f"{dist.world_size()} ({total_batch} images), which changes the data order and the "
-                              f"steps: resume with {saved_world} process(es), or pass --force-resume")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        scaler.load_state_dict(state["scaler"])
-        step, start_epoch, best_ap = state["step"], state["epoch"], state["best_ap"]
-        nonfinite_skipped = state.get("nonfinite_skipped", 0)
-        train_seconds, images_seen = state.get("train_seconds", 0.0), state.get("images_seen", 0)
-        set_rng_state(state["rng"])
-        train_loader.generator.set_state(state["loader_generator"])  # as it was at the start of the epoch
-        progress = EpochProgress(**state.get("epoch_progress", {}))
-        # skip the images the epoch's batches so far took, from all processes
-        train_loader.sampler.start = progress.batches * cfg.train.batch_size * saved_world
-        write(f"resumed from {resume} at epoch {start_epoch + 1}, batch {progress.batches}, step {step}")
 
-    def checkpoint_state(epoch: int, in_epoch: EpochProgress | None) -> dict:
-        # Mid-epoch, the loader's generator as it was when the epoch began, and how far the epoch got: resuming
-        # draws the same epoch again and skips what was trained (see EpochSampler).
-        loader_state = epoch_loader_state if in_epoch else train_loader.generator.get_state()
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
-                "epoch": epoch, "step": step, "best_ap": best_ap, "nonfinite_skipped": nonfinite_skipped,
-                "train_seconds": train_seconds, "images_seen": images_seen, "world_size": dist.world_size(),
-                "rng": rng_state(), "loader_generator": loader_state,
-                "epoch_progress": dataclasses.asdict(in_epoch or EpochProgress()),
-                "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
-                "class_names": list(train_set.class_names), "category_ids": list(train_set.category_ids)}
+def use_amp(cfg: Config, device: torch.device) -> bool:
+    """Mixed precision: when asked for, on CUDA only."""
+    return cfg.train.amp and device.type == "cuda"
 
-    def save(name: str, epoch: int, in_epoch: EpochProgress | None = None) -> None:
-        if not dist.is_main():  # every process holds the same weights and states: rank 0 writes them
-            return
-        state = checkpoint_state(epoch, in_epoch)
-        bad = state_has_nonfinite(state["model"])
-        if bad:  # never replace a good checkpoint with NaN weights
-            write(f"not saving {name}: non-finite weights in {', '.join(bad[:3])}")
-            return
-        save_checkpoint(state, run_dir / name)
 
-    # Forward and backward go through the DDP wrapper (the model itself in one process), which averages the
-    # gradients over the processes; the model is what is saved, averaged (EMA) and evaluated.
-    net = dist.data_parallel(model, device)
-    tb = dist.on_main(RunLogger)(run_dir, cfg, criterion, train_set.class_names, val_set, device,
-                                 resume_step=step if resume is not None else None)
-    metrics: dict[str, float] = {}
-    final_terms: dict[str, float] = {}  # mean weighted terms of the last epoch trained
-    multiscale = cfg.data.augment.multiscale
+def restore(trainer: Trainer, path: Path, *, force: bool) -> TrainState:
+    """Load a checkpoint into the trainer's model, optimiser, EMA and scaler, the random states and the training
+    loader's position; returns the training state it holds.
+
+    Raises:
+        ResumeError: the checkpoint was written with another config or process count (unless ``force``).
+    """
+    cfg = trainer.cfg
+    saved = load_checkpoint(path, map_location="cpu")  # load_state_dict copies onto the model's device
+    if saved["config_hash"] != config_hash(cfg) and not force:
+        raise ResumeError(f"{path} was written with a different config (hash {saved['config_hash']} vs "
+                          f"{config_hash(cfg)}); pass --force-resume to continue anyway")
+    saved_world = saved.get("world_size", 1)
+    if saved_world != dist.world_size() and not force:
+        raise ResumeError(f"{path} was written by {saved_world} process(es), a batch of "
+                          f"{cfg.train.batch_size * saved_world} images per step; this run has "
+                          f"{dist.world_size()} ({cfg.train.batch_size * dist.world_size()} images), which changes "
+                          f"the data order and the steps: resume with {saved_world} process(es), or pass "
+                          "--force-resume")
+    trainer.model.load_state_dict(saved["model"])
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    if trainer.ema is not None and saved.get("ema"):
+        trainer.ema.load_state_dict(saved["ema"])
+    trainer.scaler.load_state_dict(saved["scaler"])
+    set_rng_state(saved["rng"])
+    trainer.train_loader.generator.set_state(saved["loader_generator"])  # as it was at the start of the epoch
+    state = TrainState(epoch=saved["epoch"], step=saved["step"], best_ap=saved["best_ap"],
+                       nonfinite_skipped=saved.get("nonfinite_skipped", 0),
+                       train_seconds=saved.get("train_seconds", 0.0), images_seen=saved.get("images_seen", 0),
+                       progress=EpochProgress(**saved.get("epoch_progress", {})))
+    # skip the images the epoch's batches so far took, from all processes
+    trainer.train_loader.sampler.start = state.progress.batches * cfg.train.batch_size * saved_world
+    dist.on_main(tqdm.write)(f"resumed from {path} at epoch {state.epoch + 1}, batch {state.progress.batches}, "
+                             f"step {state.step}")
+    return state
+
+
+def save(trainer: Trainer, state: TrainState, name: str, loader_state: torch.Tensor) -> None:
+    """Write ``run_dir/name`` (rank 0 only: every process holds the same states) with ``state`` and the training
+    loader's generator state ``loader_state``; never over a checkpoint with non-finite weights. Mid-epoch (a
+    ``state.progress`` with batches) that is the generator as the epoch began: resuming draws the epoch again and
+    skips what was trained (see :class:`~yolo_loss.data.EpochSampler`)."""
+    if not dist.is_main():
+        return
+    bad = state_has_nonfinite(trainer.model.state_dict())
+    if bad:
+        tqdm.write(f"not saving {name}: non-finite weights in {', '.join(bad[:3])}")
+        return
+    cfg, ema = trainer.cfg, trainer.ema
+    save_checkpoint({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                     "ema": ema.state_dict() if ema is not None else None, "scaler": trainer.scaler.state_dict(),
+                     "epoch": state.epoch, "step": state.step, "best_ap": state.best_ap,
+                     "nonfinite_skipped": state.nonfinite_skipped, "train_seconds": state.train_seconds,
+                     "images_seen": state.images_seen, "world_size": dist.world_size(),
+                     "rng": rng_state(), "loader_generator": loader_state,
+                     "epoch_progress": dataclasses.asdict(state.progress),
+                     "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
+                     "class_names": list(trainer.train_set.class_names),
+                     "category_ids": list(trainer.train_set.category_ids)}, trainer.run_dir / name)
+
+
+def train_step(trainer: Trainer, state: TrainState, images: torch.Tensor, targets: torch.Tensor,
+               metas: list[dict]) -> dict[str, float] | None:
+    """One optimiser step: learning rate, forward, loss, non-finite check, backward, clip, step, EMA, log.
+    Returns the batch's weighted terms (averaged over the processes), or None for a skipped non-finite step."""
+    cfg, device = trainer.cfg, trainer.device
+    lr = lr_at(state.step, trainer.total_steps, cfg.train)
+    set_lr(trainer.optimizer, lr)
+    images = images.to(device, memory_format=memory_format(cfg), non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
+    if cfg.data.augment.multiscale:  # darknet's 'random': one size per batch; targets are normalised, so unchanged
+        size = random.Random(f"{cfg.train.seed}/{state.step}").choice(cfg.data.augment.multiscale)  # stateless
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp(cfg, device)):
+        preds = trainer.net(images)
+    preds = [p.float() for p in preds]
+    result = trainer.criterion(preds, targets, images.shape[-2:])
+
+    problem = first_nonfinite(result)
+    if dist.any_rank(problem is not None):  # all processes skip (or stop at) this step
+        skip_nonfinite(trainer, state, problem or "a loss term is not finite in another process", images,
+                       targets, metas)
+        return None
+
+    trainer.logger.before_backward(state.step + 1, result, preds, images, targets)  # first batch, term gradients
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.scaler.scale(result.total).backward()
+    trainer.scaler.unscale_(trainer.optimizer)
+    grad_norm = grad_norm_and_clip(trainer.model.parameters(), cfg.train.grad_clip)
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    if trainer.ema is not None:
+        trainer.ema.update(trainer.model)
+    state.step += 1
+    trainer.logger.after_step(state.step, result, preds, targets, lr=lr, grad_norm=grad_norm)
+    # One device sync per step; averaged over the processes: the terms of the whole batch.
+    return dict(zip(result.weighted, dist.mean_over_ranks(
+        torch.stack([v.detach().sum() for v in result.weighted.values()])).tolist()))
+
+
+def skip_nonfinite(trainer: Trainer, state: TrainState, problem: str, images: torch.Tensor, targets: torch.Tensor,
+                   metas: list[dict]) -> None:
+    """A non-finite loss: save the batch and the weights, then skip the step, or stop (:class:`NonFiniteLoss`)."""
+    # each process saves its own part of the batch
+    dump = trainer.run_dir / "nonfinite" / (f"step{state.step}.pt" if dist.world_size() == 1
+                                            else f"step{state.step}.rank{dist.rank()}.pt")
+    save_checkpoint({"images": images.cpu(), "targets": targets.cpu(), "step": state.step,
+                     "image_ids": [m["image_id"] for m in metas], "model": trainer.model.state_dict()}, dump)
+    message = f"step {state.step}: {problem}; batch and weights saved to {dump}"
+    state.nonfinite_skipped += 1
+    if trainer.cfg.train.on_nonfinite == "stop" or state.nonfinite_skipped > trainer.cfg.train.max_nonfinite:
+        trainer.logger.close()
+        raise NonFiniteLoss(message)
+    dist.on_main(tqdm.write)(f"skipping {message}")
+    trainer.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+
+
+def train_one_epoch(trainer: Trainer, state: TrainState, stop: _StopRequest) -> bool:
+    """Train (the rest of) epoch ``state.epoch``; True when a signal stopped it mid-epoch (``last.pt`` saved)."""
+    cfg = trainer.cfg
+    trainer.net.train()
+    if cfg.train.batchnorm == "frozen":
+        freeze_batchnorm(trainer.model)
+    epoch_loader_state = trainer.train_loader.generator.get_state()
+    progress, state.progress = state.progress, EpochProgress()  # a resumed epoch's progress is used once
+    # The bar only on a terminal (a log file would get a line per step); the epoch line below always.
+    bar = tqdm(trainer.train_loader, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}", leave=False,
+               dynamic_ncols=True, disable=None if dist.is_main() else True, initial=progress.batches,
+               total=trainer.steps_per_epoch)
+    epoch_start = time.perf_counter() - progress.seconds
+    trainer.logger.start_epoch()
     stopping = False
+    for images, targets, metas in bar:
+        stopping = dist.any_rank(stop.requested)  # all processes stop at the same step
+        if state.step >= trainer.total_steps or stopping:
+            break
+        progress.batches += 1
+        weighted = train_step(trainer, state, images, targets, metas)
+        if weighted is None:
+            continue
+        for name, value in weighted.items():
+            progress.terms[name] = progress.terms.get(name, 0.0) + value
+        progress.steps += 1
+        bar.set_postfix({name: f"{value:.3f}" for name, value in weighted.items()}
+                        | {"lr": f"{trainer.optimizer.param_groups[0]['lr']:.4f}"})
+        if cfg.train.checkpoint_interval and state.step % cfg.train.checkpoint_interval == 0:
+            save_mid_epoch(trainer, state, progress, epoch_start, epoch_loader_state)
+
+    if stopping and progress.batches < trainer.steps_per_epoch:  # mid-epoch: resume trains the rest of it
+        save_mid_epoch(trainer, state, progress, epoch_start, epoch_loader_state)
+        return True
+    if progress.steps:
+        seconds = time.perf_counter() - epoch_start
+        state.train_seconds += seconds
+        state.images_seen += progress.steps * cfg.train.batch_size * dist.world_size()
+        state.final_terms = {name: value / progress.steps for name, value in progress.terms.items()}
+        state.final_terms["total"] = sum(state.final_terms.values())
+        dist.on_main(tqdm.write)(
+            f"epoch {state.epoch + 1}/{cfg.train.epochs}: loss {sum(progress.terms.values()) / progress.steps:.3f} ("
+            + ", ".join(f"{k} {v / progress.steps:.3f}" for k, v in progress.terms.items())
+            + f"), {progress.steps * cfg.train.batch_size * dist.world_size() / seconds:.1f} img/s, {seconds:.0f} s")
+    state.epoch += 1
+    return False
+
+
+def save_mid_epoch(trainer: Trainer, state: TrainState, progress: EpochProgress, epoch_start: float,
+                   epoch_loader_state: torch.Tensor) -> None:
+    state.progress = EpochProgress(progress.batches, dict(progress.terms), progress.steps,
+                                   time.perf_counter() - epoch_start)
+    save(trainer, state, "last.pt", epoch_loader_state)
+    state.progress = EpochProgress()
+
+
+def evaluate_and_checkpoint(trainer: Trainer, state: TrainState) -> bool:
+    """After an epoch: evaluate when due (every ``train.eval_interval`` epochs, and at the end), save ``best.pt`` at
+    a new best AP and ``last.pt``; True when training is finished."""
+    cfg = trainer.cfg
+    finished = state.step >= trainer.total_steps or state.epoch == cfg.train.epochs
+    interval = cfg.train.eval_interval
+    if finished or (interval and state.epoch % interval == 0):
+        metrics, val_losses, evaluator = evaluate(trainer.eval_model, trainer.val_loader, trainer.criterion, cfg,
+                                                  trainer.device)
+        trainer.logger.evaluation(state.step, metrics, val_losses, evaluator)
+        dist.on_main(tqdm.write)(f"epoch {state.epoch}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in METRIC_KEYS
+                                                                      if k in metrics))
+        state.metrics = metrics
+        if metrics.get("AP", 0.0) > state.best_ap:
+            state.best_ap = metrics["AP"]
+            save(trainer, state, "best.pt", trainer.train_loader.generator.get_state())
+    save(trainer, state, "last.pt", trainer.train_loader.generator.get_state())
+    return finished
+
+
+def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resume: bool = False) -> TrainResult:
+    """Train ``cfg`` in ``run_dir`` (created by the caller); resume from a checkpoint when given.
+
+    Under ``torchrun`` every process calls this with the same arguments (:mod:`yolo_loss.distributed`);
+    ``train.batch_size`` is then the batch of each process, and a step trains on ``batch_size`` x processes images.
+    """
+    trainer = build_trainer(cfg, run_dir, resume=resume)
+    state = restore(trainer, resume, force=force_resume) if resume is not None else TrainState()
+    trainer.net = dist.data_parallel(trainer.model, trainer.device)
+    trainer.logger = dist.on_main(RunLogger)(run_dir, cfg, trainer.head, trainer.train_set.class_names,
+                                             trainer.val_set, trainer.device,
+                                             resume_step=state.step if resume is not None else None)
     with _StopRequest() as stop:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            net.train()
-            if cfg.train.batchnorm == "frozen":
-                freeze_batchnorm(model)
-            epoch_loader_state = train_loader.generator.get_state()
-            # The bar only on a terminal (a log file would get a line per step); the epoch line below always.
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True,
-                       disable=None if dist.is_main() else True, initial=progress.batches, total=steps_per_epoch)
-            epoch_start = time.perf_counter() - progress.seconds
-            tb.start_epoch()
-            epoch_terms, epoch_steps, epoch_batches = progress.terms, progress.steps, progress.batches
-            progress = EpochProgress()  # a resumed epoch's progress is used once
-            for images, targets, metas in bar:
-                stopping = dist.any_rank(stop.requested)  # all processes stop at the same step
-                if step >= total_steps or stopping:
-                    break
-                epoch_batches += 1
-                lr = lr_at(step, total_steps, cfg.train)
-                set_lr(optimizer, lr)
-                images = images.to(device, memory_format=memory_format(cfg), non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                if multiscale:  # darknet's 'random': one size per batch; targets are normalised, so unchanged
-                    size = random.Random(f"{cfg.train.seed}/{step}").choice(multiscale)  # stateless: resumes exactly
-                    images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
-                                                             align_corners=False)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    preds = net(images)
-                preds = [p.float() for p in preds]
-                result = criterion(preds, targets, images.shape[-2:])
-
-                problem = first_nonfinite(result)
-                if dist.any_rank(problem is not None):  # all processes skip (or stop at) this step
-                    problem = problem or "a loss term is not finite in another process"
-                    # each process saves its own part of the batch
-                    dump = run_dir / "nonfinite" / (f"step{step}.pt" if dist.world_size() == 1
-                                                    else f"step{step}.rank{dist.rank()}.pt")
-                    save_checkpoint({"images": images.cpu(), "targets": targets.cpu(), "step": step,
-                                     "image_ids": [m["image_id"] for m in metas], "model": model.state_dict()},
-                                    dump)
-                    message = f"step {step}: {problem}; batch and weights saved to {dump}"
-                    nonfinite_skipped += 1
-                    if cfg.train.on_nonfinite == "stop" or nonfinite_skipped > cfg.train.max_nonfinite:
-                        tb.close()
-                        raise NonFiniteLoss(message)
-                    write(f"skipping {message}")
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    continue
-
-                tb.before_backward(step + 1, result, preds, images, targets)  # first batch, per-term gradients
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(result.total).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = grad_norm_and_clip(model.parameters(), cfg.train.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                if ema is not None:
-                    ema.update(model)
-                step += 1
-
-                tb.after_step(step, result, preds, targets, lr=lr, grad_norm=grad_norm)
-                # One device sync per step; averaged over the processes: the terms of the whole batch.
-                weighted = dict(zip(result.weighted, dist.mean_over_ranks(
-                    torch.stack([v.detach().sum() for v in result.weighted.values()])).tolist()))
-                for name, value in weighted.items():
-                    epoch_terms[name] = epoch_terms.get(name, 0.0) + value
-                epoch_steps += 1
-                bar.set_postfix({name: f"{value:.3f}" for name, value in weighted.items()} | {"lr": f"{lr:.4f}"})
-                if cfg.train.checkpoint_interval and step % cfg.train.checkpoint_interval == 0:
-                    save("last.pt", epoch, EpochProgress(epoch_batches, epoch_terms, epoch_steps,
-                                                        time.perf_counter() - epoch_start))
-
-            if stopping and epoch_batches < steps_per_epoch:  # mid-epoch: resume trains the rest of it
-                save("last.pt", epoch, EpochProgress(epoch_batches, epoch_terms, epoch_steps,
-                                                    time.perf_counter() - epoch_start))
-                tb.close()
-                write(f"stopped at step {step}; resume with --resume {run_dir / 'last.pt'}")
-                return TrainResult(run_dir, metrics, step, stopped=True)
-            if epoch_steps:
-                seconds = time.perf_counter() - epoch_start
-                train_seconds += seconds
-                images_seen += epoch_steps * total_batch
-                final_terms = {name: value / epoch_steps for name, value in epoch_terms.items()}
-                final_terms["total"] = sum(final_terms.values())
-                write(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {sum(epoch_terms.values()) / epoch_steps:.3f} ("
-                      + ", ".join(f"{k} {v / epoch_steps:.3f}" for k, v in epoch_terms.items())
-                      + f"), {epoch_steps * total_batch / seconds:.1f} img/s, {seconds:.0f} s")
-
-            finished = step >= total_steps or epoch + 1 == cfg.train.epochs
-            interval = cfg.train.eval_interval
-            if finished or (interval and (epoch + 1) % interval == 0):
-                eval_model = ema.module if ema is not None else model
-                metrics, val_losses, evaluator = evaluate(eval_model, val_loader, criterion, cfg, device)
-                tb.evaluation(step, eval_model, metrics, val_losses, evaluator)
-                write(f"epoch {epoch + 1}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in METRIC_KEYS
-                                                           if k in metrics))
-                if metrics.get("AP", 0.0) > best_ap:
-                    best_ap = metrics["AP"]
-                    save("best.pt", epoch + 1)
-            save("last.pt", epoch + 1)
-            if finished:
+        while state.epoch < cfg.train.epochs:
+            if train_one_epoch(trainer, state, stop):
+                trainer.logger.close()
+                dist.on_main(tqdm.write)(f"stopped at step {state.step}; resume with --resume {run_dir / 'last.pt'}")
+                return TrainResult(run_dir, state.metrics, state.step, stopped=True)
+            if evaluate_and_checkpoint(trainer, state):
                 break
-    if not metrics:  # resumed from the checkpoint after the last epoch (killed before this point): evaluate it
-        metrics, _, _ = evaluate(ema.module if ema is not None else model, val_loader, criterion, cfg, device)
-    tb.hparams()  # the run's settings beside its final metrics, for the HParams table
-    tb.close()
-    summary = {"metrics": metrics, "steps": step, "final_terms": final_terms, "train_seconds": train_seconds,
-               "images_per_sec": images_seen / train_seconds if train_seconds else 0.0,
-               "nonfinite_skipped": nonfinite_skipped, "world_size": dist.world_size()}
+    if not state.metrics:  # resumed from the checkpoint after the last epoch (killed before this point): evaluate it
+        state.metrics, _, _ = evaluate(trainer.eval_model, trainer.val_loader, trainer.criterion, cfg, trainer.device)
+    trainer.logger.hparams()  # the run's settings beside its final metrics, for the HParams table
+    trainer.logger.close()
+    summary = {"metrics": state.metrics, "steps": state.step, "final_terms": state.final_terms,
+               "train_seconds": state.train_seconds,
+               "images_per_sec": state.images_seen / state.train_seconds if state.train_seconds else 0.0,
+               "nonfinite_skipped": state.nonfinite_skipped, "world_size": dist.world_size()}
     if dist.is_main():
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    return TrainResult(run_dir, metrics, step)
+    return TrainResult(run_dir, state.metrics, state.step)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

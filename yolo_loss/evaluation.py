@@ -1,12 +1,4 @@
-"""Inference post-processing and the detection metrics.
-
-:func:`postprocess` turns the raw head maps into per-image detections the way darknet's YOLOv3 does for its
-mAP validation (``validate_detector_map``: ``get_yolo_detections`` then ``do_nms_sort``):
-
-- ``score = objectness * class probability``, multi-label: every class whose score exceeds ``conf_thresh``
-  gives its own detection of the same box (darknet keeps ``prob[j] = obj * p_j`` when it is ``> thresh``);
-- NMS per image and class with suppression at ``IoU > nms_iou`` (darknet ``do_nms_sort``, torchvision ``nms``);
-- the ``max_det`` highest-scoring detections of each image are kept (COCO evaluates at most 100 per image).
+"""The detection metrics of detections in original-image pixels (``yolo_loss/postprocess.py`` makes them).
 
 :class:`Evaluator` collects detections in original-image pixels and computes
 
@@ -26,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,143 +26,15 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torch import Tensor
-from torchvision.ops import batched_nms, nms
 
-from yolo_loss.boxes import box_cxcywh_to_xyxy
-from yolo_loss.decode import decode_predictions
+from yolo_loss.postprocess import Detections
 
 COCO_METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6], in that order
 VOC_METRIC_KEYS = ("VOC07_AP50", "VOC_AP50")
 VOC_IOU_THRESH = 0.5
-MAX_CANDIDATES = 3000  # per image, before NMS (eval.max_candidates)
 # VOC 2007's recall thresholds 0, 0.1, ..., 1 as the doubles nearest k/10 (MATLAB's 0:0.1:1). A recall of 3/5
 # then reaches the threshold 0.6; py-faster-rcnn's np.arange(0, 1.1, 0.1) holds 0.6000000000000001 and misses it.
 VOC07_RECALL_THRESHOLDS = np.arange(11) / 10
-
-
-@dataclass
-class Detections:
-    """The detections of one image, in decreasing order of score.
-
-    Attributes:
-        boxes_xyxy: ``Tensor[n, 4]`` (x1, y1, x2, y2): network-input pixels out of :func:`postprocess`,
-            original-image pixels when given to :meth:`Evaluator.update`.
-        scores: ``Tensor[n]`` objectness * class probability, in ``(conf_thresh, 1]``.
-        labels: ``Tensor[n]`` int64 contiguous class index in ``[0, C)``.
-    """
-
-    boxes_xyxy: Tensor
-    scores: Tensor
-    labels: Tensor
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-
-@torch.no_grad()
-def postprocess(preds: list[Tensor], anchors_per_level: list[Tensor], strides: Sequence[int], *,
-                conf_thresh: float, nms_iou: float, max_det: int,
-                max_candidates: int = MAX_CANDIDATES) -> list[Detections]:
-    """Decode, score, NMS and keep the best ``max_det`` per image: darknet's YOLOv3 inference.
-
-    Args:
-        preds: per level ``Tensor[B, A * (5 + C), H, W]`` raw head maps (logits), in the order of ``strides``.
-        anchors_per_level: per level ``Tensor[A, 2]`` anchor (w, h) in input pixels.
-        strides: input pixels per cell of each level, e.g. ``(8, 16, 32)``.
-        conf_thresh: a (box, class) pair is a candidate when ``obj * p_class > conf_thresh``.
-        nms_iou: a candidate is suppressed by a higher-scoring one of the same image and class when their
-            IoU ``> nms_iou``.
-        max_det: at most this many detections per image, the highest scoring.
-        max_candidates: at most this many (box, class) candidates per image go to NMS, the highest scoring: an
-            untrained model, whose scores all sit near the threshold, would otherwise send every cell and class
-            (hundreds of thousands per image) through NMS. mmdetection's YOLOv3 keeps 1000 predictions (nms_pre);
-            on the main job's model the metrics are the same with 1000, 3000 or 30000 (README, Speed).
-
-    Returns:
-        One :class:`Detections` per image, boxes xyxy in input pixels (not clipped to the image: the letterbox
-        padding makes the input border meaningless; clip when mapping back to the original image).
-
-    All candidates of the batch go through one :func:`grouped_nms` call keyed by ``image * C + class``; the per-image
-    top-k is vectorised too, so the only Python-level work is splitting the kept rows into B views.
-    """
-    boxes_cxcywh, obj_prob, cls_prob = decode_predictions(preds, anchors_per_level, tuple(strides))
-    batch, _, num_classes = cls_prob.shape
-    # Gate rows on objectness before forming scores: obj * p <= obj, so a row with obj <= conf_thresh cannot give
-    # a detection, and most rows of a trained model fall here, which spares building the [B, N, C] score tensor.
-    # Non-finite boxes (a diverged model) would poison NMS, so they are dropped with them.
-    row_is_candidate = (obj_prob > conf_thresh) & torch.isfinite(boxes_cxcywh).all(dim=-1)
-    row_image, row_index = row_is_candidate.nonzero(as_tuple=True)
-    row_scores = obj_prob[row_image, row_index, None] * cls_prob[row_image, row_index]  # [R, C]
-    cand_row, cand_label = (row_scores > conf_thresh).nonzero(as_tuple=True)
-    cand_image = row_image[cand_row]
-    cand_scores = row_scores[cand_row, cand_label]
-    if cand_scores.numel() > max_candidates:
-        keep = _best_of_each_image(cand_image, cand_scores, batch, max_candidates)
-        cand_row, cand_label, cand_image, cand_scores = (cand_row[keep], cand_label[keep], cand_image[keep],
-                                                          cand_scores[keep])
-    cand_boxes_xyxy = box_cxcywh_to_xyxy(boxes_cxcywh[cand_image, row_index[cand_row]])
-
-    # One NMS for the whole batch: the (image, class) key keeps boxes of other images and classes from suppressing.
-    keep = grouped_nms(cand_boxes_xyxy, cand_scores, cand_image * num_classes + cand_label, nms_iou)
-    # keep is in decreasing score: the best max_det of each image, grouped by image in that order.
-    keep = keep[_top_per_image(cand_image[keep], cand_scores[keep], batch, max_det, scores_sorted=True)]
-    counts = torch.bincount(cand_image[keep], minlength=batch).tolist()
-    return [Detections(boxes, scores, labels) for boxes, scores, labels in zip(
-        cand_boxes_xyxy[keep].split(counts), cand_scores[keep].split(counts), cand_label[keep].split(counts))]
-
-
-# Up to this many boxes one torchvision batched_nms call (boxes of different groups moved apart) is fastest.
-GROUPED_NMS_ONE_CALL = 1000
-
-
-def grouped_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thresh: float) -> Tensor:
-    """NMS within each group (``torchvision.ops.batched_nms``'s result): indices of the kept boxes, by decreasing
-    score.
-
-    ``batched_nms`` on the CPU, above 1000 boxes, runs one NMS per group, each after a full-length ``groups == g``
-    mask: O(boxes x groups), 2 s for a batch of 32 images x 80 classes x 3000 candidates. Here the boxes are sorted
-    by group once and each group's NMS sees only its own slice: the same result, one pass over the boxes.
-
-    Args:
-        boxes_xyxy: ``Tensor[N, 4]``. scores: ``Tensor[N]``. groups: ``Tensor[N]`` int64 keys.
-        iou_thresh: a box is suppressed by a higher-scoring one of its group with IoU ``> iou_thresh``.
-    """
-    if boxes_xyxy.shape[0] <= GROUPED_NMS_ONE_CALL:
-        return batched_nms(boxes_xyxy, scores, groups, iou_thresh)
-    order = torch.sort(groups, stable=True).indices
-    sizes = torch.unique_consecutive(groups[order], return_counts=True)[1].tolist()
-    keep = torch.cat([members[nms(boxes_xyxy[members], scores[members], iou_thresh)]
-                      for members in order.split(sizes)])
-    return keep[torch.sort(scores[keep], descending=True, stable=True).indices]
-
-
-def _best_of_each_image(image: Tensor, scores: Tensor, batch: int, k: int) -> Tensor:
-    """Indices of the ``k`` highest ``scores`` of each image, grouped by image, for ``image`` (``Tensor[N]`` in
-    ``[0, batch)``) in non-decreasing order, as ``nonzero`` leaves the candidates. One ``topk`` over a
-    ``[batch, most candidates of an image]`` table: no sort of all N (2 s for the 16 M candidates of 32
-    untrained 80-class images)."""
-    per_image = torch.bincount(image, minlength=batch)
-    first_of_image = torch.cumsum(per_image, dim=0) - per_image
-    rank_in_image = torch.arange(image.numel(), device=image.device) - first_of_image[image]
-    table = scores.new_full((batch, int(per_image.max())), -math.inf)
-    table[image, rank_in_image] = scores
-    top = table.topk(min(k, table.shape[1]), dim=1, sorted=False).indices  # [batch, k] columns
-    return (first_of_image[:, None] + top)[top < per_image[:, None]]
-
-
-def _top_per_image(image: Tensor, scores: Tensor, batch: int, k: int, *, scores_sorted: bool = False) -> Tensor:
-    """Indices of the ``k`` highest ``scores`` of each image (``image``: ``Tensor[N]`` in ``[0, batch)``),
-    grouped by image in increasing order and by decreasing score inside each image; vectorised, no loop."""
-    order = torch.arange(scores.numel(), device=scores.device) if scores_sorted else (
-        torch.sort(scores, descending=True, stable=True).indices)
-    # A stable sort by image keeps the score order inside each image, so each image's first k rows are its best.
-    order = order[torch.sort(image[order], stable=True).indices]
-    sorted_image = image[order]
-    per_image = torch.bincount(sorted_image, minlength=batch)
-    first_of_image = torch.cumsum(per_image, dim=0) - per_image
-    rank_in_image = torch.arange(order.numel(), device=order.device) - first_of_image[sorted_image]
-    return order[rank_in_image < k]
 
 
 def box_iou_pairs_np(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
@@ -302,6 +164,23 @@ class _VocClassAP:
     ap_area: float
 
 
+@dataclass
+class VocMatches:
+    """Every detection of an :class:`Evaluator` judged by the VOC rules at IoU 0.5, as its ``VOC_AP50`` judges it.
+
+    Attributes:
+        labels, scores: ``int64[D]``, ``float64[D]`` of each detection.
+        is_tp, is_fp: ``bool[D]``; a detection on a difficult (crowd) box is neither.
+        num_gt: ``int64[C]`` non-difficult ground-truth boxes per class in the images seen.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    is_tp: np.ndarray
+    is_fp: np.ndarray
+    num_gt: np.ndarray
+
+
 class Evaluator:
     """Accumulates detections per image and computes the COCO and VOC metrics against a COCO ground truth.
 
@@ -344,7 +223,7 @@ class Evaluator:
         self._det_boxes_xyxy: list[np.ndarray] = []
         self._det_scores: list[np.ndarray] = []
         self._det_labels: list[np.ndarray] = []
-        self._voc_cache: dict[int, _VocClassAP] | None = None
+        self._voc_cache: VocMatches | None = None
 
     @property
     def num_classes(self) -> int:
@@ -407,19 +286,25 @@ class Evaluator:
         including its -1 for an area range (or the whole set) without ground truth. The VOC values are the mean
         over the classes with non-difficult ground truth in the seen images, 0 when there is none.
         """
-        metrics = dict.fromkeys(COCO_METRIC_KEYS + VOC_METRIC_KEYS, 0.0)
+        return self.coco_metrics() | self.voc_metrics()
+
+    def coco_metrics(self) -> dict[str, float]:
+        """``AP, AP50, AP75, APs, APm, APl`` by pycocotools (see :meth:`compute`)."""
         results = self.results()
-        if results:
-            metrics.update(self._coco_metrics(results))
-        else:
+        if not results:
             # pycocotools' loadRes cannot take an empty list; with nothing detected every AP is 0 anyway.
             self.summary_text = "no detections: every metric is 0\n"
             self.coco_eval = None
+            return dict.fromkeys(COCO_METRIC_KEYS, 0.0)
+        return self._coco_metrics(results)
+
+    def voc_metrics(self) -> dict[str, float]:
+        """``VOC07_AP50, VOC_AP50``: the means over the classes of :meth:`voc_matches` (see :meth:`compute`)."""
         per_class = self._voc_per_class()
-        if per_class:
-            metrics["VOC07_AP50"] = float(np.mean([c.ap_11_point for c in per_class.values()]))
-            metrics["VOC_AP50"] = float(np.mean([c.ap_area for c in per_class.values()]))
-        return metrics
+        if not per_class:
+            return dict.fromkeys(VOC_METRIC_KEYS, 0.0)
+        return {"VOC07_AP50": float(np.mean([c.ap_11_point for c in per_class.values()])),
+                "VOC_AP50": float(np.mean([c.ap_area for c in per_class.values()]))}
 
     def per_class_ap50(self) -> dict[str | int, float]:
         """VOC all-points AP at IoU 0.5 (``VOC_AP50``) of each class present in the ground truth.
@@ -427,8 +312,9 @@ class Evaluator:
         Keyed by the category's name in ``coco_gt``, or its id where the category has no name or shares it.
         """
         names = [str(self.coco_gt.cats[c].get("name", "")) for c in self.category_ids]
-        return {(name if name and names.count(name) == 1 else self.category_ids[label]): result.ap_area
-                for label, name in enumerate(names) if (result := self._voc_per_class().get(label)) is not None}
+        per_class = self._voc_per_class()
+        return {(name if name and names.count(name) == 1 else self.category_ids[label]): per_class[label].ap_area
+                for label, name in enumerate(names) if label in per_class}
 
     def _coco_metrics(self, results: list[dict[str, Any]]) -> dict[str, float]:
         # pycocotools prints progress from loadRes, evaluate and accumulate: silenced; the summary is kept.
@@ -446,8 +332,24 @@ class Evaluator:
         self.coco_eval = coco_eval
         return {key: float(value) for key, value in zip(COCO_METRIC_KEYS, coco_eval.stats[:6])}
 
-    def _voc_per_class(self) -> dict[int, _VocClassAP]:
-        """Both VOC APs of every class label with non-difficult ground truth in the seen images (cached)."""
+    def detections(self, image_id: int) -> Detections:
+        """The detections given for one image (boxes xyxy in original-image pixels), in decreasing order of score.
+
+        Raises:
+            KeyError: the image was not given to :meth:`update`.
+        """
+        image_id = int(image_id)
+        if image_id not in self._seen_image_ids:
+            raise KeyError(f"image id {image_id} has not been evaluated")
+        image_ids, boxes_xyxy, scores, labels = self._gathered()
+        mine = np.flatnonzero(image_ids == image_id)
+        mine = mine[np.argsort(-scores[mine], kind="stable")]
+        return Detections(torch.from_numpy(boxes_xyxy[mine]), torch.from_numpy(scores[mine]),
+                          torch.from_numpy(labels[mine]))
+
+    def voc_matches(self) -> VocMatches:
+        """Every detection labelled by :func:`voc_match` against the ground truth of the images seen (cached):
+        what ``VOC07_AP50``, ``VOC_AP50``, :meth:`per_class_ap50` and the PR curves are computed from."""
         if self._voc_cache is not None:
             return self._voc_cache
         seen = np.array(sorted(self._seen_image_ids), dtype=np.int64)
@@ -459,17 +361,21 @@ class Evaluator:
         det_groups = np.searchsorted(seen, det_image_ids) * self.num_classes + det_labels
         is_tp, is_fp = voc_match(det_groups, det_scores, det_boxes_xyxy, gt_groups,
                                  self._gt_boxes_xyxy[in_seen], gt_difficult)
+        num_gt = np.bincount(gt_labels[~gt_difficult], minlength=self.num_classes)
+        self._voc_cache = VocMatches(det_labels, det_scores, is_tp, is_fp, num_gt)
+        return self._voc_cache
 
+    def _voc_per_class(self) -> dict[int, _VocClassAP]:
+        """Both VOC APs of every class label with non-difficult ground truth in the seen images."""
+        matches = self.voc_matches()
         # By class, then decreasing score (np.lexsort is stable: ties keep the order voc_match used).
-        order = np.lexsort((-det_scores, det_labels))
-        class_bounds = np.searchsorted(det_labels[order], np.arange(self.num_classes + 1))
-        num_gt_per_class = np.bincount(gt_labels[~gt_difficult], minlength=self.num_classes)
+        order = np.lexsort((-matches.scores, matches.labels))
+        class_bounds = np.searchsorted(matches.labels[order], np.arange(self.num_classes + 1))
         per_class = {}
-        for label in np.flatnonzero(num_gt_per_class).tolist():
+        for label in np.flatnonzero(matches.num_gt).tolist():
             rows = order[class_bounds[label]:class_bounds[label + 1]]
-            recall, precision = voc_pr_curve(is_tp[rows], is_fp[rows], int(num_gt_per_class[label]))
+            recall, precision = voc_pr_curve(matches.is_tp[rows], matches.is_fp[rows], int(matches.num_gt[label]))
             per_class[label] = _VocClassAP(voc07_ap_11_point(recall, precision), voc_ap_area(recall, precision))
-        self._voc_cache = per_class
         return per_class
 
 

@@ -27,8 +27,10 @@ EMA_RAMP_UPDATES = 2000
 
 # Modules whose weight is a linear map: decayed. Their bias, and every parameter of a normalisation layer
 # (a scale and a shift, which decay would pull towards 0 and so distort the normalised activations), are not.
-_DECAYED_WEIGHT_MODULES = (nn.modules.conv._ConvNd, nn.Linear)
-_NORM_MODULES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+_DECAYED_WEIGHT_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                           nn.ConvTranspose3d, nn.Linear)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_NORM_MODULES = (*BATCH_NORMS, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:

@@ -14,8 +14,10 @@ them explicitly).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
+
+from yolo_loss.losses.registry import HyperParam, component_names, hyperparameters
 
 # YOLOv3 anchors in input pixels at 416 px: three per level, strides 8, 16, 32.
 YOLOV3_ANCHORS: list[list[float]] = [
@@ -136,22 +138,31 @@ class LevelWeights:
                 for name, value in vars(self).items() if len(value) != 3 or min(value) < 0]
 
 
-@dataclass
-class LossConfig:
-    """Which term does what. Defaults are darknet's loss (see loss-reference.md)."""
+def component_choice(term: str, default: str) -> Any:
+    """A ``loss.<term>`` field whose allowed values are the registry's components of that term."""
+    return choice(default, *component_names(term))
 
-    xy: str = choice("bce", "bce", "mse", "mse_t", "none")
-    wh: str = choice("mse", "mse", "smooth_l1", "l1", "none")
-    smooth_l1_beta: float = bounded(1.0, 0.0, None, low_open=True)
-    box: str = choice("none", "none", "iou", "log_iou", "giou", "diou", "ciou")
+
+def hyperparameter_field(param: HyperParam) -> Any:
+    """A ``loss.<param.field>`` field with the registry's default and bounds; values in ``param.also`` are allowed
+    outside them."""
+    return field(default=param.default, metadata={"range": (param.low, param.high, param.low_open, param.high_open),
+                                                  "also": param.also})
+
+
+@dataclass
+class LossTerms:
+    """Which term does what. Defaults are darknet's loss (see loss-reference.md). The component names allowed for
+    ``xy, wh, box, obj, cls`` are the entries of ``yolo_loss/losses/registry.py``."""
+
+    xy: str = component_choice("xy", "bce")
+    wh: str = component_choice("wh", "mse")
+    box: str = component_choice("box", "none")
     box_with_xywh: bool = False  # allow an IoU box term beside the xy/wh terms (off: it replaces them)
     box_scale: str = choice("two_minus_wh", "two_minus_wh", "none")
-    obj: str = choice("bce", "bce", "focal", "mse")
+    obj: str = component_choice("obj", "bce")
     obj_target: str = choice("one", "one", "iou")
-    cls: str = choice("bce", "bce", "ce", "focal", "poly1")
-    focal_alpha: float = 0.25  # in [0, 1], or -1 to disable the alpha weighting
-    focal_gamma: float = bounded(2.0, 0.0, None)
-    poly1_eps: float = 1.0
+    cls: str = component_choice("cls", "bce")
     label_smoothing: float = bounded(0.0, 0.0, 1.0, high_open=True)  # targets 1 - eps/2 and eps/2
     assign: str = choice("best_anchor", "best_anchor", "multi_anchor", "ratio")
     assign_iou_thresh: float = bounded(0.213, 0.0, 1.0, low_open=True)  # multi_anchor
@@ -164,8 +175,6 @@ class LossConfig:
 
     def check(self) -> list[tuple[str, str]]:
         errors = []
-        if not (0.0 <= self.focal_alpha <= 1.0 or self.focal_alpha == -1.0):
-            errors.append(("focal_alpha", f"must be in [0, 1], or -1 to disable, got {self.focal_alpha}"))
         if self.box != "none" and (self.xy != "none" or self.wh != "none") and not self.box_with_xywh:
             errors.append(("box", f"box={self.box} would be added to xy={self.xy} and wh={self.wh}; "
                                   "set loss.xy=none and loss.wh=none (configs/loss/box_*.yaml does), "
@@ -173,6 +182,18 @@ class LossConfig:
         if self.box == "none" and self.xy == "none" and self.wh == "none":
             errors.append(("box", "no box term at all: xy, wh and box are all 'none'"))
         return errors
+
+    def hyperparameter_values(self) -> dict[str, float]:
+        """``{field: value}`` of every component hyper-parameter (what :func:`registry.bind` takes)."""
+        return {param.field: getattr(self, param.field) for param in hyperparameters()}
+
+
+# The loss section: the terms above, then one field per component hyper-parameter of the registry (focal_alpha,
+# focal_gamma, poly1_eps, smooth_l1_beta, ...), with its default and bounds.
+LossConfig = make_dataclass("LossConfig", [(param.field, float, hyperparameter_field(param))
+                                           for param in hyperparameters()], bases=(LossTerms,))
+LossConfig.__module__ = __name__
+LossConfig.__doc__ = LossTerms.__doc__ + " Hyper-parameter fields: " + ", ".join(p.field for p in hyperparameters())
 
 
 @dataclass

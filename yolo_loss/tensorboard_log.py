@@ -36,10 +36,12 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.writer import FileWriter
 from torchvision.utils import draw_bounding_boxes, make_grid
 
+from yolo_loss.data.transforms import letterbox_boxes
 from yolo_loss.decode import per_anchor_view
-from yolo_loss.evaluation import COCO_METRIC_KEYS, VOC_IOU_THRESH, VOC_METRIC_KEYS, Evaluator, postprocess, voc_match
-from yolo_loss.losses.assign import assign_targets
-from yolo_loss.losses.criterion import LossResult, YoloCriterion
+from yolo_loss.evaluation import COCO_METRIC_KEYS, VOC_METRIC_KEYS, Evaluator
+from yolo_loss.head import HeadSpec
+from yolo_loss.losses.assign import LevelTargets
+from yolo_loss.losses.criterion import LossResult
 from yolo_loss.schema import Config
 
 LEVEL_NAMES = ("P3", "P4", "P5")  # strides 8, 16, 32
@@ -124,19 +126,13 @@ def memory_scalars(device: torch.device) -> dict[str, float]:
 
 
 @torch.no_grad()
-def head_histograms(preds: list[Tensor], targets: Tensor, criterion: YoloCriterion,
-                    img_size: tuple[int, int]) -> dict[str, Tensor]:
+def head_histograms(preds: list[Tensor], positives: list[LevelTargets], head: HeadSpec) -> dict[str, Tensor]:
     """Raw head outputs over all levels: objectness logits on the positives (``obj_logit_pos``) and on every other
-    cell (``obj_logit_neg``, ignored ones included), and ``tx, ty, tw, th`` on the positives, as the criterion
-    assigns them. ``hist/<name>`` tags."""
-    anchors = [a.to(preds[0]) for a in criterion.anchors_per_level]
-    positives = assign_targets(targets.to(preds[0]), num_classes=criterion.num_classes, anchors_per_level=anchors,
-                               strides=criterion.strides, grid_sizes=[tuple(p.shape[-2:]) for p in preds],
-                               img_size=img_size, rule=criterion.assign, iou_thresh=criterion.assign_iou_thresh,
-                               anchor_t=criterion.anchor_t)
+    cell (``obj_logit_neg``, ignored ones included), and ``tx, ty, tw, th`` on the positives, with the positives
+    the criterion assigned (``LossResult.positives``). ``hist/<name>`` tags."""
     parts: dict[str, list[Tensor]] = {name: [] for name in HISTOGRAM_NAMES}
-    for pred, pos, level_anchors in zip(preds, positives, anchors):
-        view = per_anchor_view(pred.detach(), level_anchors.shape[0])  # [B, A, 5 + C, H, W]
+    for pred, pos in zip(preds, positives):
+        view = per_anchor_view(pred.detach(), head.num_anchors)  # [B, A, 5 + C, H, W]
         rows = view[pos.image, pos.anchor, :5, pos.cell_y, pos.cell_x]  # [P, 5]
         negative = torch.ones_like(view[:, :, 4], dtype=torch.bool)
         negative[pos.image, pos.anchor, pos.cell_y, pos.cell_x] = False
@@ -203,27 +199,6 @@ def batch_with_targets(images: Tensor, targets: Tensor, class_names: list[str], 
 
 
 # ----------------------------------------------------------------------------------------------------- PR curves
-
-def voc_detections(evaluator: Evaluator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every detection of the evaluator judged by the VOC rules at IoU 0.5, as its ``VOC_AP50`` judges them:
-    ``labels``, ``scores``, ``is_tp``, ``is_fp`` (``[D]``; a detection on a difficult/crowd box is neither) and the
-    non-difficult ground truth per class ``num_gt[C]`` in the images it saw.
-
-    Reads the evaluator's gathered arrays (what ``Evaluator._voc_per_class`` reads) and calls the same
-    :func:`voc_match`, so the curves and the metric cannot disagree.
-    """
-    seen = np.array(sorted(evaluator._seen_image_ids), dtype=np.int64)
-    in_seen = np.isin(evaluator._gt_image_ids, seen)
-    gt_labels, gt_difficult = evaluator._gt_labels[in_seen], evaluator._gt_difficult[in_seen]
-    num_classes = evaluator.num_classes
-    gt_groups = np.searchsorted(seen, evaluator._gt_image_ids[in_seen]) * num_classes + gt_labels
-    det_image_ids, det_boxes_xyxy, det_scores, det_labels = evaluator._gathered()
-    det_groups = np.searchsorted(seen, det_image_ids) * num_classes + det_labels
-    is_tp, is_fp = voc_match(det_groups, det_scores, det_boxes_xyxy, gt_groups, evaluator._gt_boxes_xyxy[in_seen],
-                             gt_difficult, iou_thresh=VOC_IOU_THRESH)
-    num_gt = np.bincount(gt_labels[~gt_difficult], minlength=num_classes)
-    return det_labels, det_scores, is_tp, is_fp, num_gt
-
 
 def pr_curve_counts(scores: np.ndarray, is_tp: np.ndarray, is_fp: np.ndarray, num_gt: int,
                     num_thresholds: int = PR_NUM_THRESHOLDS) -> dict[str, np.ndarray]:
@@ -320,21 +295,21 @@ class RunLogger:
         run_dir: the run folder; events go to ``run_dir/tensorboard/{train,val}`` and hparams to
             ``run_dir/tensorboard``.
         cfg: the run's config (``train.log_interval``, ``grad_terms_interval``, ``histogram_interval``,
-            ``log_images``, ``eval.*`` for drawing predictions).
-        criterion: the run's criterion (its anchors, strides and assignment rule for the histograms).
+            ``log_images``).
+        head: the run's head description (for the histograms of the raw head outputs).
         class_names: per class index.
         val_set: where the fixed validation images (its first ``train.log_images``) come from; None: no images.
         device: the training device.
         resume_step: the step a resumed run starts from: later events of the interrupted run are dropped.
     """
 
-    def __init__(self, run_dir: Path, cfg: Config, criterion: YoloCriterion, class_names: list[str], val_set,
+    def __init__(self, run_dir: Path, cfg: Config, head: HeadSpec, class_names: list[str], val_set,
                  device: torch.device, *, resume_step: int | None = None) -> None:
         self.folder = Path(run_dir) / "tensorboard"
         purge = resume_step + 1 if resume_step is not None else None  # events up to the checkpoint's step stay
         self.train = SummaryWriter(self.folder / "train", purge_step=purge)
         self.val = SummaryWriter(self.folder / "val", purge_step=purge)
-        self.cfg, self.criterion, self.class_names, self.device = cfg, criterion, list(class_names), device
+        self.cfg, self.head, self.class_names, self.device = cfg, head, list(class_names), device
         self.start_time = time.time()
         count = min(cfg.train.log_images, len(val_set)) if val_set is not None else 0
         self.val_samples = [val_set[index] for index in range(count)]  # deterministic letterbox: fixed images
@@ -381,47 +356,39 @@ class RunLogger:
                 self.train.add_scalar(tag, value, step)
             self._tick, self._images = time.perf_counter(), 0
         if self._due(step, self.cfg.train.histogram_interval):
-            stride = self.criterion.strides[0]
-            img_size = (head_outputs[0].shape[-2] * stride, head_outputs[0].shape[-1] * stride)
-            for tag, values in head_histograms(head_outputs, targets, self.criterion, img_size).items():
+            for tag, values in head_histograms(head_outputs, result.positives, self.head).items():
                 if values.numel():
                     self.train.add_histogram(tag, values, step)
 
-    def evaluation(self, step: int, model: torch.nn.Module, metrics: dict[str, float], val_losses: dict[str, float],
+    def evaluation(self, step: int, metrics: dict[str, float], val_losses: dict[str, float],
                    evaluator: Evaluator) -> None:
         """The validation scalars (metrics, and the loss under the training tags), a PR curve per class and the
-        fixed validation images with truth and predictions."""
+        fixed validation images with their truth and the detections the evaluation made."""
         for key, value in metrics.items():
             if value >= 0:  # pycocotools' -1: no ground truth in that area range, nothing to plot
                 self.val.add_scalar(f"metrics/{key}", value, step)
         for tag, value in val_losses.items():
             self.val.add_scalar(tag, value, step)
-        labels, scores, is_tp, is_fp, num_gt = voc_detections(evaluator)
-        for label in np.flatnonzero(num_gt).tolist():
-            mine = labels == label
-            counts = pr_curve_counts(scores[mine], is_tp[mine], is_fp[mine], int(num_gt[label]))
+        matches = evaluator.voc_matches()
+        for label in np.flatnonzero(matches.num_gt).tolist():
+            mine = matches.labels == label
+            counts = pr_curve_counts(matches.scores[mine], matches.is_tp[mine], matches.is_fp[mine],
+                                     int(matches.num_gt[label]))
             self.val.add_pr_curve_raw(f"pr/{tag_name(self.class_names[label])}", global_step=step,
                                       num_thresholds=PR_NUM_THRESHOLDS, **counts)
         if self.val_samples:
-            panels = self._draw_predictions(model)  # one row per image: truth | predictions, two images a row
+            panels = self._draw_predictions(evaluator)  # one row per image: truth | predictions, two images a row
             self.val.add_image("images/predictions", make_grid(panels, nrow=2, padding=8, pad_value=255), step)
         self.val.flush()
 
-    @torch.no_grad()
-    def _draw_predictions(self, model: torch.nn.Module) -> Tensor:
-        images = torch.stack([image for image, _, _ in self.val_samples])
-        layout = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
-        was_training = model.training
-        model.eval()
-        preds = [p.float() for p in model(images.to(self.device, memory_format=layout))]
-        model.train(was_training)
-        anchors = [a.to(preds[0]) for a in self.criterion.anchors_per_level]
-        detections = postprocess(preds, anchors, self.criterion.strides, conf_thresh=self.cfg.eval.conf_thresh,
-                                 nms_iou=self.cfg.eval.nms_iou, max_det=self.cfg.eval.max_det,
-                                 max_candidates=self.cfg.eval.max_candidates)
-        return torch.stack([truth_and_prediction_panel(image, truth, det.boxes_xyxy.cpu(), det.scores.cpu(),
-                                                       det.labels.cpu(), self.class_names)
-                            for (image, truth, _), det in zip(self.val_samples, detections)])
+    def _draw_predictions(self, evaluator: Evaluator) -> Tensor:
+        panels = []
+        for image, truth, meta in self.val_samples:
+            det = evaluator.detections(meta["image_id"])  # original-image pixels, back onto the letterboxed input
+            boxes_xyxy = letterbox_boxes(det.boxes_xyxy.float(), meta["scale"], meta["pad"])
+            panels.append(truth_and_prediction_panel(image, truth, boxes_xyxy, det.scores, det.labels,
+                                                     self.class_names))
+        return torch.stack(panels)
 
     def hparams(self) -> None:
         """The run's settings and the names of its final metrics, in ``run_dir/tensorboard`` (once, at the end)."""

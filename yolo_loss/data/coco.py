@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from yolo_loss.data.dataset import (DUPLICATE_IMAGE_ID, UNKNOWN_CATEGORY, UNREADABLE_ANNOTATION, AnnotationSet,
-                                    BadInputReport, DataError, ImageRecord, clip_box_xyxy)
+from yolo_loss.data.bad_input import (DUPLICATE_IMAGE_ID, UNKNOWN_CATEGORY, UNREADABLE_ANNOTATION, BadInputReport,
+                                      DataError, clip_box_xyxy)
+from yolo_loss.data.records import AnnotationSet, ImageRecord
 
 
 def _quiet_coco(dataset: dict[str, Any]) -> COCO:
@@ -56,7 +57,7 @@ def _drop_duplicate_image_ids(dataset: dict[str, Any], annotation_file: Path, im
 
 def read_coco(annotation_file: Path, image_folder: Path, *, report: BadInputReport | None = None,
               on_bad: str = "skip") -> AnnotationSet:
-    """Read a COCO instances JSON into :class:`~yolo_loss.data.dataset.ImageRecord` s, sorted by image id.
+    """Read a COCO instances JSON into :class:`~yolo_loss.data.records.ImageRecord` s, sorted by image id.
 
     - Class index ``i`` is the ``i``-th category id in increasing order; the names come with it.
     - ``iscrowd`` boxes are kept with ``difficult=True``: not trained on, ignored by the evaluation.

@@ -259,6 +259,14 @@ def darknet_augment(image: Tensor, boxes_xyxy: Tensor, labels: Tensor, img_size:
     return Transformed(canvas, kept_boxes, kept_labels, kept, placement)
 
 
+def letterbox_boxes(boxes_xyxy: Tensor, scale: float | tuple[float, float], pad: tuple[float, float]) -> Tensor:
+    """Map ``Tensor[n, 4]`` xyxy boxes from original-image pixels to network-input pixels (an unflipped
+    :class:`Placement`): ``x_input = x * scale_x + pad_x`` (and ``y`` alike); :func:`unletterbox_boxes` inverts it."""
+    scale_x, scale_y = (scale, scale) if isinstance(scale, (int, float)) else scale
+    return (boxes_xyxy * boxes_xyxy.new_tensor([scale_x, scale_y, scale_x, scale_y])
+            + boxes_xyxy.new_tensor([pad[0], pad[1], pad[0], pad[1]]))
+
+
 def unletterbox_boxes(boxes_xyxy: Tensor, scale: float | tuple[float, float], pad: tuple[float, float],
                       orig_size: tuple[int, int] | None = None) -> Tensor:
     """Map ``Tensor[n, 4]`` xyxy boxes from network-input pixels back to original-image pixels.

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from yolo_loss.data.dataset import (BAD_BOX, UNKNOWN_CLASS, UNREADABLE_ANNOTATION, AnnotationSet, BadInputReport,
-                                    DataError, ImageRecord, clip_box_xyxy)
+from yolo_loss.data.bad_input import (BAD_BOX, UNKNOWN_CLASS, UNREADABLE_ANNOTATION, BadInputReport, DataError,
+                                      clip_box_xyxy)
+from yolo_loss.data.records import AnnotationSet, ImageRecord
 
 # The 20 VOC classes in the standard order (the devkit's VOCopts.classes).
 VOC_CLASSES: tuple[str, ...] = (
@@ -100,7 +101,7 @@ def _parse_objects(xml_path: Path, report: BadInputReport
 
 def read_voc(root: Path, image_sets: Sequence[str], *, report: BadInputReport | None = None,
              on_bad: str = "skip") -> AnnotationSet:
-    """Read VOC sets into :class:`~yolo_loss.data.dataset.ImageRecord` s.
+    """Read VOC sets into :class:`~yolo_loss.data.records.ImageRecord` s.
 
     - Image ids are ``1, 2, ...``: the position in the concatenated lists (a stem listed twice is read once,
       and an image dropped as bad keeps its number free), so they are stable for the same lists. The record's

@@ -1,6 +1,3 @@
-"""The YOLOv3 loss: pure components, target assignment, and the criterion that assembles them."""
-
-from yolo_loss.losses.assign import LevelTargets, assign_targets
-from yolo_loss.losses.criterion import LossResult, YoloCriterion, build_criterion
-
-__all__ = ["LevelTargets", "LossResult", "YoloCriterion", "assign_targets", "build_criterion"]
+"""The YOLOv3 loss: pure components (``components.py``, with the IoU family in ``yolo_loss/boxes.py``), their one
+registry (``registry.py``), target assignment (``assign.py``) and the criterion that assembles them
+(``criterion.py``). Import from the modules: ``from yolo_loss.losses.criterion import build_criterion``."""

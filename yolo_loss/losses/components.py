@@ -8,13 +8,11 @@ output has the shape of the input, except ``cls_ce`` and ``cls_poly1`` which sum
 Notation as in ``loss-reference.md``: ``sig`` is the sigmoid, ``BCE(p, y) = -[y ln p + (1 - y) ln(1 - p)]``
 with soft ``y`` allowed, computed from the logit so that logits of +-100 stay finite.
 
-Components are chosen by config name through the dicts ``XY_LOSSES``, ``WH_LOSSES``, ``OBJ_LOSSES`` and
-``CLS_LOSSES``; keyword hyper-parameters (``beta``, ``alpha``, ``gamma``, ``eps``) are bound by the criterion.
+Each function is declared as a component, with its config name and hyper-parameters, in ``registry.py``; the
+criterion binds the keyword hyper-parameters (``beta``, ``alpha``, ``gamma``, ``eps``) from the config.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -181,9 +179,3 @@ def smooth_labels(targets: Tensor, eps: float) -> Tensor:
     """
     return targets * (1.0 - eps) + 0.5 * eps
 
-
-# Keyed by the ``loss.*`` config names (schema.LossConfig); ``none`` is handled by the criterion.
-XY_LOSSES: dict[str, Callable[..., Tensor]] = {"bce": xy_bce, "mse": xy_mse, "mse_t": xy_mse_t}
-WH_LOSSES: dict[str, Callable[..., Tensor]] = {"mse": wh_mse, "smooth_l1": wh_smooth_l1, "l1": wh_l1}
-OBJ_LOSSES: dict[str, Callable[..., Tensor]] = {"bce": bce_with_logits, "focal": sigmoid_focal, "mse": mse_on_sigmoid}
-CLS_LOSSES: dict[str, Callable[..., Tensor]] = {"bce": cls_bce, "ce": cls_ce, "focal": cls_focal, "poly1": cls_poly1}

@@ -18,18 +18,21 @@ box and class sums by the level's positives (at least 1) and the objectness sums
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from yolo_loss.boxes import BOX_LOSSES, box_cxcywh_to_xyxy, box_iou_pairwise
+from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise
 from yolo_loss.decode import decode_cxcywh, grid_xy, per_anchor_view
-from yolo_loss.losses.assign import (LevelTargets, anchor_boxes_at_cells, assign_targets, ignore_mask,
+from yolo_loss.head import HeadSpec
+from yolo_loss.losses import registry
+from yolo_loss.losses.assign import (ASSIGN_RULES, LevelTargets, anchor_boxes_at_cells, assign_targets, ignore_mask,
                                      truths_per_image)
-from yolo_loss.losses.components import CLS_LOSSES, OBJ_LOSSES, WH_LOSSES, XY_LOSSES, smooth_labels
-from yolo_loss.schema import LossConfig
+from yolo_loss.losses.components import smooth_labels
+
+if TYPE_CHECKING:
+    from yolo_loss.schema import LossConfig
 
 TERMS = ("xy", "wh", "box", "obj_pos", "obj_neg", "cls")
 DIAGNOSTICS = ("positives", "ignored", "iou", "recall50", "recall75", "obj_pos", "obj_neg", "cls_prob")
@@ -48,83 +51,94 @@ class LossResult:
             positives with their truths), ``recall50`` / ``recall75`` (fraction of positives with that IoU above
             0.5 / 0.75), ``obj_pos`` / ``obj_neg`` (mean objectness probability on positives / counted negatives),
             ``cls_prob`` (mean probability of the true classes on positives). A level without positives reports 0.
+        positives: the target assignment the terms were computed with, one :class:`LevelTargets` per level.
     """
 
     total: Tensor
     terms: dict[str, Tensor]
     weighted: dict[str, Tensor]
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
+    positives: list[LevelTargets] = field(default_factory=list)
 
 
 class YoloCriterion:
     """YOLOv3 loss assembled from named components (see the module docstring for the formula).
 
+    Args:
+        head: what the head maps mean (anchors, strides, classes, class activation): :class:`HeadSpec`.
+        xy, wh, box, obj, cls: the component of each term, by its name in ``registry.COMPONENTS``
+            (``"none"`` turns xy, wh or box off).
+        hyperparameters: ``{loss.<field>: value}`` of the components' hyper-parameters (``focal_alpha``,
+            ``poly1_eps``, ...); a missing one takes the registry's default.
+        The rest: as the ``loss.*`` keys of the same names (README, "The loss").
+
     Call it as ``criterion(preds, targets, img_size)``:
 
     - ``preds``: one raw head map per level, ``Tensor[B, A * (5 + C), H, W]``, channels grouped per anchor as
-      ``tx, ty, tw, th, to, tc_0 .. tc_{C-1}``, levels in the order of ``strides``;
+      ``tx, ty, tw, th, to, tc_0 .. tc_{C-1}``, levels in the order of ``head.strides``;
     - ``targets``: ``Tensor[N, 6]`` rows ``(image index, class index, cx, cy, w, h)`` normalised to the input;
     - ``img_size``: the input size in pixels, an int (square) or ``(height, width)``.
+
+    Raises:
+        ValueError: an unknown component or option, or a class component whose activation is not the head's (a
+            softmax loss with a sigmoid head would be trained with one meaning and evaluated with another).
     """
 
-    def __init__(self, *, num_classes: int, anchors_per_level: list[Tensor], strides: tuple[int, ...] = (8, 16, 32),
-                 xy: str = "bce", wh: str = "mse", box: str = "none", box_scale: str = "two_minus_wh",
-                 obj: str = "bce", obj_target: str = "one", cls: str = "bce",
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, poly1_eps: float = 1.0,
-                 smooth_l1_beta: float = 1.0, label_smoothing: float = 0.0,
-                 assign: str = "best_anchor", assign_iou_thresh: float = 0.213, anchor_t: float = 4.0,
-                 ignore: str = "prediction", ignore_thresh: float = 0.7, reduction: str = "sum_per_image",
-                 weights: dict[str, float] | None = None, level_weights: dict[str, list[float]] | None = None):
-        if len(anchors_per_level) != len(strides):
-            raise ValueError(f"{len(anchors_per_level)} anchor groups for {len(strides)} strides")
-        self.num_classes = num_classes
-        # Kept in the precision given; cast to the predictions' dtype at each call.
-        self.anchors_per_level = [torch.as_tensor(a).detach().clone().view(-1, 2) for a in anchors_per_level]
-        self.strides = tuple(strides)
-        self.xy_loss = _pick("xy", xy, XY_LOSSES)
-        self.wh_loss = _pick("wh", wh, {**WH_LOSSES, "smooth_l1": partial(WH_LOSSES["smooth_l1"], beta=smooth_l1_beta)})
-        self.box_loss = _pick("box", box, BOX_LOSSES)
-        focal = {"alpha": focal_alpha, "gamma": focal_gamma}
-        self.obj_loss = _pick("obj", obj, {**OBJ_LOSSES, "focal": partial(OBJ_LOSSES["focal"], **focal)})
-        self.cls_loss = _pick("cls", cls, {**CLS_LOSSES, "focal": partial(CLS_LOSSES["focal"], **focal),
-                                           "poly1": partial(CLS_LOSSES["poly1"], eps=poly1_eps)})
-        self.cls_softmax = cls in ("ce", "poly1")
-        if box_scale not in ("two_minus_wh", "none"):
-            raise ValueError(f"box_scale {box_scale!r}; valid: two_minus_wh, none")
-        if obj_target not in ("one", "iou"):
-            raise ValueError(f"obj_target {obj_target!r}; valid: one, iou")
-        if ignore not in ("prediction", "prior", "none"):
-            raise ValueError(f"ignore {ignore!r}; valid: prediction, prior, none")
-        if reduction not in ("sum_per_image", "mean_per_term"):
-            raise ValueError(f"reduction {reduction!r}; valid: sum_per_image, mean_per_term")
+    def __init__(self, head: HeadSpec, *, xy: str = "bce", wh: str = "mse", box: str = "none",
+                 box_scale: str = "two_minus_wh", obj: str = "bce", obj_target: str = "one", cls: str = "bce",
+                 label_smoothing: float = 0.0, assign: str = "best_anchor", assign_iou_thresh: float = 0.213,
+                 anchor_t: float = 4.0, ignore: str = "prediction", ignore_thresh: float = 0.7,
+                 reduction: str = "sum_per_image", weights: dict[str, float] | None = None,
+                 level_weights: dict[str, list[float]] | None = None,
+                 hyperparameters: dict[str, float] | None = None):
+        names = {"xy": xy, "wh": wh, "box": box, "obj": obj, "cls": cls}
+        unknown = set(hyperparameters or {}) - {param.field for param in registry.hyperparameters()}
+        if unknown:
+            raise ValueError(f"unknown component hyper-parameter(s) {', '.join(sorted(unknown))}")
+        self.functions = {term: registry.bind(term, name, hyperparameters or {}) for term, name in names.items()}
+        self.components = {term: registry.component(term, name) for term, name in names.items()
+                           if self.functions[term] is not None}
+        softmax = self.components["cls"].softmax
+        if softmax != (head.class_activation == "softmax"):
+            raise ValueError(f"loss.cls={cls} trains {'a softmax' if softmax else 'independent sigmoids'} over the "
+                             f"classes, but the head is scored with class_activation={head.class_activation!r}; "
+                             "build the head with yolo_loss.head.build_head (or that class_activation)")
+        for option, value, valid in (("box_scale", box_scale, ("two_minus_wh", "none")),
+                                     ("obj_target", obj_target, ("one", "iou")),
+                                     ("ignore", ignore, ("prediction", "prior", "none")),
+                                     ("reduction", reduction, ("sum_per_image", "mean_per_term")),
+                                     ("assign", assign, ASSIGN_RULES)):
+            if value not in valid:
+                raise ValueError(f"{option} {value!r}; valid: {', '.join(valid)}")
+        self.head = head
         self.box_scale, self.obj_target, self.ignore, self.reduction = box_scale, obj_target, ignore, reduction
         self.ignore_thresh, self.label_smoothing = ignore_thresh, label_smoothing
         self.assign, self.assign_iou_thresh, self.anchor_t = assign, assign_iou_thresh, anchor_t
-        self.terms = tuple(t for t, on in zip(TERMS, (xy, wh, box, obj, obj, cls)) if on != "none")
+        self.terms = tuple(t for t, on in zip(TERMS, (xy, wh, box, obj, obj, cls)) if on != registry.NONE)
         weights = weights or {}
         level_weights = level_weights or {}
         self.weights = {t: float(weights.get(t, 1.0)) for t in self.terms}
-        self.level_weights = {t: list(level_weights.get(t, [1.0] * len(strides))) for t in self.terms}
+        self.level_weights = {t: list(level_weights.get(t, [1.0] * head.num_levels)) for t in self.terms}
 
     def __call__(self, preds: list[Tensor], targets: Tensor, img_size: int | tuple[int, int]) -> LossResult:
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         batch = preds[0].shape[0]
-        _check_inputs(preds, targets, self.num_classes, len(self.strides))
+        _check_inputs(preds, targets, self.head)
         targets = targets.to(device=preds[0].device, dtype=preds[0].dtype)
-        anchors = [a.to(preds[0]) for a in self.anchors_per_level]
+        anchors = self.head.anchors(like=preds[0])
         grid_sizes = [tuple(p.shape[-2:]) for p in preds]
-        positives = assign_targets(targets, num_classes=self.num_classes, anchors_per_level=anchors,
-                                   strides=self.strides, grid_sizes=grid_sizes, img_size=img_size, rule=self.assign,
-                                   iou_thresh=self.assign_iou_thresh, anchor_t=self.anchor_t)
+        positives = assign_targets(targets, num_classes=self.head.num_classes, anchors_per_level=anchors,
+                                   strides=self.head.strides, grid_sizes=grid_sizes, img_size=img_size,
+                                   rule=self.assign, iou_thresh=self.assign_iou_thresh, anchor_t=self.anchor_t)
         truths_xyxy = truths_per_image(targets, batch, img_size) if self.ignore != "none" else None
 
         per_level = [self._level_terms(pred, pos, level_anchors, stride, truths_xyxy)
-                     for pred, pos, level_anchors, stride in zip(preds, positives, anchors, self.strides)]
+                     for pred, pos, level_anchors, stride in zip(preds, positives, anchors, self.head.strides)]
         terms = {t: torch.stack([lv[0][t] for lv in per_level]) for t in self.terms}
         diagnostics = {d: torch.stack([lv[1][d] for lv in per_level]) for d in DIAGNOSTICS}
         weighted = {t: terms[t] * (self.weights[t] * terms[t].new_tensor(self.level_weights[t])) for t in self.terms}
         total = torch.stack([w.sum() for w in weighted.values()]).sum()
-        return LossResult(total=total, terms=terms, weighted=weighted, diagnostics=diagnostics)
+        return LossResult(total=total, terms=terms, weighted=weighted, diagnostics=diagnostics, positives=positives)
 
     def _level_terms(self, pred: Tensor, pos: LevelTargets, anchors: Tensor, stride: int,
                      truths_xyxy: Tensor | None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -144,20 +158,20 @@ class YoloCriterion:
         n_cells = batch * num_anchors * height * width
         pos_norm, obj_norm = (batch, batch) if self.reduction == "sum_per_image" else (n_pos, n_cells)
 
+        fn = self.functions
         sums: dict[str, Tensor] = {}
         if "xy" in self.terms:
-            sums["xy"] = (scale * self.xy_loss(pred_pos[:, 0:2], pos.target_xy).sum(-1)).sum() / pos_norm
+            sums["xy"] = (scale * fn["xy"](pred_pos[:, 0:2], pos.target_xy).sum(-1)).sum() / pos_norm
         if "wh" in self.terms:
-            sums["wh"] = (scale * self.wh_loss(pred_pos[:, 2:4], pos.target_wh).sum(-1)).sum() / pos_norm
+            sums["wh"] = (scale * fn["wh"](pred_pos[:, 2:4], pos.target_wh).sum(-1)).sum() / pos_norm
         if "box" in self.terms:
-            sums["box"] = (scale * self.box_loss(pred_box_xyxy, target_box_xyxy)).sum() / pos_norm
+            sums["box"] = (scale * fn["box"](pred_box_xyxy, target_box_xyxy)).sum() / pos_norm
         obj_target = iou.clamp(min=0.0) if self.obj_target == "iou" else torch.ones_like(iou)
-        sums["obj_pos"] = self.obj_loss(pred_pos[:, 4], obj_target).sum() / obj_norm
-        sums["obj_neg"] = (self.obj_loss(pred_obj, torch.zeros_like(pred_obj)) * counted_neg).sum() / obj_norm
-        if "cls" in self.terms:
-            target_cls = smooth_labels(pos.target_cls, self.label_smoothing) if self.label_smoothing else pos.target_cls
-            loss = self.cls_loss(pred_pos[:, 5:], target_cls)
-            sums["cls"] = (loss.sum(-1) if loss.dim() == 2 else loss).sum() / pos_norm
+        sums["obj_pos"] = fn["obj"](pred_pos[:, 4], obj_target).sum() / obj_norm
+        sums["obj_neg"] = (fn["obj"](pred_obj, torch.zeros_like(pred_obj)) * counted_neg).sum() / obj_norm
+        target_cls = smooth_labels(pos.target_cls, self.label_smoothing) if self.label_smoothing else pos.target_cls
+        loss = fn["cls"](pred_pos[:, 5:], target_cls)
+        sums["cls"] = (loss if self.components["cls"].per_row else loss.sum(-1)).sum() / pos_norm
 
         with torch.no_grad():
             diagnostics = self._diagnostics(pred_pos, pred_obj, pos, iou, counted_neg, batch)
@@ -186,8 +200,7 @@ class YoloCriterion:
         n_pos = pos.num_positives
         zero = pred_obj.new_zeros(())
         if n_pos:
-            cls_logits = pred_pos[:, 5:]
-            cls_prob = cls_logits.softmax(-1) if self.cls_softmax else cls_logits.sigmoid()
+            cls_prob = self.head.class_probabilities(pred_pos[:, 5:])
             true_prob = (cls_prob * pos.target_cls).sum() / pos.target_cls.sum().clamp(min=1)
         n_neg = counted_neg.sum()
         n_cells = counted_neg.numel()
@@ -233,35 +246,26 @@ def read_head(view: Tensor, pos: LevelTargets) -> tuple[Tensor, Tensor]:
     return _ReadHead.apply(view, pos.image, pos.anchor, pos.cell_y, pos.cell_x)
 
 
-def _pick(term: str, name: str, table: dict[str, Callable]) -> Callable | None:
-    if name == "none":
-        return None
-    if name not in table:
-        raise ValueError(f"loss.{term}: unknown component {name!r}; valid: {', '.join(sorted(table))}, none")
-    return table[name]
-
-
-def _check_inputs(preds: list[Tensor], targets: Tensor, num_classes: int, num_levels: int) -> None:
-    if len(preds) != num_levels:
-        raise ValueError(f"expected {num_levels} head maps, got {len(preds)}")
+def _check_inputs(preds: list[Tensor], targets: Tensor, head: HeadSpec) -> None:
+    if len(preds) != head.num_levels:
+        raise ValueError(f"expected {head.num_levels} head maps, got {len(preds)}")
     for level, pred in enumerate(preds):
-        if pred.dim() != 4 or pred.shape[1] % (5 + num_classes):
-            raise ValueError(f"head map {level} has shape {tuple(pred.shape)}; expected [B, A * (5 + {num_classes}),"
-                             " H, W]")
+        if pred.dim() != 4 or pred.shape[1] != head.channels:
+            raise ValueError(f"head map {level} has shape {tuple(pred.shape)}; expected [B, {head.num_anchors} * "
+                             f"(5 + {head.num_classes}), H, W]")
     if targets.dim() != 2 or targets.shape[1] != 6:
         raise ValueError(f"targets must be [N, 6] (image, class, cx, cy, w, h); got {tuple(targets.shape)}")
     if targets.numel() and not bool(torch.isfinite(targets).all()):
         raise ValueError("targets contain NaN or inf")
 
 
-def build_criterion(cfg: LossConfig, *, num_classes: int, anchors_per_level: list[Tensor],
-                    strides: tuple[int, ...] = (8, 16, 32)) -> YoloCriterion:
-    """Translate a :class:`~yolo_loss.schema.LossConfig` into a :class:`YoloCriterion`."""
+def build_criterion(cfg: LossConfig, head: HeadSpec) -> YoloCriterion:
+    """Translate a :class:`~yolo_loss.schema.LossConfig` into a :class:`YoloCriterion` for ``head``
+    (:func:`yolo_loss.head.build_head` of the same config)."""
     return YoloCriterion(
-        num_classes=num_classes, anchors_per_level=anchors_per_level, strides=strides,
-        xy=cfg.xy, wh=cfg.wh, box=cfg.box, box_scale=cfg.box_scale, obj=cfg.obj, obj_target=cfg.obj_target,
-        cls=cfg.cls, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma, poly1_eps=cfg.poly1_eps,
-        smooth_l1_beta=cfg.smooth_l1_beta, label_smoothing=cfg.label_smoothing, assign=cfg.assign,
+        head, xy=cfg.xy, wh=cfg.wh, box=cfg.box, box_scale=cfg.box_scale, obj=cfg.obj, obj_target=cfg.obj_target,
+        cls=cfg.cls, label_smoothing=cfg.label_smoothing, assign=cfg.assign,
         assign_iou_thresh=cfg.assign_iou_thresh, anchor_t=cfg.anchor_t, ignore=cfg.ignore,
         ignore_thresh=cfg.ignore_thresh, reduction=cfg.reduction,
-        weights=dict(vars(cfg.weights)), level_weights=dict(vars(cfg.level_weights)))
+        weights=dict(vars(cfg.weights)), level_weights=dict(vars(cfg.level_weights)),
+        hyperparameters=cfg.hyperparameter_values())

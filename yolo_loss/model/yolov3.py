@@ -142,14 +142,3 @@ def build_model(cfg: ModelConfig, num_classes: int) -> YOLOv3:
     return YOLOv3(num_classes, width=cfg.width, depth=cfg.depth, num_anchors=len(cfg.anchors) // len(STRIDES),
                   prior_obj=cfg.prior_obj, prior_cls=cfg.prior_cls)
 
-
-def anchors_per_level(cfg: ModelConfig, img_size: int) -> list[Tensor]:
-    """The config's anchors for an input of ``img_size`` pixels, one ``Tensor[A, 2]`` (w, h in input pixels) per
-    level, strides 8, 16, 32 in order.
-
-    The anchors are given for ``cfg.anchors_img_size`` pixels and scaled by ``img_size / cfg.anchors_img_size``
-    (the objects of a letterboxed image shrink with the input); ``anchors_img_size == 0`` uses them as given.
-    """
-    scale = img_size / cfg.anchors_img_size if cfg.anchors_img_size else 1.0
-    anchors_wh = torch.tensor(cfg.anchors, dtype=torch.float32) * scale
-    return list(anchors_wh.view(len(STRIDES), -1, 2).unbind(0))

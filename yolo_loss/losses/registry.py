@@ -1,0 +1,147 @@
+"""Every loss component, declared once: its term, config name, function, hyper-parameters and properties.
+
+:data:`COMPONENTS` is the one list. Everything that needs to know the components reads it:
+
+- the schema (``yolo_loss/schema.py``): the allowed names of ``loss.xy``, ``loss.wh``, ``loss.box``, ``loss.obj``
+  and ``loss.cls`` (:func:`component_names`), and one ``loss.<field>`` key per hyper-parameter with its default and
+  bounds (:func:`hyperparameters`);
+- the criterion (``criterion.py``): the function of each configured term, with its hyper-parameters bound from the
+  config's values (:func:`bind`), and how to reduce what it returns (``per_row``);
+- the head description (``yolo_loss/head.py``): a class component with ``softmax`` makes inference score
+  ``obj * softmax(class logits)``;
+- the tests: one criterion case per entry.
+
+Adding a component is its function (``components.py`` or ``yolo_loss/boxes.py``), its entry here, its tests, and
+a config fragment and README row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from torch import Tensor
+
+from yolo_loss import boxes
+from yolo_loss.losses import components as c
+
+TERMS = ("xy", "wh", "box", "obj", "cls")  # the config keys loss.<term> that pick a component
+OPTIONAL_TERMS = ("xy", "wh", "box")  # these may be "none"
+NONE = "none"
+
+
+@dataclass(frozen=True)
+class HyperParam:
+    """A hyper-parameter of one or more components: the config key ``loss.<field>``, the keyword of the component
+    function it is passed as, its default and its bounds (``None``: unbounded; ``*_open``: the bound itself is not
+    allowed; ``also``: values allowed outside the bounds, such as focal alpha's -1 for "no alpha weighting")."""
+
+    field: str
+    keyword: str
+    default: float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple[float, ...] = ()
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One loss component.
+
+    Attributes:
+        term: which ``loss.<term>`` key picks it (:data:`TERMS`).
+        name: its value there.
+        function: the pure elementwise function (``components.py``, ``yolo_loss/boxes.py``).
+        params: its hyper-parameters, bound from the config by :func:`bind`.
+        softmax: a class loss over a softmax of the class logits: the head is then scored with a softmax.
+        per_row: returns ``Tensor[N]`` (one value per positive) instead of one per class, ``Tensor[N, C]``.
+        decoded_box: takes the decoded box ``(pred_xyxy, target_xyxy)`` rather than raw head outputs.
+        source: the paper or code it follows.
+    """
+
+    term: str
+    name: str
+    function: Callable[..., Tensor]
+    params: tuple[HyperParam, ...] = ()
+    softmax: bool = False
+    per_row: bool = False
+    decoded_box: bool = False
+    source: str = ""
+
+
+FOCAL_ALPHA = HyperParam("focal_alpha", "alpha", 0.25, 0.0, 1.0, also=(-1.0,),
+                         doc="focal loss alpha (obj and cls focal), in [0, 1]; -1 disables the alpha weighting")
+FOCAL_GAMMA = HyperParam("focal_gamma", "gamma", 2.0, 0.0, None, doc="focal loss gamma (obj and cls focal)")
+POLY1_EPS = HyperParam("poly1_eps", "eps", 1.0, doc="Poly-1 epsilon")
+SMOOTH_L1_BETA = HyperParam("smooth_l1_beta", "beta", 1.0, 0.0, None, low_open=True, doc="smooth L1 beta (wh)")
+
+COMPONENTS: tuple[Component, ...] = (
+    Component("xy", "bce", c.xy_bce, source="darknet yolo_layer.c (delta = gx - sig(tx))"),
+    Component("xy", "mse", c.xy_mse, source="squared error on the sigmoid, the common re-implementation"),
+    Component("xy", "mse_t", c.xy_mse_t, source="YOLOv3 paper, section 2.1 (t-space squared error)"),
+    Component("wh", "mse", c.wh_mse, source="darknet and the YOLOv3 paper"),
+    Component("wh", "smooth_l1", c.wh_smooth_l1, (SMOOTH_L1_BETA,), source="Girshick, Fast R-CNN, 2015"),
+    Component("wh", "l1", c.wh_l1),
+    Component("box", "iou", boxes.iou_loss, decoded_box=True, source="1 - IoU"),
+    Component("box", "log_iou", boxes.log_iou_loss, decoded_box=True, source="Yu et al., UnitBox, 2016"),
+    Component("box", "giou", boxes.giou_loss, decoded_box=True, source="Rezatofighi et al., GIoU, CVPR 2019"),
+    Component("box", "diou", boxes.diou_loss, decoded_box=True, source="Zheng et al., DIoU, AAAI 2020"),
+    Component("box", "ciou", boxes.ciou_loss, decoded_box=True, source="Zheng et al., CIoU, AAAI 2020"),
+    Component("obj", "bce", c.bce_with_logits, source="darknet and the YOLOv3 paper"),
+    Component("obj", "focal", c.sigmoid_focal, (FOCAL_ALPHA, FOCAL_GAMMA), source="Lin et al., focal loss, 2017"),
+    Component("obj", "mse", c.mse_on_sigmoid, source="YOLOv1/v2-style squared error"),
+    Component("cls", "bce", c.cls_bce, source="YOLOv3 paper: independent logistic classifiers"),
+    Component("cls", "ce", c.cls_ce, softmax=True, per_row=True, source="softmax cross-entropy"),
+    Component("cls", "focal", c.cls_focal, (FOCAL_ALPHA, FOCAL_GAMMA), source="Lin et al., focal loss, 2017"),
+    Component("cls", "poly1", c.cls_poly1, (POLY1_EPS,), softmax=True, per_row=True,
+              source="Leng et al., PolyLoss, ICLR 2022"),
+)
+
+
+def component(term: str, name: str) -> Component:
+    """The entry of ``loss.<term>: <name>``.
+
+    Raises:
+        ValueError: an unknown term or name (the valid ones listed).
+    """
+    if term not in TERMS:
+        raise ValueError(f"unknown loss term {term!r}; valid: {', '.join(TERMS)}")
+    for entry in COMPONENTS:
+        if entry.term == term and entry.name == name:
+            return entry
+    raise ValueError(f"loss.{term}: unknown component {name!r}; valid: {', '.join(component_names(term))}")
+
+
+def component_names(term: str) -> tuple[str, ...]:
+    """The allowed values of ``loss.<term>``, in declaration order, ``"none"`` last where the term may be off."""
+    names = tuple(entry.name for entry in COMPONENTS if entry.term == term)
+    return names + ((NONE,) if term in OPTIONAL_TERMS else ())
+
+
+def hyperparameters() -> tuple[HyperParam, ...]:
+    """Every hyper-parameter of every component, once each (shared ones, such as focal alpha, once), in order."""
+    seen: dict[str, HyperParam] = {}
+    for entry in COMPONENTS:
+        for param in entry.params:
+            if seen.setdefault(param.field, param) != param:
+                raise ValueError(f"loss.{param.field} is declared twice with different settings")
+    return tuple(seen.values())
+
+
+def bind(term: str, name: str, values: dict[str, Any]) -> Callable[..., Tensor] | None:
+    """The function of ``loss.<term>: <name>`` with its hyper-parameters taken from ``values`` (``{field: value}``,
+    missing ones at their defaults); ``None`` for ``"none"``."""
+    if name == NONE and term in OPTIONAL_TERMS:
+        return None
+    entry = component(term, name)
+    if not entry.params:
+        return entry.function
+    return partial(entry.function, **{p.keyword: values.get(p.field, p.default) for p in entry.params})
+
+
+hyperparameters()  # fails at import if two entries declare one field differently
