@@ -29,6 +29,8 @@ def main() -> None:
                         help="train each run data-parallel over N processes with torchrun (README, 'Distributed "
                              "training'); train.batch_size is per process")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, their state and their commands")
+    parser.add_argument("--only", action="append", metavar="VARIANT",
+                        help="run only this variant (its name as in the run folders, e.g. xy=bce,cls=ce); repeatable")
     args = parser.parse_args()
     if args.nproc_per_run < 1:
         parser.error("--nproc-per-run must be at least 1")
@@ -42,13 +44,21 @@ def main() -> None:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.dry_run:
-        for run in study.runs():
+        try:
+            runs = study.runs(args.only)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        for run in runs:
             command = train_command(study, run, nproc_per_run=args.nproc_per_run)
             print(f"# {run.name} [{run.state()}]\n{describe_command(command)}")
         return
     try:
         outcomes = run_study(study, jobs=len(devices) // args.nproc_per_run if devices else args.jobs,
-                             devices=devices, nproc_per_run=args.nproc_per_run)
+                             devices=devices, nproc_per_run=args.nproc_per_run, only=args.only)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:  # the runs got the signal too and saved their checkpoints
         print("interrupted: run the same command again to resume", file=sys.stderr)
         raise SystemExit(130) from None

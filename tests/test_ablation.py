@@ -56,6 +56,16 @@ def test_one_at_a_time_with_include(tmp_path: Path) -> None:
     assert len(study.runs()) == 10
 
 
+def test_only_some_variants(tmp_path: Path) -> None:
+    """--only: the runs of the named variants, every seed; a name the study does not have is an error naming them."""
+    study = load_study(write_study(tmp_path, SHAPES_NANO, combine="grid", axes=AXES))
+    runs = study.runs(["xy=mse,cls=ce", "xy=bce,cls=bce"])
+    assert [run.name for run in runs] == ["xy=bce,cls=bce/seed=0", "xy=bce,cls=bce/seed=1", "xy=mse,cls=ce/seed=0",
+                                          "xy=mse,cls=ce/seed=1"]
+    with pytest.raises(ValueError, match="no variant xy=sse,cls=ce in study.yaml; its variants: xy=bce,cls=bce"):
+        study.runs(["xy=sse,cls=ce"])
+
+
 def test_values_of_any_type_survive_the_command_line(tmp_path: Path) -> None:
     anchors = [[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146], [142, 110], [192, 243], [459, 401]]
     axes = {"anchors": {"default": {}, "other": {"model.anchors": anchors, "loss.level_weights.obj_neg": [4.0, 1.0, 0.4]}}}

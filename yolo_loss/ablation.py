@@ -139,11 +139,23 @@ class Study:
                             dotted(self.axes[axis][value]) for axis, value in combo.items())))
                 for combo in combos]
 
-    def runs(self) -> list[Run]:
+    def runs(self, only: list[str] | None = None) -> list[Run]:
+        """Every variant x seed, or those of the variants named in ``only``.
+
+        Raises:
+            ValueError: ``only`` names a variant the study does not have.
+        """
+        variants = self.variants()
+        if only:
+            unknown = sorted(set(only) - {variant.name for variant in variants})
+            if unknown:
+                raise ValueError(f"no variant {', '.join(unknown)} in {self.path.name}; its variants: "
+                                 + ", ".join(variant.name for variant in variants))
+            variants = [variant for variant in variants if variant.name in only]
         common = tuple(dotted(self.overrides))
         return [Run(variant, seed, self.out / variant.name / f"seed={seed}",
                     common + variant.overrides + (f"train.seed={seed}",))
-                for variant in self.variants() for seed in self.seeds]
+                for variant in variants for seed in self.seeds]
 
 
 def dotted(overrides: dict[str, Any]) -> list[str]:
@@ -299,14 +311,16 @@ class Outcome:
 
 
 def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, nproc_per_run: int = 1,
-              python: str = sys.executable, echo=print) -> list[Outcome]:
+              only: list[str] | None = None, python: str = sys.executable, echo=print) -> list[Outcome]:
     """Run every unfinished run of ``study`` (resuming interrupted ones, restarting failed ones after setting their
     folder aside), ``jobs`` at a time, each of ``nproc_per_run`` processes (torchrun when more than one) with
     ``cpu_count // (jobs * nproc_per_run)`` threads each, or with ``nproc_per_run`` devices of ``devices`` per run.
-    A failed run is recorded in its folder and does not stop the others. Returns what this call ran.
+    A failed run is recorded in its folder and does not stop the others. ``only``: run just these variants (by
+    name). Returns what this call ran.
 
     Raises:
-        ValueError: ``devices`` cannot be shared out ``nproc_per_run`` to a run.
+        ValueError: ``devices`` cannot be shared out ``nproc_per_run`` to a run, or ``only`` names a variant the
+            study does not have.
     """
     if nproc_per_run < 1:
         raise ValueError(f"nproc_per_run must be at least 1, got {nproc_per_run}")
@@ -316,7 +330,7 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
             raise ValueError(f"{len(devices)} devices cannot be shared out {nproc_per_run} to a run")
         slots = [",".join(devices[i:i + nproc_per_run]) for i in range(0, len(devices), nproc_per_run)]
     write_study_info(study)
-    runs = study.runs()
+    runs = study.runs(only)
     todo = [run for run in runs if run.state() != "finished"]
     jobs = max(1, min(jobs, len(slots) if slots else jobs, len(todo) or 1))
     threads = str(max(1, (os.cpu_count() or 1) // (jobs * nproc_per_run)))
