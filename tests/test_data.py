@@ -528,3 +528,20 @@ def test_voc_subset_counts_and_corner_convention() -> None:
     offsets = np.concatenate(offsets)
     assert len(offsets) == 2 * 515 and abs(offsets.mean()) < 0.3 and np.abs(offsets).max() <= 1.0
 
+
+def test_augment_seed_changes_the_augmentation_draws_only() -> None:
+    """train.augment_seed, the nuisance seed of an A/A check: the same order every epoch, other per-image seeds;
+    0 gives exactly the draws of the loader's seed, and the draws stay in [0, 2^62)."""
+    from yolo_loss.data.loader import SEED_RANGE, EpochSampler
+
+    def epochs(augment_seed: int) -> list[list[tuple[int, int]]]:
+        sampler = EpochSampler(50, torch.Generator().manual_seed(3), augment_seed=augment_seed)
+        return [list(sampler) for _ in range(2)]
+
+    plain, again, other = epochs(0), epochs(0), epochs(1)
+    unshifted = EpochSampler(50, torch.Generator().manual_seed(3))
+    assert plain == again == [list(unshifted), list(unshifted)]
+    for epoch_plain, epoch_other in zip(plain, other):
+        assert [i for i, _ in epoch_plain] == [i for i, _ in epoch_other]  # the same order
+        assert all(a != b for (_, a), (_, b) in zip(epoch_plain, epoch_other))  # every image drawn anew
+        assert all(0 <= seed < SEED_RANGE for _, seed in epoch_other)

@@ -8,6 +8,7 @@ as a fresh rendering and the JPEG holds the same picture.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import time
@@ -249,3 +250,22 @@ def test_invalid_parameters_are_rejected(tmp_path: Path) -> None:
         generate_shapes(tmp_path, **{**TINY_PARAMS, "num_train": 0})
     with pytest.raises(ValueError, match="image_size"):
         generate_shapes(tmp_path, **{**TINY_PARAMS, "image_size": 16})
+
+
+def test_object_size_bounds(tmp_path: Path) -> None:
+    """min_long_side and max_long_side: the default bounds keep the folder name the sets had before they were
+    parameters (the hash of the old key), other bounds give another folder and bound the drawn sizes; a shape may
+    still come out smaller where the border or a later shape cuts it, so the check is on most boxes."""
+    old_key = {"generator_version": shapes.GENERATOR_VERSION, **DEFAULT_PARAMS}
+    old_name = "shapes-" + hashlib.sha256(json.dumps(old_key, sort_keys=True).encode()).hexdigest()[:12]
+    assert dataset_name(**DEFAULT_PARAMS) == old_name
+    assert dataset_name(**DEFAULT_PARAMS, min_long_side=16.0) != old_name
+    rng = image_rng(0, "train", 0)
+    sizes = [max(shapes._sample_box_size(rng, "ellipse", 160, 16.0, 0.5)) for _ in range(500)]
+    assert min(sizes) >= 16.0 and max(sizes) <= 80.0
+    rendered = [render_image(image_rng(0, "train", i), image_size=64, max_objects=4, min_long_side=16.0,
+                             max_long_side=0.5) for i in range(20)]
+    long_sides = np.concatenate([r.boxes_xywh[:, 2:].max(axis=1) for r in rendered])
+    assert np.median(long_sides) >= 16 and long_sides.max() <= 33
+    with pytest.raises(ValueError, match="min_long_side"):
+        generate_shapes(tmp_path, **{**TINY_PARAMS, "min_long_side": 90.0, "max_long_side": 0.5})

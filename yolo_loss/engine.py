@@ -32,6 +32,7 @@ from yolo_loss.losses.criterion import LossResult, YoloCriterion, build_criterio
 from yolo_loss.model import build_model
 from yolo_loss.optim import BATCH_NORMS, ModelEMA, build_optimizer, grad_norm_and_clip, lr_at, set_lr
 from yolo_loss.postprocess import postprocess
+from yolo_loss.pretrain import load_pretrained_backbone
 from yolo_loss.runtime import rng_state, seed_everything, set_rng_state
 from yolo_loss.schema import Config
 from yolo_loss.tensorboard_log import LEVEL_NAMES, RunLogger, loss_scalars
@@ -226,13 +227,16 @@ def build_trainer(cfg: Config, run_dir: Path, *, resume: Path | None) -> Trainer
         write(train_set.bad_input.summary())
         train_set.bad_input.write(run_dir / "bad_inputs.txt")
     train_loader = build_loader(train_set, cfg.train.batch_size, shuffle=True, workers=cfg.data.workers,
-                                seed=cfg.train.seed, rank=dist.rank(), world_size=dist.world_size())
+                                seed=cfg.train.seed, rank=dist.rank(), world_size=dist.world_size(),
+                                augment_seed=cfg.train.augment_seed)
     val_loader = build_loader(val_set, cfg.eval.batch_size, shuffle=False, workers=cfg.data.workers,
                               seed=cfg.train.seed, rank=dist.rank(), world_size=dist.world_size())
     model = build_model(cfg.model, train_set.num_classes).to(device, memory_format=memory_format(cfg))
     if cfg.model.pretrained and resume is None:
         write(str(load_darknet_weights(model, Path(cfg.model.pretrained),
                                        max_layers=cfg.model.pretrained_layers or None)))
+    if cfg.model.pretrain.epochs and resume is None:
+        write(load_pretrained_backbone(model, cfg, echo=write))
     if cfg.train.batchnorm == "sync":
         model = dist.sync_batchnorm(model, device)
     head = build_head(cfg, train_set.num_classes)

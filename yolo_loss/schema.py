@@ -41,6 +41,29 @@ def path_field(default: str) -> Any:
 
 
 @dataclass
+class PretrainConfig:
+    """Classification pretraining of the backbone on crops of the synthetic shapes (``yolo_loss/pretrain.py``):
+    a shared, cached start that no detection loss has touched, as darknet53.conv.74 is. ``epochs: 0`` = off."""
+
+    epochs: int = bounded(0, 0, None)
+    crop_size: int = bounded(64, 32, None)  # crops are resampled to this side, in pixels (a multiple of 32)
+    batch_size: int = bounded(64, 1, None)
+    lr: float = bounded(0.05, 0.0, None, low_open=True)
+    context_min: float = bounded(1.2, 1.0, None)  # crop side / the box's long side, drawn per crop from
+    context_max: float = bounded(2.0, 1.0, None)  # [context_min, context_max]
+    jitter: float = bounded(0.1, 0.0, 0.5)  # the crop centre moves by up to this fraction of the side
+    seed: int = 0
+
+    def check(self) -> list[tuple[str, str]]:
+        errors = []
+        if self.crop_size % 32:
+            errors.append(("crop_size", f"must be a multiple of 32, got {self.crop_size}"))
+        if self.context_max < self.context_min:
+            errors.append(("context_max", f"must be at least context_min ({self.context_min})"))
+        return errors
+
+
+@dataclass
 class ModelConfig:
     width: float = bounded(0.25, 0.0, 4.0, low_open=True)  # channel multiplier; 1.0 is Darknet-53
     depth: float = bounded(0.33, 0.0, 4.0, low_open=True)  # residual-block multiplier; 1.0 is 1-2-8-8-4
@@ -53,6 +76,7 @@ class ModelConfig:
     # "" = random initialisation. pretrained_layers: read only this many convolutions of it (0 = all it holds).
     pretrained: str = path_field("")
     pretrained_layers: int = bounded(0, 0, None)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def check(self) -> list[tuple[str, str]]:
         errors = []
@@ -70,6 +94,16 @@ class ShapesConfig:
     image_size: int = bounded(160, 32, None)
     max_objects: int = bounded(6, 1, None)
     seed: int = 0
+    # The long side of a shape is log-uniform from min_long_side px to max_long_side x image_size.
+    min_long_side: float = bounded(6.0, 4.0, None)
+    max_long_side: float = bounded(0.9, 0.0, 1.0, low_open=True)
+    num_classes: int = bounded(6, 1, 6)  # the first N of ellipse, rectangle, triangle, diamond, star, cross
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.min_long_side >= self.max_long_side * self.image_size:
+            return [("min_long_side", f"{self.min_long_side} px must be below max_long_side x image_size "
+                                      f"({self.max_long_side * self.image_size:g} px)")]
+        return []
 
 
 @dataclass
@@ -229,6 +263,9 @@ class TrainConfig:
     histogram_interval: int = bounded(0, 0, None)
     log_images: int = bounded(8, 0, None)
     seed: int = 0
+    # A nuisance seed: shifts the augmentation draws only (not the initial weights nor the data order), for the A/A
+    # check of a study (README, "Ablation studies"); 0 = the draws of train.seed.
+    augment_seed: int = bounded(0, 0, None)
     device: str = choice("auto", "auto", "cpu", "cuda")
     deterministic: bool = False
     on_nonfinite: str = choice("stop", "stop", "skip")
@@ -259,3 +296,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     name: str = ""  # a label for the run; the run folder is named after it
+
+    def check(self) -> list[tuple[str, str]]:
+        errors = []
+        if self.model.pretrain.epochs and self.data.format != "shapes":
+            errors.append(("model.pretrain.epochs", "the backbone is pretrained on the synthetic shapes, but "
+                                                    f"data.format is {self.data.format!r}; set it to 0 (or start "
+                                                    "from darknet53.conv.74 with model.pretrained)"))
+        if self.model.pretrain.epochs and self.model.pretrained:
+            errors.append(("model.pretrain.epochs", "model.pretrain and model.pretrained both give the backbone's "
+                                                    "starting weights; set one of them"))
+        return errors

@@ -7,8 +7,17 @@ Statistics (:func:`summarize`):
   seed-to-seed variation common to both variants cancels): ``d_s = variant_s - baseline_s`` over the seeds both
   finished, reported as ``mean(d) +- SE`` with ``SE = std(d) / sqrt(n)``;
 - "within noise" when ``|mean(d)| < t * SE``, ``t`` the two-sided 95% quantile of Student's t with ``n - 1``
-  degrees of freedom: the 95% confidence interval of the difference contains 0. With one paired seed there is no
-  error estimate and the table says so.
+  degrees of freedom: the 95% confidence interval of the difference contains 0. This Student-t rule alone marks
+  "(noise)". With one paired seed there is no error estimate and the table says so.
+- the **minimum detectable effect** at 95% with the study's own n, ``MDE = t(0.975, n - 1) * sd(d) / sqrt(n)``
+  (the half-width of that interval: a difference smaller than this cannot be told from 0 with these seeds);
+- the **seeds for 80% power**: the smallest n with ``(t(0.975, n - 1) + t(0.80, n - 1)) * sd(d) / sqrt(n) <=
+  |mean(d)|``, the usual approximation of a paired t-test's sample size with the observed mean and spread
+  taken as the truth (a large observed difference needs few seeds, one near 0 needs many);
+- a **sign-flip permutation p-value**, exact over all ``2^n`` sign patterns of the paired differences (under "no
+  effect" each difference is as likely to have either sign): the share of patterns whose ``|mean|`` is at least the
+  observed. Its smallest possible value is ``2 / 2^n``, 0.0625 for 5 seeds: it can reach 0.05 only from 6 seeds
+  on, and is reported beside the t-rule, not instead of it.
 
 A variant with a seed missing (failed or not run yet) is shown with its ``n`` and the missing seeds named, never
 averaged over fewer runs silently.
@@ -24,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from yolo_loss.ablation import FAILED, FINISHED, RUN_INFO, STUDY_INFO
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "VOC07_AP50", "VOC_AP50")
@@ -33,21 +44,88 @@ T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
+# One-sided 80% quantiles of Student's t for 1..30 degrees of freedom (for the power calculation); 0.842 beyond.
+T_80 = (1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879, 0.876, 0.873, 0.870, 0.868, 0.866,
+        0.865, 0.863, 0.862, 0.861, 0.860, 0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855, 0.854, 0.854)
+MAX_POWER_SEEDS = 1000  # the power calculation reports ">1000" beyond this
+EXACT_PERMUTATION_MAX_N = 16  # 2^16 sign patterns; above, a seeded Monte-Carlo sample of 2^16 patterns
+
+
 def t_quantile(dof: int) -> float:
+    """Two-sided 95% (one-sided 97.5%) quantile of Student's t with ``dof`` degrees of freedom."""
     return T_975[dof - 1] if dof <= len(T_975) else 1.96
+
+
+def t_quantile_80(dof: int) -> float:
+    """One-sided 80% quantile of Student's t with ``dof`` degrees of freedom."""
+    return T_80[dof - 1] if dof <= len(T_80) else 0.842
+
+
+def minimum_detectable_effect(sd: float, n: int) -> float:
+    """``t(0.975, n - 1) * sd / sqrt(n)``: the smallest paired difference a 95% t-interval tells from 0 (nan
+    below 2 seeds)."""
+    return t_quantile(n - 1) * sd / math.sqrt(n) if n >= 2 and not math.isnan(sd) else math.nan
+
+
+def seeds_for_power(mean: float, sd: float) -> int | None:
+    """The smallest n (>= 2) at which a paired t-test at 95% has 80% power for a true difference ``mean`` with
+    spread ``sd``: ``(t(0.975, n - 1) + t(0.80, n - 1)) * sd / sqrt(n) <= |mean|``. None when no n up to
+    :data:`MAX_POWER_SEEDS` does (or the inputs are nan); 2 when ``sd`` is 0 and ``mean`` is not."""
+    if math.isnan(mean) or math.isnan(sd) or mean == 0:
+        return None
+    for n in range(2, MAX_POWER_SEEDS + 1):
+        if (t_quantile(n - 1) + t_quantile_80(n - 1)) * sd / math.sqrt(n) <= abs(mean):
+            return n
+    return None
+
+
+def sign_flip_p_value(differences: list[float], *, samples: int = 2 ** 16, seed: int = 0) -> float:
+    """Two-sided p-value of a paired sign-flip permutation test: the share of sign patterns ``s`` with
+    ``|mean(s * d)| >= |mean(d)|``; exact (every pattern) up to :data:`EXACT_PERMUTATION_MAX_N` differences, else
+    ``samples`` random patterns from a seeded generator (the observed pattern counted once). nan when empty."""
+    d = np.asarray(differences, dtype=np.float64)
+    if d.size == 0:
+        return math.nan
+    observed = abs(d.mean())
+    tolerance = 1e-12 * max(1.0, float(np.abs(d).max()))  # equal means must count as equal despite rounding
+    if d.size <= EXACT_PERMUTATION_MAX_N:
+        patterns = ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1) * 2 - 1
+        return float(np.mean(np.abs(patterns @ d / d.size) >= observed - tolerance))
+    patterns = np.random.default_rng(seed).choice((-1.0, 1.0), size=(samples, d.size))
+    hits = int(np.sum(np.abs(patterns @ d / d.size) >= observed - tolerance))
+    return (hits + 1) / (samples + 1)
 
 
 @dataclass
 class Difference:
+    """A variant's difference from the baseline in one metric, paired by seed (see the module docstring)."""
+
     mean: float
     se: float  # nan with fewer than two paired seeds
     n: int
+    values: tuple[float, ...] = ()  # the paired differences, by seed
+
+    @property
+    def sd(self) -> float:
+        return self.se * math.sqrt(self.n) if self.n >= 2 else math.nan
 
     @property
     def within_noise(self) -> bool | None:
         if self.n < 2 or math.isnan(self.se):
             return None
         return abs(self.mean) < t_quantile(self.n - 1) * self.se
+
+    @property
+    def mde(self) -> float:
+        return minimum_detectable_effect(self.sd, self.n)
+
+    @property
+    def seeds_for_power(self) -> int | None:
+        return seeds_for_power(self.mean, self.sd)
+
+    @property
+    def p_permutation(self) -> float:
+        return sign_flip_p_value(list(self.values))
 
 
 @dataclass
@@ -68,7 +146,7 @@ def load_rows(study_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any
     rows = []
     for variant in info["variants"]:
         for seed in info["seeds"]:
-            folder = study_dir / variant / f"seed={seed}"
+            folder = study_dir / info.get("folders", {}).get(variant, variant) / f"seed={seed}"
             fields = dict(part.split("=", 1) for part in variant.split(","))
             row: dict[str, Any] = {"variant": variant, **fields, "seed": seed, "status": "missing", "folder": str(folder)}
             if (folder / RUN_INFO).is_file():
@@ -106,7 +184,8 @@ def summarize(info: dict[str, Any], rows: list[dict[str, Any]],
             for metric in metrics:
                 paired = [runs[seed][metric] - baseline[seed][metric] for seed in runs if seed in baseline]
                 se = statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) >= 2 else math.nan
-                diff[metric] = Difference(statistics.fmean(paired) if paired else math.nan, se, len(paired))
+                diff[metric] = Difference(statistics.fmean(paired) if paired else math.nan, se, len(paired),
+                                          tuple(paired))
         missing = [seed for seed in info["seeds"] if seed not in runs]
         summaries.append(VariantSummary(variant, len(runs), missing, mean, std, diff))
     return summaries
@@ -147,7 +226,38 @@ def markdown(info: dict[str, Any], summaries: list[VariantSummary], metrics: tup
                  "finished; (noise): its 95% t-interval contains 0.\n")
     if notes:
         text += "\nIncomplete:\n" + "\n".join(notes) + "\n"
+    if baseline:
+        text += "\n" + power_markdown(summaries, metrics)
     return text
+
+
+def power_markdown(summaries: list[VariantSummary], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
+    """Per metric, each variant's paired difference with its MDE at 95%, the sign-flip permutation p-value and the
+    seeds that would resolve the observed difference at 80% power; then the median MDE over the variants."""
+    compared = [s for s in summaries if s.diff is not None]
+    if not compared:
+        return ""
+    lines = ["## Power", "",
+             "MDE: the smallest paired difference the 95% t-interval tells from 0 with this study's seeds, "
+             "t(0.975, n-1) sd(d) / sqrt(n). p (sign flip): exact paired permutation test, two-sided (its "
+             "smallest value is 2 / 2^n). Seeds for 80% power: with the observed mean and sd of d taken as the truth "
+             "(\"-\": no difference observed, or more than 1000). The t-rule alone marks \"(noise)\" above.", ""]
+    for m in metrics:
+        lines += [f"| d{m}: variant | n | d +- SE | MDE (95%) | p (sign flip) | seeds for 80% power |",
+                  "|---|---|---|---|---|---|"]
+        for s in compared:
+            d = s.diff[m]
+            mean = "-" if math.isnan(d.mean) else f"{d.mean:+.4f}"
+            se = "" if math.isnan(d.se) else f" +- {d.se:.4f}"
+            mde = "-" if math.isnan(d.mde) else f"{d.mde:.4f}"
+            p = "-" if math.isnan(d.p_permutation) else f"{d.p_permutation:.3f}"
+            lines.append(f"| {s.name} | {d.n} | {mean}{se} | {mde} | {p} | {d.seeds_for_power or '-'} |")
+        mdes = [s.diff[m].mde for s in compared if not math.isnan(s.diff[m].mde)]
+        if mdes:
+            lines.append(f"\nMedian MDE of d{m} over the {len(mdes)} variants: {statistics.median(mdes):.4f}.\n")
+        else:
+            lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

@@ -44,6 +44,7 @@ def seed_worker(worker_id: int) -> None:
 
 
 SEED_RANGE = 2**62  # per-image augmentation seeds are in [0, 2^62)
+AUGMENT_SEED_MIX = 0x2545F4914F6CDD1D  # an odd 64-bit constant: augment_seed k shifts every seed by k * this
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -62,10 +63,14 @@ class EpochSampler(Sampler[tuple[int, int]]):
     the batches one process with batch N * ``batch_size`` sees. The samples after the last whole global batch are
     left out of the epoch (one process drops its last partial batch too), so every process takes the same number
     of steps.
+
+    ``augment_seed`` (``train.augment_seed``) shifts every augmentation seed by a constant of its own, so it
+    changes the augmentation draws and nothing else (the order and everything drawn before stay): the nuisance
+    seed of an A/A check. 0 leaves the seeds as drawn.
     """
 
     def __init__(self, size: int, generator: torch.Generator, *, batch_size: int = 1, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, augment_seed: int = 0) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.size = size
@@ -73,6 +78,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size
+        self.seed_offset = augment_seed * AUGMENT_SEED_MIX % SEED_RANGE
         self.start = 0
 
     def __len__(self) -> int:
@@ -82,7 +88,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self):
         order = torch.randperm(self.size, generator=self.generator)
-        seeds = torch.randint(0, SEED_RANGE, (self.size,), generator=self.generator)
+        seeds = (torch.randint(0, SEED_RANGE, (self.size,), generator=self.generator) + self.seed_offset) % SEED_RANGE
         start, self.start = self.start, 0
         if self.world_size == 1:
             positions = torch.arange(start, self.size)
@@ -118,12 +124,13 @@ class RankBatchSampler(Sampler[list[int]]):
 
 
 def build_loader(dataset: DetectionDataset, batch_size: int, *, shuffle: bool, workers: int,
-                 seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+                 seed: int, rank: int = 0, world_size: int = 1, augment_seed: int = 0) -> DataLoader:
     """A ``DataLoader`` over ``dataset`` yielding :func:`collate` batches of ``batch_size`` (per process).
 
     Everything random comes from a ``torch.Generator`` seeded with ``seed`` (``loader.generator``; save its
     state at the start of an epoch to resume): with ``shuffle`` (a training loader), the order and the
-    per-sample augmentation seeds of :class:`EpochSampler` (``loader.sampler``), and the workers' seeds. A
+    per-sample augmentation seeds of :class:`EpochSampler` (``loader.sampler``, shifted by ``augment_seed``), and
+    the workers' seeds. A
     training loader drops the last partial batch (unless the data set is smaller than one batch), so every
     step sees ``batch_size`` images. ``pin_memory`` is on when CUDA is available.
 
@@ -140,7 +147,8 @@ def build_loader(dataset: DetectionDataset, batch_size: int, *, shuffle: bool, w
         if world_size > 1 and len(dataset) < batch_size * world_size:
             raise DataError(f"the training set has {len(dataset)} images, fewer than one global batch of "
                             f"{world_size} processes x train.batch_size {batch_size}; lower train.batch_size")
-        sampler = EpochSampler(len(dataset), generator, batch_size=batch_size, rank=rank, world_size=world_size)
+        sampler = EpochSampler(len(dataset), generator, batch_size=batch_size, rank=rank, world_size=world_size,
+                               augment_seed=augment_seed)
         batching = {"batch_size": batch_size, "sampler": sampler, "drop_last": len(dataset) >= batch_size}
     elif world_size > 1:
         batching = {"batch_sampler": RankBatchSampler(len(dataset), batch_size, rank, world_size)}

@@ -13,9 +13,10 @@ where ``<hash>`` is the first 12 hex digits of the SHA-256 of the parameters and
 
 What an image holds, and why (the set exists to make box-regression quality visible in AP75):
 
-- Up to ``max_objects`` shapes of the classes in :data:`SHAPE_CLASSES`; about 1 image in 20 has none
-  (a negative). The longer side is log-uniform from 6 px to 90% of the image, so small and large
-  boxes are both common, and stretchable classes take aspect ratios up to 3:1 either way.
+- Up to ``max_objects`` shapes of the classes in :data:`SHAPE_CLASSES` (or its first ``num_classes``);
+  about 1 image in 20 has none (a negative). The longer side is log-uniform from 6 px to 90% of the image
+  by default (``min_long_side``, ``max_long_side``), so small and large boxes are both common, and
+  stretchable classes take aspect ratios up to 3:1 either way.
 - Backgrounds are a linear gradient, often blended with smooth colour blobs, with a few long
   straight lines and per-pixel noise on top, so the box cannot be found by thresholding a flat colour.
 - Each shape has a flat random colour, chosen so that its outline shows in luminance (in grey as
@@ -279,10 +280,11 @@ def _pick_colour(rng: np.random.Generator, canvas: np.ndarray, ring: np.ndarray,
     return candidates[best].astype(np.int16)
 
 
-def _sample_box_size(rng: np.random.Generator, name: str, image_size: int) -> tuple[float, float]:
-    """Width and height in pixels: long side log-uniform, aspect log-uniform up to the class limit."""
-    long_side = math.exp(rng.uniform(math.log(MIN_LONG_SIDE_PX),
-                                     math.log(MAX_LONG_SIDE_FRACTION * image_size)))
+def _sample_box_size(rng: np.random.Generator, name: str, image_size: int, min_long_side: float = MIN_LONG_SIDE_PX,
+                     max_long_side: float = MAX_LONG_SIDE_FRACTION) -> tuple[float, float]:
+    """Width and height in pixels: long side log-uniform from ``min_long_side`` px to ``max_long_side`` of the
+    image, aspect log-uniform up to the class limit."""
+    long_side = math.exp(rng.uniform(math.log(min_long_side), math.log(max_long_side * image_size)))
     aspect = math.exp(rng.uniform(0.0, math.log(MAX_ASPECT[name])))
     short_side = max(long_side / aspect, min(long_side, MIN_SHORT_SIDE_PX))
     return (long_side, short_side) if rng.uniform() < 0.5 else (short_side, long_side)
@@ -298,8 +300,12 @@ def _tight_boxes_xywh(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def render_image(rng: np.random.Generator, *, image_size: int, max_objects: int) -> RenderedImage:
-    """Draw one image and its ground truth (see the module docstring for the content rules)."""
+def render_image(rng: np.random.Generator, *, image_size: int, max_objects: int,
+                 min_long_side: float = MIN_LONG_SIDE_PX, max_long_side: float = MAX_LONG_SIDE_FRACTION,
+                 num_classes: int = len(SHAPE_CLASSES)) -> RenderedImage:
+    """Draw one image and its ground truth (see the module docstring for the content rules); the long side of a
+    shape is log-uniform from ``min_long_side`` px to ``max_long_side`` times the image size, its class one of the
+    first ``num_classes`` of :data:`SHAPE_CLASSES`."""
     background = _draw_background(rng, image_size)
     noise = _draw_noise(rng, image_size)
     num_wanted = 0 if rng.uniform() < NEGATIVE_PROBABILITY else int(rng.integers(1, max_objects + 1))
@@ -311,9 +317,9 @@ def render_image(rng: np.random.Generator, *, image_size: int, max_objects: int)
     colours = np.zeros((0, 3), dtype=np.int16)
     labels = np.zeros(0, dtype=np.int64)
     for _ in range(num_wanted):
-        label = int(rng.integers(len(SHAPE_CLASSES)))
+        label = int(rng.integers(num_classes))
         name = SHAPE_CLASSES[label]
-        width, height = _sample_box_size(rng, name, image_size)
+        width, height = _sample_box_size(rng, name, image_size, min_long_side, max_long_side)
         for _ in range(PLACEMENT_TRIES):
             x0 = rng.uniform(-MAX_OUTSIDE_FRACTION * width, image_size - (1 - MAX_OUTSIDE_FRACTION) * width)
             y0 = rng.uniform(-MAX_OUTSIDE_FRACTION * height, image_size - (1 - MAX_OUTSIDE_FRACTION) * height)
@@ -349,16 +355,27 @@ def render_image(rng: np.random.Generator, *, image_size: int, max_objects: int)
     )
 
 
-def dataset_name(*, num_train: int, num_val: int, image_size: int, max_objects: int, seed: int) -> str:
-    """The cache-folder name ``shapes-<12 hex>`` for these parameters and :data:`GENERATOR_VERSION`."""
+def dataset_name(*, num_train: int, num_val: int, image_size: int, max_objects: int, seed: int,
+                 min_long_side: float = MIN_LONG_SIDE_PX, max_long_side: float = MAX_LONG_SIDE_FRACTION,
+                 num_classes: int = len(SHAPE_CLASSES)) -> str:
+    """The cache-folder name ``shapes-<12 hex>`` for these parameters and :data:`GENERATOR_VERSION`.
+
+    The object-size bounds and the class count enter the hash only when they differ from their defaults, so the
+    sets generated before they were parameters keep their folders.
+    """
     key = {"generator_version": GENERATOR_VERSION, "num_train": num_train, "num_val": num_val,
            "image_size": image_size, "max_objects": max_objects, "seed": seed}
+    if (min_long_side, max_long_side) != (MIN_LONG_SIDE_PX, MAX_LONG_SIDE_FRACTION):
+        key |= {"min_long_side": float(min_long_side), "max_long_side": float(max_long_side)}
+    if num_classes != len(SHAPE_CLASSES):
+        key["num_classes"] = num_classes
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     return f"shapes-{digest[:12]}"
 
 
 def _write_split(folder: Path, split: str, count: int, *, image_size: int, max_objects: int,
-                 seed: int, info: dict[str, Any]) -> None:
+                 seed: int, info: dict[str, Any], min_long_side: float, max_long_side: float,
+                 num_classes: int) -> None:
     """Render ``count`` images of ``split`` into ``folder`` with their COCO instances file."""
     image_folder = folder / "images" / split
     image_folder.mkdir(parents=True)
@@ -366,7 +383,8 @@ def _write_split(folder: Path, split: str, count: int, *, image_size: int, max_o
     annotations: list[dict[str, Any]] = []
     for index in range(count):
         rendered = render_image(image_rng(seed, split, index), image_size=image_size,
-                                max_objects=max_objects)
+                                max_objects=max_objects, min_long_side=min_long_side,
+                                max_long_side=max_long_side, num_classes=num_classes)
         file_name = f"{index:06d}.jpg"
         # 4:4:4 chroma: the default 4:2:0 would halve the colour resolution of 6-px shapes.
         Image.fromarray(rendered.image).save(image_folder / file_name, format="JPEG",
@@ -385,7 +403,7 @@ def _write_split(folder: Path, split: str, count: int, *, image_size: int, max_o
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
-                       for i, name in enumerate(SHAPE_CLASSES)],
+                       for i, name in enumerate(SHAPE_CLASSES[:num_classes])],
     }
     annotation_folder = folder / "annotations"
     annotation_folder.mkdir(exist_ok=True)
@@ -393,7 +411,8 @@ def _write_split(folder: Path, split: str, count: int, *, image_size: int, max_o
 
 
 def generate_shapes(root: Path, *, num_train: int, num_val: int, image_size: int, max_objects: int,
-                    seed: int) -> Path:
+                    seed: int, min_long_side: float = MIN_LONG_SIDE_PX,
+                    max_long_side: float = MAX_LONG_SIDE_FRACTION, num_classes: int = len(SHAPE_CLASSES)) -> Path:
     """Generate the shapes data set under ``root`` once; return its folder ``root/shapes-<hash>``.
 
     A folder holding the ``DONE`` marker is returned at once. Otherwise the set is written to a
@@ -402,15 +421,23 @@ def generate_shapes(root: Path, *, num_train: int, num_val: int, image_size: int
     with another generating the same set simply uses the winner's folder.
 
     Raises:
-        ValueError: a count below 1, an image size below 32 or ``max_objects`` below 1.
+        ValueError: a count below 1, an image size below 32, ``max_objects`` below 1, or object-size bounds
+            that are not ``MIN_SHORT_SIDE_PX <= min_long_side < max_long_side * image_size``, or a class count
+            outside ``[1, len(SHAPE_CLASSES)]``.
     """
     for key, value, low in (("num_train", num_train, 1), ("num_val", num_val, 1),
                             ("image_size", image_size, 32), ("max_objects", max_objects, 1)):
         if value < low:
             raise ValueError(f"generate_shapes: {key} must be at least {low}, got {value}")
+    if not 1 <= num_classes <= len(SHAPE_CLASSES):
+        raise ValueError(f"generate_shapes: num_classes must be in [1, {len(SHAPE_CLASSES)}], got {num_classes}")
+    if not MIN_SHORT_SIDE_PX <= min_long_side < max_long_side * image_size:
+        raise ValueError(f"generate_shapes: min_long_side {min_long_side} px must be at least {MIN_SHORT_SIDE_PX} "
+                         f"and below max_long_side {max_long_side} x image_size {image_size}")
     root = Path(root)
     folder = root / dataset_name(num_train=num_train, num_val=num_val, image_size=image_size,
-                                 max_objects=max_objects, seed=seed)
+                                 max_objects=max_objects, seed=seed, min_long_side=min_long_side,
+                                 max_long_side=max_long_side, num_classes=num_classes)
     if (folder / DONE_MARKER).is_file():
         return folder
 
@@ -425,10 +452,12 @@ def generate_shapes(root: Path, *, num_train: int, num_val: int, image_size: int
     try:
         info = {"description": "yolo-loss synthetic shapes", "generator_version": GENERATOR_VERSION,
                 "num_train": num_train, "num_val": num_val, "image_size": image_size,
-                "max_objects": max_objects, "seed": seed}
+                "max_objects": max_objects, "seed": seed, "min_long_side": min_long_side,
+                "max_long_side": max_long_side, "num_classes": num_classes}
         for split, count in (("train", num_train), ("val", num_val)):
             _write_split(temporary, split, count, image_size=image_size, max_objects=max_objects,
-                         seed=seed, info=info)
+                         seed=seed, info=info, min_long_side=min_long_side, max_long_side=max_long_side,
+                         num_classes=num_classes)
         (temporary / DONE_MARKER).write_text(f"{folder.name}\n")
         try:
             os.rename(temporary, folder)
@@ -445,4 +474,6 @@ def generate_shapes(root: Path, *, num_train: int, num_val: int, image_size: int
 def shapes_dataset(cfg: ShapesConfig, root: Path) -> Path:
     """:func:`generate_shapes` with the parameters of ``cfg`` (``data.shapes`` of the config)."""
     return generate_shapes(root, num_train=cfg.num_train, num_val=cfg.num_val,
-                           image_size=cfg.image_size, max_objects=cfg.max_objects, seed=cfg.seed)
+                           image_size=cfg.image_size, max_objects=cfg.max_objects, seed=cfg.seed,
+                           min_long_side=cfg.min_long_side, max_long_side=cfg.max_long_side,
+                           num_classes=cfg.num_classes)
