@@ -2,6 +2,11 @@
 
     python scripts/ablate.py configs/ablations/loss_axes.yaml [--jobs N | --devices 0,1] [--dry-run]
     python scripts/ablate.py STUDY --devices 0,1,2,3 --nproc-per-run 2   # each run: torchrun over 2 GPUs
+    python scripts/ablate.py STUDY --status                              # each run's state and owner
+    python scripts/ablate.py STUDY --launcher slurm --partition gpu --gpus-per-run 1 --time 120
+
+Several launchers (terminals, machines sharing the folder, Slurm jobs) can work on one study at once: each claims a
+run before training it (yolo_loss/claims.py), so every run is trained once.
 
 Re-running the same command skips finished runs, resumes interrupted ones from their last checkpoint and restarts
 failed ones (their folder is set aside as <seed folder>.failed-N). At the end the study folder gets results.csv,
@@ -15,7 +20,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from yolo_loss.ablation import StudyError, describe_command, load_study, run_study, train_command  # noqa: E402
+from yolo_loss.ablation import (StudyError, describe_command, load_study, run_state, run_study, submit_study,  # noqa: E402
+                                train_command)
+from yolo_loss.claims import CLAIM_TIMEOUT_SECONDS  # noqa: E402
 from yolo_loss.study_report import write_report  # noqa: E402
 
 
@@ -29,8 +36,24 @@ def main() -> None:
                         help="train each run data-parallel over N processes with torchrun (README, 'Distributed "
                              "training'); train.batch_size is per process")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, their state and their commands")
+    parser.add_argument("--status", action="store_true",
+                        help="print each run's state: finished, running (where, since when), interrupted, failed, new")
     parser.add_argument("--only", action="append", metavar="VARIANT",
                         help="run only this variant (its name as in the run folders, e.g. xy=bce,cls=ce); repeatable")
+    parser.add_argument("--claim-timeout", type=float, default=CLAIM_TIMEOUT_SECONDS, metavar="SECONDS",
+                        help="a claim from another host whose heartbeat is older than this is taken over "
+                             f"(default {CLAIM_TIMEOUT_SECONDS:.0f})")
+    cluster = parser.add_argument_group("cluster (submitit)")
+    cluster.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
+                         help="local: train here; slurm: one Slurm job per run (a job array); submitit-local: the "
+                              "same jobs as local processes (to try the cluster path without Slurm)")
+    cluster.add_argument("--partition", help="Slurm partition")
+    cluster.add_argument("--gpus-per-run", type=int, default=0, help="GPUs per job; more than 1 trains the run "
+                                                                     "with torchrun over them")
+    cluster.add_argument("--cpus-per-run", type=int, default=8, help="CPU cores per job")
+    cluster.add_argument("--time", type=int, default=240, metavar="MINUTES", help="time limit of each job")
+    cluster.add_argument("--wait", action="store_true", help="wait for the jobs and write the report (always for "
+                                                             "submitit-local)")
     args = parser.parse_args()
     if args.nproc_per_run < 1:
         parser.error("--nproc-per-run must be at least 1")
@@ -40,31 +63,62 @@ def main() -> None:
                      "cannot share out")
     try:
         study = load_study(args.study)
-    except StudyError as err:
+        runs = study.runs(args.only)
+    except (StudyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    if args.dry_run:
-        try:
-            runs = study.runs(args.only)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+    if args.dry_run or args.status:
         for run in runs:
-            command = train_command(study, run, nproc_per_run=args.nproc_per_run)
-            print(f"# {run.name} [{run.state()}]\n{describe_command(command)}")
+            state = run_state(run, timeout=args.claim_timeout)
+            if args.status:
+                print(f"{run.name}: {state}")
+            else:
+                command = train_command(run, nproc_per_run=args.nproc_per_run)
+                print(f"# {run.name} [{state}]\n{describe_command(command)}")
+        return
+    if args.launcher != "local":
+        submit(study, args)
         return
     try:
         outcomes = run_study(study, jobs=len(devices) // args.nproc_per_run if devices else args.jobs,
-                             devices=devices, nproc_per_run=args.nproc_per_run, only=args.only)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+                             devices=devices, nproc_per_run=args.nproc_per_run, only=args.only,
+                             claim_timeout=args.claim_timeout)
     except KeyboardInterrupt:  # the runs got the signal too and saved their checkpoints
         print("interrupted: run the same command again to resume", file=sys.stderr)
         raise SystemExit(130) from None
     for path in write_report(study.out):
         print(f"wrote {path}")
     if any(outcome.status == "failed" for outcome in outcomes):
+        raise SystemExit(1)
+
+
+def submit(study, args: argparse.Namespace) -> None:
+    """--launcher slurm / submitit-local: one job per unfinished run through submitit (README, "Studies on a
+    cluster")."""
+    import submitit
+
+    folder = study.out / "submitit"
+    if args.launcher == "slurm":
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor.update_parameters(timeout_min=args.time, cpus_per_task=args.cpus_per_run, nodes=1,
+                                   tasks_per_node=1, slurm_gpus_per_node=args.gpus_per_run or None,
+                                   slurm_partition=args.partition, name=study.path.stem)
+    else:
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=args.time)
+    jobs = submit_study(study, executor, only=args.only, nproc_per_run=max(1, args.gpus_per_run),
+                        claim_timeout=args.claim_timeout)
+    print(f"submitted {len(jobs)} job(s) ({args.launcher}): {', '.join(str(job.job_id) for job in jobs)}; "
+          f"logs in {folder}")
+    if args.launcher == "slurm" and not args.wait:
+        print(f"when they are done: python scripts/report.py {study.out}")
+        return
+    results = [job.result() for job in jobs]
+    for result in results:
+        print(f"{result['run']}: {result['status']} ({result['detail']})")
+    for path in write_report(study.out):
+        print(f"wrote {path}")
+    if any(result["status"] == "failed" for result in results):
         raise SystemExit(1)
 
 

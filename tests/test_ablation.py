@@ -138,7 +138,7 @@ def test_runner_finishes_skips_resumes_and_records_failures(tmp_path: Path) -> N
     resumed = study.out / "xy=mse" / "seed=1"
     expected = json.loads((resumed / "metrics.json").read_text())["metrics"]
     (resumed / "metrics.json").unlink()
-    assert "--resume" in train_command(study, study.runs()[3])
+    assert "--resume" in train_command(study.runs()[3])
     outcomes = run_study(study, echo=lines.append)
     assert sorted(o.run.name for o in outcomes) == ["xy=broken/seed=0", "xy=broken/seed=1", "xy=mse/seed=1"]
     assert finished_file.stat().st_mtime_ns == before
@@ -208,7 +208,7 @@ def test_a_run_stopped_by_a_signal_is_resumed_not_failed(tmp_path: Path) -> None
     outcomes = run_study(study, python=str(fake), echo=lambda line: None)
     run = study.runs()[0]
     assert [o.status for o in outcomes] == ["interrupted"] and not (run.folder / FAILED).exists()
-    assert run.state() == "interrupted" and "--resume" in train_command(study, run, python=str(fake))
+    assert run.state() == "interrupted" and "--resume" in train_command(run, python=str(fake))
 
 
 def test_runs_can_be_handed_to_torchrun(tmp_path: Path) -> None:
@@ -216,10 +216,10 @@ def test_runs_can_be_handed_to_torchrun(tmp_path: Path) -> None:
     for a scheduler; --devices are shared out N to a run."""
     study = load_study(write_study(tmp_path, SHAPES_NANO, combine="grid", seeds=[0], axes={"xy": {"bce": {}}}))
     run = study.runs()[0]
-    command = train_command(study, run, python="python", nproc_per_run=2)
+    command = train_command(run, python="python", nproc_per_run=2)
     assert command[:6] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(REPO / "train.py")]
-    assert command[6:] == train_command(study, run, python="python")[2:]  # the same train.py arguments
+    assert command[6:] == train_command(run, python="python")[2:]  # the same train.py arguments
     done = subprocess.run([sys.executable, "scripts/ablate.py", str(tmp_path / "study.yaml"), "--dry-run",
                            "--nproc-per-run", "2"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0 and "-m torch.distributed.run --standalone --nproc_per_node=2 " in done.stdout
@@ -248,3 +248,58 @@ def test_torchrun_runs_stopped_by_a_signal_are_resumed_and_others_failed(tmp_pat
     assert all("-m torch.distributed.run --standalone --nproc_per_node=2 " in log for log in logs)
     assert sorted(log.split("devices ")[1].split(" ")[0] for log in logs) == ["0,1", "2,3"]
 
+
+def test_power_statistics_on_known_numbers() -> None:
+    """Worked by hand. d = (0.01, 0.03, 0.02): mean 0.02, sd 0.01, n 3, t(0.975, 2) = 4.303, so
+    MDE = 4.303 * 0.01 / sqrt(3) = 0.024843. Seeds for 80% power at mean 0.02, sd 0.01: n = 4 gives
+    (3.182 + 0.978) * 0.01 / 2 = 0.0208 > 0.02, n = 5 gives (2.776 + 0.941) * 0.01 / sqrt(5) = 0.01662 <= 0.02: 5.
+    Sign flips of (1, 2, 3): of the 8 patterns only +++ and --- reach |mean| 2, p = 2/8 = 0.25; of (1, -1, 1, -1)
+    (mean 0) every pattern does, p = 1; five equal differences give the smallest p, 2/32 = 0.0625."""
+    from yolo_loss.study_report import (Difference, minimum_detectable_effect, seeds_for_power, sign_flip_p_value,
+                                        t_quantile_80)
+
+    assert minimum_detectable_effect(0.01, 3) == pytest.approx(4.303 * 0.01 / math.sqrt(3))
+    assert math.isnan(minimum_detectable_effect(0.01, 1))
+    assert seeds_for_power(0.02, 0.01) == 5 and seeds_for_power(-0.02, 0.01) == 5
+    assert seeds_for_power(0.0, 0.01) is None and seeds_for_power(1e-6, 0.05) is None
+    assert seeds_for_power(0.5, 0.0) == 2
+    assert t_quantile_80(4) == pytest.approx(0.941) and t_quantile_80(500) == pytest.approx(0.842)
+    assert sign_flip_p_value([1.0, 2.0, 3.0]) == pytest.approx(0.25)
+    assert sign_flip_p_value([1.0, -1.0, 1.0, -1.0]) == 1.0
+    assert sign_flip_p_value([0.1] * 5) == pytest.approx(2 / 32)
+    many = sign_flip_p_value([0.1] * 20)  # Monte-Carlo above 16 differences: near 2 / 2^20, never 0
+    assert 0 < many < 1e-3
+    d = Difference(mean=0.02, se=0.01 / math.sqrt(3), n=3, values=(0.01, 0.03, 0.02))
+    assert d.sd == pytest.approx(0.01) and d.mde == pytest.approx(0.024843, abs=1e-6)
+    assert d.within_noise is True and d.p_permutation == pytest.approx(0.25) and d.seeds_for_power == 5
+
+
+def test_a_study_reuses_identical_runs_of_another(tmp_path: Path) -> None:
+    """reuse: a variant whose runs are another study's (the same resolved config) lists that study's run folders
+    instead of training them again; its report reads them there. A config that differs is refused, naming a key."""
+    (tmp_path / "a").mkdir()
+    owner = write_study(tmp_path / "a", SHAPES_NANO, combine="grid", axes={"xy": {"bce": {}, "mse": {"loss.xy": "mse"}}},
+                        overrides={"train.epochs": 2})
+    reusing = tmp_path / "b" / "study.yaml"
+    reusing.parent.mkdir()
+    data = {"base": str(SHAPES_NANO), "out": str(tmp_path / "b" / "study"), "seeds": [1], "combine": "grid",
+            "overrides": {"train.epochs": 2}, "axes": {"box": {"mse": {}, "giou": {"loss.box": "giou",
+                                                                              "loss.xy": "none", "loss.wh": "none"}}},
+            "reuse": {"box=mse": {"study": str(owner), "variant": "xy=bce"}}}
+    reusing.write_text(yaml.safe_dump(data, sort_keys=False))
+    study = load_study(reusing)
+    shared, own = study.runs()
+    assert shared.folder == tmp_path / "a" / "study" / "xy=bce" / "seed=1" and shared.listed_as == "box=mse"
+    assert shared.study_file == owner and "(shared with study)" in shared.name
+    assert own.folder == tmp_path / "b" / "study" / "box=giou" / "seed=1" and own.listed_as == ""
+    assert study.folders() == {"box=mse": "../../a/study/xy=bce"}
+
+    data["overrides"] = {"train.epochs": 3}
+    reusing.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(StudyError, match=r"reuse.box=mse: its config differs from study.yaml's xy=bce at "
+                                         r"train.epochs"):
+        load_study(reusing)
+    data["seeds"] = [5]
+    reusing.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(StudyError, match="does not run seed"):
+        load_study(reusing)

@@ -6,6 +6,8 @@ import os
 import pickle
 import shlex
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +61,8 @@ def test_failed_replace_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatc
         raise OSError("simulated crash before the rename")
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(CheckpointError, match=f"cannot write {path}: simulated crash before the rename; the previous "
+                                              "last.pt there, if any, is untouched"):
         save_checkpoint(good_state(2.0), path)
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model"]["conv.weight"], torch.full((2, 3), 1.0))
@@ -167,3 +170,31 @@ def test_state_has_nonfinite_names_float_tensors_with_nan_or_inf() -> None:
     }
     assert state_has_nonfinite(state_dict) == ["nan.weight", "inf.bias"]
     assert state_has_nonfinite({"ok.weight": torch.ones(3)}) == []
+
+
+FULL_DISK_SCRIPT = """
+import resource, signal, sys
+import torch
+from yolo_loss.checkpoint import CheckpointError, save_checkpoint
+path = sys.argv[1]
+save_checkpoint({"weights": torch.arange(10.0)}, path)      # the last good checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)               # a write past the limit then fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # as a full disk would, part-way
+try:
+    save_checkpoint({"weights": torch.zeros(1_000_000)}, path)  # 4 MB: cut off after 200 kB
+except CheckpointError as error:
+    print(error)
+"""
+
+
+def test_a_write_that_fails_part_way_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    """A file-size limit (RLIMIT_FSIZE) cuts the second save off part-way, as a full disk would: the error names
+    the path and the reason, the previous checkpoint still loads, and no temporary file is left."""
+    path = tmp_path / "last.pt"
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(path)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"cannot write {path}: File too large; the previous last.pt there, if any, is " \
+                                  "untouched"
+    assert torch.equal(load_checkpoint(path)["weights"], torch.arange(10.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -14,13 +14,17 @@ A study file (``configs/ablations/*.yaml``)::
       cls: {bce: {}, focal: {loss.cls: focal}}
 
 ``grid`` takes every combination of the axes' variants; ``one_at_a_time`` takes the baseline and, for each axis,
-every other value of that axis with the rest at the baseline; ``include`` adds combinations of its own. A run is named after all its axis values and its seed
-(``xy=bce,cls=focal/seed=1``) and lives in that folder below ``out``. Every run's config is built and checked when
+every other value of that axis with the rest at the baseline; ``include`` adds combinations of its own. A run is
+named after all its axis values and its seed (``xy=bce,cls=focal/seed=1``) and lives in that folder below ``out``.
+``reuse: {variant: {study: other.yaml, variant: its name}}`` lists another study's runs for a variant whose config
+is the same (checked), so they are trained once and reported by both. Every run's config is built and checked when
 the study is expanded, so a bad variant stops the study before anything trains, with the variant and key named.
 
 Run state is read from the folder alone: ``metrics.json`` (written by ``train.py`` at the very end) means finished,
 ``failed.json`` (written by the runner) failed, ``last.pt`` without either interrupted (resumed from it), an empty or
-missing folder new.
+missing folder new. A launcher claims a run before it trains it (``<run folder>.claim``, :mod:`yolo_loss.claims`),
+so several launchers, here, on other machines or as cluster jobs (:func:`submit_study`), share a study and train
+each run once.
 
 A run may be several processes: with ``nproc_per_run`` > 1 each run is ``torchrun`` (``python -m
 torch.distributed.run --standalone``) of ``train.py``, data-parallel over that many processes (README, "Distributed
@@ -29,11 +33,13 @@ training"), and ``--dry-run`` prints those commands for a cluster scheduler.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -45,9 +51,10 @@ from typing import Any
 
 import yaml
 
-from yolo_loss.config import ConfigError, load_config
+from yolo_loss import claims
+from yolo_loss.config import ConfigError, config_to_dict, load_config
 
-STUDY_KEYS = {"base", "out", "combine", "baseline", "include", "seeds", "overrides", "axes"}
+STUDY_KEYS = {"base", "out", "combine", "baseline", "include", "seeds", "overrides", "axes", "reuse"}
 COMBINE_MODES = ("grid", "one_at_a_time")
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "train.py"
@@ -87,14 +94,24 @@ class Variant:
 
 @dataclass(frozen=True)
 class Run:
+    """One training run: a variant and a seed, in its folder, from its study's base config and overrides.
+
+    A run a study reuses from another (``reuse``) is the other study's run: its variant, folder, base and study
+    file are the owner's, and ``listed_as`` is the variant name it stands for in the reusing study.
+    """
+
     variant: Variant
     seed: int
     folder: Path
     overrides: tuple[str, ...]  # the study's, the variant's, then train.seed
+    base: Path
+    study_file: Path
+    listed_as: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.variant.name}/seed={self.seed}"
+        shared = f" (shared with {self.study_file.stem})" if self.listed_as else ""
+        return f"{self.variant.name}/seed={self.seed}{shared}"
 
     def state(self) -> str:
         """``finished``, ``failed``, ``interrupted`` (a checkpoint to resume) or ``new``."""
@@ -118,6 +135,8 @@ class Study:
     baseline: dict[str, str] = field(default_factory=dict)
     include: list[dict[str, str]] = field(default_factory=list)
     overrides: dict[str, Any] = field(default_factory=dict)
+    # variant name -> (the study that owns identical runs, its variant's name): those runs are not trained again
+    reuse: dict[str, tuple["Study", str]] = field(default_factory=dict)
 
     @property
     def baseline_name(self) -> str | None:
@@ -153,9 +172,21 @@ class Study:
                                  + ", ".join(variant.name for variant in variants))
             variants = [variant for variant in variants if variant.name in only]
         common = tuple(dotted(self.overrides))
-        return [Run(variant, seed, self.out / variant.name / f"seed={seed}",
-                    common + variant.overrides + (f"train.seed={seed}",))
-                for variant in variants for seed in self.seeds]
+        runs = []
+        for variant in variants:
+            if variant.name in self.reuse:
+                owner, owner_variant = self.reuse[variant.name]
+                runs += [dataclasses.replace(run, listed_as=variant.name) for run in owner.runs([owner_variant])
+                         if run.seed in self.seeds]
+            else:
+                runs += [Run(variant, seed, self.out / variant.name / f"seed={seed}",
+                             common + variant.overrides + (f"train.seed={seed}",), self.base, self.path)
+                         for seed in self.seeds]
+        return runs
+
+    def folders(self) -> dict[str, str]:
+        """The folder of each reused variant relative to :attr:`out` (the others are ``out/<variant>``)."""
+        return {listed: os.path.relpath(owner.out / name, self.out) for listed, (owner, name) in self.reuse.items()}
 
 
 def dotted(overrides: dict[str, Any]) -> list[str]:
@@ -241,11 +272,59 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
                 load_config(study.base, tuple(dotted(overrides)) + variant.overrides)
             except ConfigError as err:
                 raise StudyError(f"{path}: variant {variant.name}: {err}") from None
+    study.reuse = _reused_runs(study, raw.get("reuse") or {}, check_configs)
     return study
 
 
-def train_command(study: Study, run: Run, *, python: str = sys.executable, nproc_per_run: int = 1) -> list[str]:
-    """The ``train.py`` command line of a run: a fresh start in its folder, or ``--resume`` from its checkpoint.
+def _reused_runs(study: Study, raw: Any, check_configs: bool) -> dict[str, tuple[Study, str]]:
+    """The ``reuse`` key: ``{variant: {study: other.yaml, variant: its variant}}``, each checked to name a variant
+    of both studies, with this study's seeds among the other's and, with ``check_configs``, the same resolved
+    config for every seed (so the runs are the same runs)."""
+    path = study.path
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path}: reuse: expected a mapping of variant -> {{study: file, variant: name}}")
+    names = {variant.name: variant for variant in study.variants()}
+    reuse = {}
+    for listed, target in raw.items():
+        where = f"{path}: reuse.{listed}"
+        if listed not in names:
+            raise StudyError(f"{where}: not a variant of this study ({', '.join(names)})")
+        if not isinstance(target, dict) or set(target) != {"study", "variant"}:
+            raise StudyError(f"{where}: expected {{study: <study file>, variant: <its variant>}}")
+        owner = load_study(path.parent / str(target["study"]), check_configs=False)
+        owned = {variant.name: variant for variant in owner.variants()}
+        if str(target["variant"]) not in owned:
+            raise StudyError(f"{where}: {owner.path.name} has no variant {target['variant']!r}")
+        missing = sorted(set(study.seeds) - set(owner.seeds))
+        if missing:
+            raise StudyError(f"{where}: {owner.path.name} does not run seed(s) {', '.join(map(str, missing))}")
+        if check_configs:
+            for seed in study.seeds:
+                mine = config_to_dict(load_config(study.base, tuple(dotted(study.overrides))
+                                                  + names[listed].overrides + (f"train.seed={seed}",)))
+                (theirs_run,) = [run for run in owner.runs([str(target["variant"])]) if run.seed == seed]
+                theirs = config_to_dict(load_config(theirs_run.base, theirs_run.overrides))
+                if mine != theirs:
+                    differ = sorted(key for key in _flatten(mine) if _flatten(mine)[key] != _flatten(theirs).get(key))
+                    raise StudyError(f"{where}: its config differs from {owner.path.name}'s {target['variant']} "
+                                     f"at {', '.join(differ[:5])}: the runs would not be the same")
+        reuse[listed] = (owner, str(target["variant"]))
+    return reuse
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def train_command(run: Run, *, python: str = sys.executable, nproc_per_run: int = 1) -> list[str]:
+    """The ``train.py`` command line of a run (from its base config and overrides): a fresh start in its folder,
+    or ``--resume`` from its checkpoint.
 
     With ``nproc_per_run`` > 1, ``train.py`` under ``python -m torch.distributed.run --standalone
     --nproc_per_node=N`` (torchrun on one node, with a free port of its own, so runs side by side do not collide;
@@ -255,7 +334,7 @@ def train_command(study: Study, run: Run, *, python: str = sys.executable, nproc
              else ["--run-dir", str(run.folder)])
     launcher = [python] if nproc_per_run == 1 else [python, "-m", "torch.distributed.run", "--standalone",
                                                     f"--nproc_per_node={nproc_per_run}"]
-    return [*launcher, str(TRAIN_SCRIPT), "--config", str(study.base), *start, "--set", *run.overrides]
+    return [*launcher, str(TRAIN_SCRIPT), "--config", str(run.base), *start, "--set", *run.overrides]
 
 
 def describe_command(command: list[str]) -> str:
@@ -266,14 +345,14 @@ def write_study_info(study: Study) -> None:
     """``study.json`` in the study folder: what :mod:`scripts.report` needs besides the run folders."""
     study.out.mkdir(parents=True, exist_ok=True)
     info = {"study_file": str(study.path), "base": str(study.base), "combine": study.combine, "seeds": study.seeds,
-            "axes": list(study.axes), "baseline": study.baseline_name,
+            "axes": list(study.axes), "baseline": study.baseline_name, "folders": study.folders(),
             "variants": [variant.name for variant in study.variants()]}
     (study.out / STUDY_INFO).write_text(json.dumps(info, indent=2))
 
 
-def write_run_info(study: Study, run: Run, command: list[str]) -> None:
+def write_run_info(run: Run, command: list[str]) -> None:
     info = {"variant": run.variant.name, "fields": dict(run.variant.fields), "seed": run.seed,
-            "overrides": list(run.overrides), "command": describe_command(command), "study": str(study.path)}
+            "overrides": list(run.overrides), "command": describe_command(command), "study": str(run.study_file)}
     (run.folder / RUN_INFO).write_text(json.dumps(info, indent=2))
 
 
@@ -305,18 +384,112 @@ def set_aside(folder: Path, reason: str) -> Path:
 @dataclass
 class Outcome:
     run: Run
-    status: str  # finished, failed or interrupted
+    status: str  # finished, failed, interrupted, or held (claimed by another live launcher: not run here)
     seconds: float
-    detail: str  # the AP50 of a finished run, the error of a failed one
+    detail: str  # the AP50 of a finished run, the error of a failed one, the owner of a held one
+
+
+def claim_path(run: Run) -> Path:
+    """The run's claim file, beside its folder (``seed=N.claim``): setting a folder aside never moves it."""
+    return run.folder.with_name(run.folder.name + ".claim")
+
+
+def run_state(run: Run, *, timeout: float = claims.CLAIM_TIMEOUT_SECONDS) -> str:
+    """What ``ablate.py --status`` prints for a run: finished, failed, interrupted, new, or running (host, pid and
+    start of a live claim) / claimed by a dead owner."""
+    state = run.state()
+    if state == "finished":
+        return state
+    held = claims.read_claim(claim_path(run))
+    if held is None:
+        return state
+    claim, heartbeat = held
+    owner = f"{claim.host} pid {claim.pid}" + (f" (train.py pid {claim.run_pid})" if claim.run_pid else "")
+    if claims.owner_alive(claim, heartbeat, timeout=timeout):
+        return f"running on {owner} since {claim.started_text}"
+    return f"{state}, claimed by a dead owner ({owner}, since {claim.started_text}): the next launcher takes it over"
+
+
+def _die_with_parent() -> None:
+    """In the run's process, before train.py starts (Linux): SIGTERM when the launcher dies, so a killed launcher
+    leaves no orphan training in a folder that a relaunch will resume (train.py saves last.pt and exits 130)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Launcher:
+    """Trains runs of a study in this process's threads, each after claiming it (:mod:`yolo_loss.claims`); any
+    number of launchers, here or on other machines sharing the folder, can work on one study at once."""
+
+    def __init__(self, *, threads: str, python: str = sys.executable, nproc_per_run: int = 1,
+                 claim_timeout: float = claims.CLAIM_TIMEOUT_SECONDS,
+                 heartbeat_seconds: float = claims.HEARTBEAT_SECONDS) -> None:
+        self.threads, self.python, self.nproc_per_run = threads, python, nproc_per_run
+        self.claim_timeout, self.heartbeat_seconds = claim_timeout, heartbeat_seconds
+
+    def execute(self, run: Run, device: str | None = None) -> Outcome:
+        """Claim the run and train (or resume) it; ``held`` when a live owner has it, ``finished`` at once when a
+        launcher finished it since it was listed."""
+        mine, other = claims.try_claim(claim_path(run), timeout=self.claim_timeout)
+        if mine is None:
+            owner = f"{other.host} pid {other.pid}" if other else "another launcher"
+            return Outcome(run, "held", 0.0, f"claimed by {owner}")
+        try:
+            if run.state() == "finished":
+                return Outcome(run, "finished", 0.0, "finished by another launcher")
+            return self._train(run, mine, device)
+        finally:
+            claims.release(claim_path(run), mine)
+
+    def _train(self, run: Run, claim: claims.Claim, device: str | None) -> Outcome:
+        state = run.state()
+        if state == "failed":
+            set_aside(run.folder, "failed")
+        elif state == "new" and run.folder.exists() and any(run.folder.iterdir()):
+            set_aside(run.folder, "incomplete")  # killed before its first checkpoint
+        run.folder.mkdir(parents=True, exist_ok=True)
+        command = train_command(run, python=self.python, nproc_per_run=self.nproc_per_run)
+        write_run_info(run, command)
+        env = {**os.environ, "OMP_NUM_THREADS": self.threads, "MKL_NUM_THREADS": self.threads}
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        tick = time.monotonic()
+        with (run.folder / LOG).open("a") as log:
+            log.write(f"$ {describe_command(command)}\n")
+            log.flush()
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                       preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            claims.update_claim(claim_path(run), claim, run_pid=process.pid)
+            while True:
+                try:
+                    returncode = process.wait(timeout=self.heartbeat_seconds)
+                    break
+                except subprocess.TimeoutExpired:
+                    claims.heartbeat(claim_path(run))
+        seconds = time.monotonic() - tick
+        if returncode == 0 and run.state() == "finished":
+            metrics = json.loads((run.folder / FINISHED).read_text())["metrics"]
+            return Outcome(run, "finished", seconds, f"AP50 {metrics.get('AP50', float('nan')):.3f}")
+        if run.state() == "interrupted" and (returncode in INTERRUPTED_STATUSES or stopped_by_signal(run)):
+            return Outcome(run, "interrupted", seconds, "stopped by a signal; the next invocation resumes it")
+        tail = (run.folder / LOG).read_text(errors="replace").splitlines()[-30:]
+        return Outcome(run, "failed", seconds, record_failure(run, returncode, tail)["error"])
 
 
 def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, nproc_per_run: int = 1,
-              only: list[str] | None = None, python: str = sys.executable, echo=print) -> list[Outcome]:
-    """Run every unfinished run of ``study`` (resuming interrupted ones, restarting failed ones after setting their
-    folder aside), ``jobs`` at a time, each of ``nproc_per_run`` processes (torchrun when more than one) with
-    ``cpu_count // (jobs * nproc_per_run)`` threads each, or with ``nproc_per_run`` devices of ``devices`` per run.
-    A failed run is recorded in its folder and does not stop the others. ``only``: run just these variants (by
-    name). Returns what this call ran.
+              only: list[str] | None = None, python: str = sys.executable, echo=print,
+              claim_timeout: float = claims.CLAIM_TIMEOUT_SECONDS,
+              heartbeat_seconds: float = claims.HEARTBEAT_SECONDS) -> list[Outcome]:
+    """Run every unfinished run of ``study`` that no other live launcher holds (resuming interrupted ones,
+    restarting failed ones after setting their folder aside), ``jobs`` at a time, each of ``nproc_per_run``
+    processes (torchrun when more than one) with ``cpu_count // (jobs * nproc_per_run)`` threads each, or with
+    ``nproc_per_run`` devices of ``devices`` per run. A failed run is recorded in its folder and does not stop the
+    others. ``only``: run just these variants (by name). Returns what this call ran (``held`` for the runs other
+    launchers had).
 
     Raises:
         ValueError: ``devices`` cannot be shared out ``nproc_per_run`` to a run, or ``only`` names a variant the
@@ -334,70 +507,75 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
     todo = [run for run in runs if run.state() != "finished"]
     jobs = max(1, min(jobs, len(slots) if slots else jobs, len(todo) or 1))
     threads = str(max(1, (os.cpu_count() or 1) // (jobs * nproc_per_run)))
+    launcher = Launcher(threads=threads, python=python, nproc_per_run=nproc_per_run, claim_timeout=claim_timeout,
+                        heartbeat_seconds=heartbeat_seconds)
     free_devices: queue.Queue[str | None] = queue.Queue()
     for device in (slots or [None] * jobs):
         free_devices.put(device)
     lock = threading.Lock()
-    counts = {"done": len(runs) - len(todo), "running": 0, "failed": 0}
+    counts = {"done": len(runs) - len(todo), "running": 0, "failed": 0, "held": 0}
     durations: list[float] = []
     started = time.monotonic()
     processes = f"{nproc_per_run} processes of {threads} threads" if nproc_per_run > 1 else f"{threads} threads"
     echo(f"study {study.path.name}: {len(runs)} runs, {counts['done']} finished already, {len(todo)} to run, "
          f"{jobs} at a time ({processes} each{', devices ' + ' '.join(slots) if slots else ''}); "
-         f"folder {study.out}")
+         f"folder {study.out}; launcher {claims.LAUNCHER_ID}")
 
     def progress(line: str) -> None:
-        left = len(runs) - counts["done"] - counts["failed"]
+        left = len(runs) - counts["done"] - counts["failed"] - counts["held"]
         eta = (sum(durations) / len(durations) * left / jobs / 60) if durations else float("nan")
         eta_text = f"~{eta:.0f} min left" if durations else "time left unknown yet"
         echo(f"[{counts['done']}/{len(runs)} done, {counts['running']} running, {counts['failed']} failed, "
-             f"{eta_text}] {line}")
+             f"{counts['held']} held elsewhere, {eta_text}] {line}")
 
     def execute(run: Run) -> Outcome:
-        state = run.state()
-        if state == "failed":
-            set_aside(run.folder, "failed")
-            state = "new"
-        elif state == "new" and run.folder.exists() and any(run.folder.iterdir()):
-            set_aside(run.folder, "incomplete")  # killed before its first checkpoint
-        run.folder.mkdir(parents=True, exist_ok=True)
-        command = train_command(study, run, python=python, nproc_per_run=nproc_per_run)
-        write_run_info(study, run, command)
         device = free_devices.get()
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        if device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = device
         with lock:
             counts["running"] += 1
-            progress(f"{run.name}: {'resuming' if state == 'interrupted' else 'starting'}")
-        tick = time.monotonic()
+            progress(f"{run.name}: {'resuming' if run.state() == 'interrupted' else 'starting'}")
         try:
-            with (run.folder / LOG).open("a") as log:
-                log.write(f"$ {describe_command(command)}\n")
-                log.flush()
-                returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            cwd=REPO).returncode
+            outcome = launcher.execute(run, device)
         finally:
             free_devices.put(device)
-        seconds = time.monotonic() - tick
-        if returncode == 0 and run.state() == "finished":
-            metrics = json.loads((run.folder / FINISHED).read_text())["metrics"]
-            outcome = Outcome(run, "finished", seconds, f"AP50 {metrics.get('AP50', float('nan')):.3f}")
-        elif run.state() == "interrupted" and (returncode in INTERRUPTED_STATUSES or stopped_by_signal(run)):
-            outcome = Outcome(run, "interrupted", seconds, "stopped by a signal; the next invocation resumes it")
-        else:
-            tail = (run.folder / LOG).read_text(errors="replace").splitlines()[-30:]
-            outcome = Outcome(run, "failed", seconds, record_failure(run, returncode, tail)["error"])
         with lock:
             counts["running"] -= 1
-            if outcome.status != "interrupted":
-                counts["done" if outcome.status == "finished" else "failed"] += 1
-            durations.append(seconds)
-            progress(f"{run.name}: {outcome.status} in {seconds / 60:.1f} min ({outcome.detail})")
+            if outcome.status in ("finished", "failed", "held"):
+                counts["done" if outcome.status == "finished" else outcome.status] += 1
+            if outcome.status in ("finished", "failed") and outcome.seconds:
+                durations.append(outcome.seconds)
+            progress(f"{run.name}: {outcome.status} in {outcome.seconds / 60:.1f} min ({outcome.detail})")
         return outcome
 
     with ThreadPoolExecutor(jobs) as pool:
         outcomes = list(pool.map(execute, todo))
-    echo(f"study {study.path.name}: {counts['done']}/{len(runs)} finished, {counts['failed']} failed, "
+    held = f", {counts['held']} held by other launchers" if counts["held"] else ""
+    echo(f"study {study.path.name}: {counts['done']}/{len(runs)} finished, {counts['failed']} failed{held}, "
          f"{(time.monotonic() - started) / 60:.1f} min")
     return outcomes
+
+
+def run_in_job(study_file: str, run_name: str, *, nproc_per_run: int = 1, python: str = sys.executable,
+               claim_timeout: float = claims.CLAIM_TIMEOUT_SECONDS) -> dict[str, Any]:
+    """What one cluster job runs (submitted by :func:`submit_study`): load the study, claim its run ``run_name``
+    and train (or resume) it with every CPU the job has, as a local launcher would; returns the outcome."""
+    study = load_study(study_file, check_configs=False)
+    runs = {run.name: run for run in study.runs()}
+    if run_name not in runs:
+        raise StudyError(f"{study_file}: no run {run_name!r}")
+    threads = str(max(1, (os.cpu_count() or 1) // nproc_per_run))
+    outcome = Launcher(threads=threads, python=python, nproc_per_run=nproc_per_run,
+                       claim_timeout=claim_timeout).execute(runs[run_name])
+    return {"run": run_name, "status": outcome.status, "seconds": outcome.seconds, "detail": outcome.detail}
+
+
+def submit_study(study: Study, executor: Any, *, only: list[str] | None = None, nproc_per_run: int = 1,
+                 python: str = sys.executable, claim_timeout: float = claims.CLAIM_TIMEOUT_SECONDS) -> list[Any]:
+    """Submit one job per unfinished run to a submitit executor (``submitit.AutoExecutor`` for Slurm, or
+    ``submitit.LocalExecutor``), as one job array; each job claims its run first (:func:`run_in_job`), so jobs and
+    local launchers can share a study. Returns the submitit jobs."""
+    write_study_info(study)
+    todo = [run for run in study.runs(only) if run.state() != "finished"]
+    with executor.batch():
+        jobs = [executor.submit(run_in_job, str(study.path), run.name, nproc_per_run=nproc_per_run, python=python,
+                                claim_timeout=claim_timeout) for run in todo]
+    return jobs

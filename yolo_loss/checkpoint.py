@@ -12,6 +12,7 @@ downloaded or tampered file cannot execute code.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import re
@@ -58,16 +59,25 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` atomically (see :func:`atomic_file`).
 
     Raises:
-        CheckpointError: ``state`` holds objects that :func:`load_checkpoint` would refuse; the message lists them.
+        CheckpointError: ``state`` holds objects that :func:`load_checkpoint` would refuse (the message lists them),
+            or the file cannot be written (a full disk, a file-size limit: the message names the path and says
+            that the previous file there is untouched).
     """
-    with atomic_file(path) as stream:
-        torch.save(state, stream)
-        stream.flush()
-        stream.seek(0)
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(stream)
-        if unsafe:
-            raise CheckpointError(f"not saving {path}: the state holds objects that load_checkpoint would refuse "
-                                  f"({', '.join(unsafe)}); convert them to tensors or plain Python values")
+    # Serialised in memory first: torch's zip writer turns a failed write into an opaque RuntimeError ("unexpected
+    # pos"), while a plain write of the bytes raises the OSError that says what happened (no space, a size limit).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(buffer)
+    if unsafe:
+        raise CheckpointError(f"not saving {path}: the state holds objects that load_checkpoint would refuse "
+                              f"({', '.join(unsafe)}); convert them to tensors or plain Python values")
+    try:
+        with atomic_file(path) as stream:
+            stream.write(buffer.getbuffer())
+    except OSError as error:
+        raise CheckpointError(f"cannot write {path}: {error.strerror or error}; the previous {Path(path).name} "
+                              "there, if any, is untouched") from error
 
 
 def _fsync_folder(folder: Path) -> None:
