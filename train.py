@@ -23,6 +23,7 @@ from yolo_loss.data import DataError
 from yolo_loss.engine import NonFiniteLoss, ResumeError, format_metrics, train
 from yolo_loss.runtime import make_run_dir, write_run_info
 from yolo_loss.schema import Config
+from yolo_loss.tensorboard_tags import tensorboard_url
 
 EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
 
@@ -34,6 +35,10 @@ def main() -> None:
     parser.add_argument("--force-resume", action="store_true", help="resume even if the config changed")
     parser.add_argument("--run-dir", type=Path, help="use this run folder, which may exist but must not hold a run "
                                                        "(default: <train.out_dir>/<name>[-N])")
+    parser.add_argument("--label", default="", help="the run's name in TensorBoard's HParams table (default: its "
+                                                    "folder's name; the study runner gives variant/seed)")
+    parser.add_argument("--varied", nargs="+", default=[], metavar="KEY",
+                        help="the settings a study varies, shown first in the HParams table")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic kernels (torch.use_deterministic_algorithms, cuDNN, cuBLAS workspace): "
                              "the same as --set train.deterministic=true, and recorded in the run's config.yaml")
@@ -57,7 +62,8 @@ def main() -> None:
         print(f"run folder: {run_dir}")
     with exit_on_config_error(DataError, CheckpointError, ResumeError, DarknetWeightsError):
         try:
-            result = train(cfg, run_dir, resume=args.resume, force_resume=args.force_resume)
+            result = train(cfg, run_dir, resume=args.resume, force_resume=args.force_resume, label=args.label,
+                           varied=tuple(args.varied))
         except NonFiniteLoss as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(1) from None
@@ -70,6 +76,7 @@ def main() -> None:
     print(f"checkpoints: {run_dir / 'best.pt'}, {run_dir / 'last.pt'}")
     print(f"evaluate again: python eval.py --checkpoint {run_dir / 'best.pt'}")
     print(f"TensorBoard:    tensorboard --logdir {run_dir}")
+    print(f"                then open {tensorboard_url()} (smoothing off; the loss and the metrics pinned)")
 
 
 def prepare_run_dir(args: argparse.Namespace, cfg: Config) -> tuple[Path | None, str | None]:

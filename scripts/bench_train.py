@@ -79,7 +79,8 @@ def loop_rate(cfg, steps: int) -> float:
     """Images per second of (c): train.py's loop for ``WARMUP_STEPS + steps`` steps, from its speed scalars."""
     with tempfile.TemporaryDirectory() as folder:
         run_cfg = apply_overrides(cfg, [f"train.max_steps={LOG_EVERY * (1 + -(-steps // LOG_EVERY))}",
-                                        "train.epochs=1000", "train.eval_interval=0", f"train.log_interval={LOG_EVERY}",
+                                        "train.epochs=1000", "train.eval_points=1",
+                                        "train.eval_at_start=false", f"train.log_interval={LOG_EVERY}",
                                         f"train.out_dir={folder}"])
         run_dir = Path(folder) / "run"
         run_dir.mkdir()

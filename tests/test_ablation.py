@@ -107,7 +107,8 @@ def test_runner_finishes_skips_resumes_and_records_failures(tmp_path: Path) -> N
         "model": {"width": 0.25, "depth": 0.33},
         "data": {"format": "shapes", "root": str(tmp_path / "data"), "img_size": 64, "cache": True, "workers": 0,
                  "shapes": {"num_train": 16, "num_val": 4, "image_size": 64, "max_objects": 2}},
-        "train": {"epochs": 1, "batch_size": 8, "burn_in": 1, "ema": False, "eval_interval": 0, "log_interval": 1,
+        "train": {"epochs": 1, "batch_size": 8, "burn_in": 1, "ema": False, "eval_points": 1,
+                  "eval_at_start": False, "log_interval": 1,
                   "device": "cpu"},
         "eval": {"batch_size": 4}}))
     # 'broken' passes the config checks but cannot train: its data folder does not exist
@@ -278,7 +279,8 @@ def test_a_study_reuses_identical_runs_of_another(tmp_path: Path) -> None:
     """reuse: a variant whose runs are another study's (the same resolved config) lists that study's run folders
     instead of training them again; its report reads them there. A config that differs is refused, naming a key."""
     (tmp_path / "a").mkdir()
-    owner = write_study(tmp_path / "a", SHAPES_NANO, combine="grid", axes={"xy": {"bce": {}, "mse": {"loss.xy": "mse"}}},
+    axes = {"xy": {"bce": {}, "mse": {"loss.xy": "mse"}}}
+    owner = write_study(tmp_path / "a", SHAPES_NANO, combine="grid", axes=axes,
                         overrides={"train.epochs": 2})
     reusing = tmp_path / "b" / "study.yaml"
     reusing.parent.mkdir()

@@ -238,7 +238,8 @@ def test_invalid_choice_lists_the_allowed_values(tmp_path: Path) -> None:
 
 def test_cross_field_checks_name_the_full_dotted_key(tmp_path: Path, plain_config: Path) -> None:
     # focal_alpha's bounds come from its registry entry, with -1 ("no alpha weighting") allowed outside them
-    assert set_error(plain_config, "loss.focal_alpha=2") == "loss.focal_alpha: must be in [0, 1] or -1, got 2 (set by --set)"
+    assert set_error(plain_config, "loss.focal_alpha=2") == (
+        "loss.focal_alpha: must be in [0, 1] or -1, got 2 (set by --set)")
     assert load_config(plain_config, ["loss.focal_alpha=-1"]).loss.focal_alpha == -1.0
     config = write(tmp_path / "x.yaml", "loss: {box: ciou}\n")
     assert load_error(config) == (

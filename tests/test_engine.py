@@ -43,7 +43,8 @@ def tiny_config(shapes_root: Path, out_dir: Path, preset: str = "darknet", **tra
                  "shapes": {"num_train": 32, "num_val": 8, "image_size": 64, "max_objects": 3, "seed": 0},
                  "augment": {"flip": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "jitter": 0.0}},
         "loss": config_to_dict(load_config(PRESETS / f"{preset}.yaml"))["loss"],  # the preset's loss, all of it
-        "train": {"epochs": 10, "batch_size": 8, "lr": 0.01, "burn_in": 5, "ema": False, "eval_interval": 0,
+        "train": {"epochs": 10, "batch_size": 8, "lr": 0.01, "burn_in": 5, "ema": False, "eval_points": 1,
+                  "eval_at_start": False,
                   "log_interval": 1, "seed": 0, "device": "cpu", "out_dir": str(out_dir), **train},
         "eval": {"batch_size": 8},
         "name": "tiny",
@@ -52,8 +53,8 @@ def tiny_config(shapes_root: Path, out_dir: Path, preset: str = "darknet", **tra
 
 
 def scalar_series(run_dir: Path, tag: str, split: str = "train") -> list[float]:
-    """The values of a scalar tag of ``run_dir/tensorboard/<split>`` (training and validation share tags)."""
-    events = EventAccumulator(str(run_dir / "tensorboard" / split))
+    """The values of a scalar tag of ``run_dir/<split>`` (training and validation share tags)."""
+    events = EventAccumulator(str(run_dir / split))
     events.Reload()
     return [event.value for event in events.Scalars(tag)]
 
@@ -72,7 +73,7 @@ def test_short_training_lowers_the_loss_and_writes_the_run(preset: str, shapes_r
     assert last < 0.8 * first, f"{preset}: loss {first:.2f} -> {last:.2f}"
     # not only the objectness of the negatives: the terms of the positives fall too
     for term in ("cls", "obj_pos"):
-        series = scalar_series(run_dir, f"{term}/sum")
+        series = scalar_series(run_dir, f"loss/{term}/sum")
         assert sum(series[-5:]) < sum(series[:5]), term
 
     assert set(METRIC_KEYS) <= set(result.metrics)
@@ -253,7 +254,7 @@ def test_bad_data_trains_under_skip_and_stops_under_error(tmp_path: Path) -> Non
         "data": {"format": "coco", "root": str(root), "img_size": 64, "train_images": "images/val",
                  "train_annotations": "annotations/val.json", "val_images": "images/val",
                  "val_annotations": "annotations/val.json"},
-        "train": {"epochs": 1, "batch_size": 1, "eval_interval": 0, "device": "cpu",
+        "train": {"epochs": 1, "batch_size": 1, "eval_points": 1, "eval_at_start": False, "device": "cpu",
                   "out_dir": str(tmp_path / "runs")},
         "name": "bad"}))
     done = run_cli("train.py", "--config", str(config_file))

@@ -189,7 +189,8 @@ def test_scores_follow_the_heads_class_activation():
     """One confident anchor (objectness logit 20, sig = 1 - 2e-9) with class logits (2, 0, 0).
     Sigmoid head: scores sig(2) = 0.8808 and sig(0) = 0.5 for the other two, three detections of one box.
     Softmax head: e^2 / (e^2 + 2) = 0.7870 and 1 / (e^2 + 2) = 0.1065, summing to 1 with the objectness.
-    Adding 3 to every class logit leaves the softmax scores as they are and raises the sigmoid ones to sig(5), sig(3)."""
+    Adding 3 to every class logit leaves the softmax scores as they are and raises the sigmoid ones to sig(5),
+        sig(3)."""
     def detections(head: HeadSpec, shift: float) -> Detections:
         maps = blank_maps()
         set_anchor(maps, level=1, anchor=1, row=1, col=2, values=[0, 0, 0, 0, 20, 2 + shift, shift, shift])

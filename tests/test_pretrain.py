@@ -87,7 +87,8 @@ def test_training_starts_from_the_pretrained_backbone(tmp_path: Path) -> None:
     def cfg_with(pretrain_epochs: int):
         cfg = tiny(tmp_path / "data")
         cfg.model.pretrain.epochs = pretrain_epochs
-        cfg.train.max_steps, cfg.train.epochs, cfg.train.ema, cfg.train.eval_interval = 1, 1, False, 0
+        cfg.train.max_steps, cfg.train.epochs, cfg.train.ema, cfg.train.eval_points = 1, 1, False, 1
+        cfg.train.eval_at_start = False
         cfg.train.out_dir = str(tmp_path)
         return cfg
 

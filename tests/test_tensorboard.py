@@ -25,11 +25,11 @@ from yolo_loss.engine import train
 from yolo_loss.evaluation import Evaluator, voc_ap_area, voc_pr_curve
 from yolo_loss.head import HeadSpec
 from yolo_loss.losses.criterion import build_criterion
-from yolo_loss.losses.criterion import DIAGNOSTICS, LossResult
+from yolo_loss.losses.criterion import LossResult
 from yolo_loss.postprocess import Detections
 from yolo_loss.schema import YOLOV3_ANCHORS, LevelWeights, LossConfig, LossWeights
-from yolo_loss.tensorboard_log import (LEVEL_NAMES, METRIC_TAGS, PR_NUM_THRESHOLDS, hparam_values, hparams_summaries,
-                                       loss_scalars, pr_curve_counts, term_gradient_norms)
+from yolo_loss.tensorboard_log import PR_NUM_THRESHOLDS, loss_scalars, pr_curve_counts, term_gradient_norms
+from yolo_loss.tensorboard_tags import DIAGNOSTICS, LEVEL_NAMES, METRIC_TAGS, describe, hparam_values, hparams_summaries
 
 REPO = Path(__file__).resolve().parents[1]
 TERMS = ("xy", "wh", "obj_pos", "obj_neg", "cls")  # the darknet preset's terms (no IoU box term)
@@ -47,7 +47,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data": {"format": "shapes", "root": str(root / "shapes"), "img_size": 64, "cache": True, "workers": 0,
                  "shapes": {"num_train": 32, "num_val": 8, "image_size": 64, "max_objects": 3, "seed": 0}},
         "loss": config_to_dict(load_config(REPO / "configs" / "presets" / "darknet.yaml"))["loss"],
-        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "burn_in": 2, "ema": False, "eval_interval": 1,
+        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "burn_in": 2, "ema": False, "eval_points": 2,
                   "log_interval": 1, "grad_terms_interval": 2, "histogram_interval": 4, "log_images": 4,
                   "seed": 0, "device": "cpu", "out_dir": str(root)},
         "eval": {"batch_size": 8},
@@ -60,7 +60,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def events(run_dir: Path, split: str) -> EventAccumulator:
-    accumulator = EventAccumulator(str(run_dir / "tensorboard" / split), size_guidance=ALL_EVENTS)
+    accumulator = EventAccumulator(str(run_dir / split), size_guidance=ALL_EVENTS)
     accumulator.Reload()
     return accumulator
 
@@ -70,17 +70,16 @@ def scalars(accumulator: EventAccumulator) -> dict[str, list]:
 
 
 def loss_tags() -> set[str]:
-    tags = {"loss/total"}
-    for term in TERMS:
-        tags |= {f"{group}{term}/{level}" for group in ("", "weighted/") for level in (*LEVEL_NAMES, "sum")}
-    tags |= {f"diag/{name}/{level}" for name in DIAGNOSTICS for level in LEVEL_NAMES}
-    return tags | {"diag/positives/sum", "diag/ignored/sum"}
+    """The loss and diagnostic tags of the darknet preset (every weight 1: no weighted/* copies)."""
+    tags = {"loss/total"} | {f"loss/{term}/{level}" for term in TERMS for level in (*LEVEL_NAMES, "sum")}
+    tags |= {f"diag/{tag}/{level}" for tag, _ in DIAGNOSTICS.values() for level in LEVEL_NAMES}
+    return tags | {"diag/positives_per_image/sum", "diag/ignored_per_image/sum"}
 
 
 def check_range(tag: str, values: list[float]) -> None:
     assert all(math.isfinite(v) for v in values), tag
     name = tag.split("/")
-    if name[0] == "diag" and name[1] in ("iou", "recall50", "recall75", "obj_pos", "obj_neg", "cls_prob"):
+    if name[0] == "diag" and name[1] in ("iou_pos", "recall50", "recall75", "p_obj_pos", "p_obj_neg", "p_cls_true"):
         assert all(0.0 <= v <= 1.0 for v in values), (tag, values)
     elif name[0] == "metrics":
         assert all(0.0 <= v <= 1.0 for v in values), (tag, values)
@@ -100,7 +99,8 @@ def test_training_scalars_every_tag_finite_and_in_range(run_dir: Path) -> None:
         check_range(tag, [event.value for event in series])
     assert [e.step for e in found["loss/total"]] == list(range(1, 9))  # log_interval 1
     assert [e.step for e in found["grad/xy/all"]] == [1, 2, 4, 6, 8]  # step 1, then every grad_terms_interval
-    assert max(e.value for e in found["diag/positives/sum"]) > 0
+    assert max(e.value for e in found["diag/positives_per_image/sum"]) > 0
+    assert not [tag for tag in found if tag.startswith("weighted/")]  # every weight is 1: no copies of loss/*
     # the per-term norms are parts of the total's: none is above the sum of all of them, and they are not all 0
     for step in range(5):
         parts = [found[f"grad/{term}/all"][step].value for term in TERMS]
@@ -109,38 +109,88 @@ def test_training_scalars_every_tag_finite_and_in_range(run_dir: Path) -> None:
 
 
 def test_validation_shares_the_training_tags_and_metrics_are_in_range(run_dir: Path) -> None:
+    """Validation at step 0 (before training) and at the 2 evaluation points (steps 4 and 8); the same loss tags as
+    training, so the two overlay; AP50 of every class next to the PR curves."""
     found = scalars(events(run_dir, "val"))
     assert loss_tags() <= set(found), sorted(loss_tags() - set(found))
     assert set(found) & loss_tags() == set(scalars(events(run_dir, "train"))) & loss_tags()  # same names: overlaid
+    assert [e.step for e in found["loss/total"]] == [0, 4, 8]
     # every metric, except those pycocotools leaves undefined (-1: no truth of that size at 64 px) and skipped
     final = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     for tag in METRIC_TAGS:
         key = tag.split("/")[1]
         if final[key] >= 0:
-            assert [e.step for e in found[tag]] == [4, 8], tag  # both evaluations
+            assert [e.step for e in found[tag]][-2:] == [4, 8], tag  # both evaluations (and step 0 when defined)
             assert found[tag][-1].value == pytest.approx(final[key])
         else:
             assert tag not in found
+    per_class = {tag for tag in found if tag.startswith("metrics/AP50/")}
+    assert per_class == {f"metrics/AP50/{name}" for name in ("ellipse", "rectangle", "triangle", "diamond", "star",
+                                                             "cross")}
+    assert all([e.step for e in found[tag]] == [0, 4, 8] for tag in per_class)
     for tag, series in found.items():
         check_range(tag, [event.value for event in series])
+
+
+def test_every_scalar_tag_has_a_description_and_the_layout_names_existing_tags(run_dir: Path) -> None:
+    """The description TensorBoard shows with each tag comes from tensorboard_tags.describe; the Custom Scalars
+    layout (written with the run) has losses and metrics first, and each of its patterns matches a tag of the run."""
+    import re
+
+    train_events, val_events = events(run_dir, "train"), events(run_dir, "val")
+    tags = set()
+    for accumulator in (train_events, val_events):
+        for tag in accumulator.Tags()["scalars"]:
+            description = accumulator.SummaryMetadata(tag).summary_description
+            assert description and description == describe(tag) and description != tag, tag
+            tags.add(tag)
+    assert describe("diag/p_obj_neg/P3").startswith("mean objectness probability on the counted negatives")
+    assert "times its term and level weights" in describe("weighted/cls/P4")
+    layout_events = train_events.Tensors("custom_scalars__config__")
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    config = layout_pb2.Layout()
+    config.ParseFromString(tensor_util.make_ndarray(layout_events[0].tensor_proto).item())
+    titles = [category.title for category in config.category]
+    assert titles[0] == "losses and metrics" and "weighted terms" not in titles
+    for category in config.category:
+        for chart in category.chart:
+            for pattern in chart.multiline.tag:
+                assert any(re.search(pattern, tag) for tag in tags), (chart.title, pattern)
+    first = [chart.title for chart in config.category[0].chart]
+    assert first[:2] == ["total loss (train and val)", "xy: P3, P4, P5 and sum (unweighted)"]
+    assert "objectness: p_obj_pos (positives) vs p_obj_neg (negatives)" in [
+        chart.title for chart in config.category[1].chart]
+
+
+def test_the_run_list_is_train_and_val(run_dir: Path) -> None:
+    """tensorboard --logdir <run> lists exactly 'train' and 'val': no empty third run, no folder prefix."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(run_dir))
+    assert sorted(multiplexer.Runs()) == ["train", "val"]
 
 
 def test_images_pr_curves_and_histograms(run_dir: Path) -> None:
     train_events, val_events = events(run_dir, "train"), events(run_dir, "val")
     batch = train_events.Images("images/train_batch")  # once: 4 images of the first batch
     assert [e.step for e in batch] == [1]
-    # one grid: 4 images of 64 px enlarged 5x (readable labels) in a row, 4 px apart
-    assert (batch[0].width, batch[0].height) == (4 * 324 + 4, 328)
-    predictions = val_events.Images("images/predictions")
-    assert [e.step for e in predictions] == [4, 8]
-    # 4 fixed images as panels truth | predictions (2 * 320 + 4 wide), two panels a row, 8 px apart
-    assert (predictions[0].width, predictions[0].height) == (2 * (644 + 8) + 8, 2 * (320 + 8) + 8)
+    # one grid: 4 images of 64 px enlarged 2x in a row, 4 px apart
+    assert (batch[0].width, batch[0].height) == (4 * (128 + 4) + 4, 128 + 8)
+    image_tags = sorted(tag for tag in val_events.Tags()["images"] if tag.startswith("images/val_"))
+    assert image_tags == [f"images/val_{k:02d}" for k in range(4)]  # one per validation sample
+    for tag in image_tags:
+        panels = val_events.Images(tag)
+        assert [e.step for e in panels] == [0, 4, 8]
+        # truth | prediction, each 64 px enlarged 2x under a 34 px header, 6 px apart
+        assert (panels[0].width, panels[0].height) == (2 * 128 + 6, 128 + 34)
 
     pr_tags = [tag for tag in val_events.Tags()["tensors"] if tag.startswith("pr/")]
     assert pr_tags, val_events.Tags()["tensors"]
     for tag in pr_tags:
         curves = val_events.Tensors(tag)
-        assert [e.step for e in curves] == [4, 8]
+        assert [e.step for e in curves][-2:] == [4, 8]
         data = tensor_util.make_ndarray(curves[-1].tensor_proto)  # rows tp, fp, tn, fn, precision, recall
         assert data.shape == (6, PR_NUM_THRESHOLDS)
         tp, fp, _, fn, precision, recall = data
@@ -154,27 +204,40 @@ def test_images_pr_curves_and_histograms(run_dir: Path) -> None:
     assert all(e.histogram_value.num > 0 for series in histograms.values() for e in series)
 
 
-def test_hparams_session_in_the_run_folder(run_dir: Path) -> None:
-    root = EventAccumulator(str(run_dir / "tensorboard"))
-    root.Reload()
-    content = root.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+def test_hparams_session_in_the_val_folder(run_dir: Path) -> None:
+    val = events(run_dir, "val")
+    content = val.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
     assert set(content) == {hparams_metadata.EXPERIMENT_TAG, hparams_metadata.SESSION_START_INFO_TAG,
                             hparams_metadata.SESSION_END_INFO_TAG}
     start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["run"].string_value == "run" and start.group_name == "run"  # the folder's name
     assert start.hparams["loss.xy"].string_value == "bce"
     assert start.hparams["train.lr"].number_value == pytest.approx(0.01)
     assert start.hparams["model.anchors"].string_value.startswith("[[")  # lists as JSON
     assert "train.out_dir" not in start.hparams and "data.root" not in start.hparams
     experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
     metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
-    assert ("val", "metrics/AP") in metrics and ("train", "loss/total") in metrics
-    # the metrics the table reads exist where it reads them: the session's folder joined with the group
-    for group, tag in metrics:
-        if group == "val" and tag != "loss/total":
+    assert ("", "metrics/AP") in metrics and ("", "loss/total") in metrics and ("", "loss/cls/sum") in metrics
+    for group, tag in metrics:  # the metrics the table reads exist in the session's own folder
+        if tag.startswith("metrics/") and tag not in val.Tags()["scalars"]:
             continue  # -1 metrics are not written (see above)
-        assert tag in events(run_dir, group).Tags()["scalars"]
+        assert tag in val.Tags()["scalars"], tag
+    shown = [info.name for info in experiment.hparam_infos if info.differs]
+    assert shown == ["loss.xy", "loss.wh", "loss.box", "loss.obj", "loss.cls"]  # listed first, ticked at first
+    assert [info.name for info in experiment.hparam_infos][:len(shown) + 1] == [*shown, "run"]
     xy = next(info for info in experiment.hparam_infos if info.name == "loss.xy")
     assert [v.string_value for v in xy.domain_discrete.values] == ["bce", "mse", "mse_t", "none"]
+
+
+def test_a_study_shows_its_own_settings_and_groups_its_seeds() -> None:
+    """A study run (label variant/seed=N, varied keys): its label and the study's keys first; the seeds of a
+    variant form one group, whose row in the table is their mean."""
+    cfg = load_config(REPO / "configs" / "shapes_nano.yaml")
+    experiment, start, _ = hparams_summaries(cfg, 0.0, label="xy=mse,cls=ce/seed=3", varied=("loss.xy", "loss.cls"))
+    info = hparams_metadata.parse_experiment_plugin_data(experiment.value[0].metadata.plugin_data.content)
+    assert [i.name for i in info.hparam_infos if i.differs] == ["loss.xy", "loss.cls"]
+    session = hparams_metadata.parse_session_start_info_plugin_data(start.value[0].metadata.plugin_data.content)
+    assert session.group_name == "xy=mse,cls=ce" and session.hparams["run"].string_value == "xy=mse,cls=ce/seed=3"
 
 
 def test_hparam_values_flatten_the_settings() -> None:
@@ -184,17 +247,6 @@ def test_hparam_values_flatten_the_settings() -> None:
     assert values["train.ema"] == (True, (False, True))
     assert values["data.img_size"] == (160, None) and values["name"][0] == "shapes_nano"
     assert not any(key.startswith(("data.root", "data.shapes", "train.out_dir")) for key in values)
-
-
-def test_runs_differing_only_in_seed_and_name_share_a_session_group() -> None:
-    def group(*overrides: str) -> str:
-        cfg = load_config(REPO / "configs" / "shapes_nano.yaml", list(overrides))
-        start = hparams_summaries(cfg, 0.0)[1].value[0]
-        data = hparams_metadata.parse_session_start_info_plugin_data(start.metadata.plugin_data.content)
-        return data.group_name
-
-    assert group("train.seed=1", "name=a") == group("train.seed=2", "name=b")
-    assert group("train.seed=1") != group("train.seed=1", "loss.xy=mse")
 
 
 def test_term_gradient_norms_equal_separate_backward_passes() -> None:
@@ -227,10 +279,22 @@ def test_loss_scalars_counts_per_image_and_sums() -> None:
                         weighted={"xy": level([2.0, 4.0, 0.0])},
                         diagnostics={"positives": level([4.0, 2.0, 0.0]), "iou": level([0.5, 0.25, 0.0])})
     scalars = loss_scalars(result, batch_size=2)
-    assert scalars == {"loss/total": 6.0, "xy/P3": 1.0, "xy/P4": 2.0, "xy/P5": 3.0, "xy/sum": 6.0,
+    assert scalars == {"loss/total": 6.0, "loss/xy/P3": 1.0, "loss/xy/P4": 2.0, "loss/xy/P5": 3.0, "loss/xy/sum": 6.0,
                        "weighted/xy/P3": 2.0, "weighted/xy/P4": 4.0, "weighted/xy/P5": 0.0, "weighted/xy/sum": 6.0,
-                       "diag/positives/P3": 2.0, "diag/positives/P4": 1.0, "diag/positives/P5": 0.0,
-                       "diag/positives/sum": 3.0, "diag/iou/P3": 0.5, "diag/iou/P4": 0.25, "diag/iou/P5": 0.0}
+                       "diag/positives_per_image/P3": 2.0, "diag/positives_per_image/P4": 1.0,
+                       "diag/positives_per_image/P5": 0.0, "diag/positives_per_image/sum": 3.0,
+                       "diag/iou_pos/P3": 0.5, "diag/iou_pos/P4": 0.25, "diag/iou_pos/P5": 0.0}
+    unweighted = loss_scalars(result, batch_size=2, weighted=False)
+    assert set(scalars) - set(unweighted) == {f"weighted/xy/{level}" for level in (*LEVEL_NAMES, "sum")}
+
+
+def test_weighted_tags_only_when_some_weight_is_not_1() -> None:
+    from yolo_loss.tensorboard_log import is_weighted
+
+    cfg = load_config(REPO / "configs" / "shapes_nano.yaml")
+    assert not is_weighted(cfg)
+    assert is_weighted(load_config(REPO / "configs" / "shapes_nano.yaml", ["loss.weights.cls=2"]))
+    assert is_weighted(load_config(REPO / "configs" / "shapes_nano.yaml", ["loss.level_weights.obj_pos=[4, 1, 0.4]"]))
 
 
 def test_pr_curve_counts_by_hand() -> None:
@@ -300,9 +364,28 @@ def test_plot_run_writes_pngs(run_dir: Path, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "plot_run.py"), str(run_dir), "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    names = {"losses.png", "weighted.png", "diagnostics.png", "gradients.png", "metrics.png", "training.png"}
+    names = {"losses.png", "diagnostics.png", "gradients.png", "metrics.png", "per_class.png", "training.png"}
     assert {p.name for p in tmp_path.iterdir()} == names
     assert all((tmp_path / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
     missing = subprocess.run([sys.executable, str(REPO / "scripts" / "plot_run.py"), str(tmp_path / "nothing")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no TensorBoard events" in missing.stderr
+
+
+def test_a_weight_of_2_writes_the_weighted_terms(tmp_path: Path) -> None:
+    """With loss.weights.cls=2 the logger writes weighted/* beside loss/* (and only then, see above)."""
+    from yolo_loss.head import build_head
+    from yolo_loss.tensorboard_log import RunLogger
+
+    cfg = load_config(REPO / "configs" / "shapes_nano.yaml", ["loss.weights.cls=2", "train.log_images=0"])
+    head = build_head(cfg, 3)
+    criterion = build_criterion(cfg.loss, head)
+    preds = [torch.randn(2, head.channels, 64 // s, 64 // s) for s in (8, 16, 32)]
+    result = criterion(preds, torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4]]), 64)
+    logger = RunLogger(tmp_path, cfg, head, ["a", "b", "c"], None, torch.device("cpu"), terms=criterion.terms)
+    logger.after_step(1, result, preds, torch.zeros(0, 6), lr=0.01, grad_norm=1.0)
+    logger.close()
+    found = set(events(tmp_path, "train").Tags()["scalars"])
+    assert "weighted/cls/sum" in found and "loss/cls/sum" in found
+    torch.testing.assert_close(torch.tensor(scalars(events(tmp_path, "train"))["weighted/cls/sum"][0].value),
+                               torch.tensor(2 * scalars(events(tmp_path, "train"))["loss/cls/sum"][0].value))

@@ -107,6 +107,7 @@ class Run:
     base: Path
     study_file: Path
     listed_as: str = ""
+    varied: tuple[str, ...] = ()  # the dotted keys the owner study's variants set (shown in TensorBoard's HParams)
 
     @property
     def name(self) -> str:
@@ -172,6 +173,7 @@ class Study:
                                  + ", ".join(variant.name for variant in variants))
             variants = [variant for variant in variants if variant.name in only]
         common = tuple(dotted(self.overrides))
+        varied = self.varied_keys()
         runs = []
         for variant in variants:
             if variant.name in self.reuse:
@@ -180,9 +182,14 @@ class Study:
                          if run.seed in self.seeds]
             else:
                 runs += [Run(variant, seed, self.out / variant.name / f"seed={seed}",
-                             common + variant.overrides + (f"train.seed={seed}",), self.base, self.path)
-                         for seed in self.seeds]
+                             common + variant.overrides + (f"train.seed={seed}",), self.base, self.path,
+                             varied=varied) for seed in self.seeds]
         return runs
+
+    def varied_keys(self) -> tuple[str, ...]:
+        """The dotted keys that some variant of the study sets, in order of first appearance."""
+        keys = [override.split("=", 1)[0] for variant in self.variants() for override in variant.overrides]
+        return tuple(dict.fromkeys(keys))
 
     def folders(self) -> dict[str, str]:
         """The folder of each reused variant relative to :attr:`out` (the others are ``out/<variant>``)."""
@@ -334,7 +341,8 @@ def train_command(run: Run, *, python: str = sys.executable, nproc_per_run: int 
              else ["--run-dir", str(run.folder)])
     launcher = [python] if nproc_per_run == 1 else [python, "-m", "torch.distributed.run", "--standalone",
                                                     f"--nproc_per_node={nproc_per_run}"]
-    return [*launcher, str(TRAIN_SCRIPT), "--config", str(run.base), *start, "--set", *run.overrides]
+    labels = ["--label", f"{run.variant.name}/seed={run.seed}", *(["--varied", *run.varied] if run.varied else [])]
+    return [*launcher, str(TRAIN_SCRIPT), "--config", str(run.base), *start, *labels, "--set", *run.overrides]
 
 
 def describe_command(command: list[str]) -> str:

@@ -1,7 +1,8 @@
 """Training and evaluation loops. ``train.py`` and ``eval.py`` only wire these to the command line.
 
 The training step reads top to bottom: learning rate, forward, loss, non-finite check, backward, clip, step, EMA,
-log; then per epoch evaluation and checkpoints. Under ``torchrun`` the same loop runs in every process
+log, evaluation when due (``train.eval_points`` spread over the run, and before the first step); a checkpoint per
+epoch. Under ``torchrun`` the same loop runs in every process
 (:mod:`yolo_loss.distributed`: each its slice of the batch, gradients averaged, rank 0 alone writes).
 """
 
@@ -203,6 +204,7 @@ class Trainer:
     ema: ModelEMA | None
     scaler: torch.amp.GradScaler
     total_steps: int
+    eval_steps: frozenset[int] = frozenset()
     net: torch.nn.Module | None = None
     logger: RunLogger | dist.Muted | None = None
 
@@ -246,7 +248,8 @@ def build_trainer(cfg: Config, run_dir: Path, *, resume: Path | None) -> Trainer
     return Trainer(cfg, run_dir, device, train_set, val_set, train_loader, val_loader, head, model,
                    build_criterion(cfg.loss, head), build_optimizer(model, cfg.train),
                    ModelEMA(model, decay=cfg.train.ema_decay) if cfg.train.ema else None,
-                   torch.amp.GradScaler("cuda", enabled=use_amp(cfg, device)), total_steps)
+                   torch.amp.GradScaler("cuda", enabled=use_amp(cfg, device)), total_steps,
+                   evaluation_steps(total_steps, cfg.train.eval_points))
 
 
 def use_amp(cfg: Config, device: torch.device) -> bool:
@@ -400,6 +403,8 @@ def train_one_epoch(trainer: Trainer, state: TrainState, stop: _StopRequest) -> 
         progress.steps += 1
         bar.set_postfix({name: f"{value:.3f}" for name, value in weighted.items()}
                         | {"lr": f"{trainer.optimizer.param_groups[0]['lr']:.4f}"})
+        if state.step in trainer.eval_steps:
+            epoch_start += evaluate_now(trainer, state)  # evaluation is not training time
         if cfg.train.checkpoint_interval and state.step % cfg.train.checkpoint_interval == 0:
             save_mid_epoch(trainer, state, progress, epoch_start, epoch_loader_state)
 
@@ -428,28 +433,37 @@ def save_mid_epoch(trainer: Trainer, state: TrainState, progress: EpochProgress,
     state.progress = EpochProgress()
 
 
-def evaluate_and_checkpoint(trainer: Trainer, state: TrainState) -> bool:
-    """After an epoch: evaluate when due (every ``train.eval_interval`` epochs, and at the end), save ``best.pt`` at
-    a new best AP and ``last.pt``; True when training is finished."""
-    cfg = trainer.cfg
-    finished = state.step >= trainer.total_steps or state.epoch == cfg.train.epochs
-    interval = cfg.train.eval_interval
-    if finished or (interval and state.epoch % interval == 0):
-        metrics, val_losses, evaluator = evaluate(trainer.eval_model, trainer.val_loader, trainer.criterion, cfg,
-                                                  trainer.device)
-        trainer.logger.evaluation(state.step, metrics, val_losses, evaluator)
-        dist.on_main(tqdm.write)(f"epoch {state.epoch}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in METRIC_KEYS
-                                                                      if k in metrics))
+def evaluation_steps(total_steps: int, points: int) -> frozenset[int]:
+    """The steps after which to evaluate: ``train.eval_points`` of them spread evenly, the last at the end
+    (``round(k * total_steps / points)`` for k = 1 .. points)."""
+    return frozenset(max(1, round(k * total_steps / points)) for k in range(1, points + 1))
+
+
+def evaluate_now(trainer: Trainer, state: TrainState) -> float:
+    """Evaluate the EMA (or raw) weights, log, and save ``best.pt`` at a new best AP (not for the untrained model at
+    step 0); then back to training mode. Returns the seconds it took (not training time)."""
+    tick = time.perf_counter()
+    metrics, val_losses, evaluator = evaluate(trainer.eval_model, trainer.val_loader, trainer.criterion,
+                                              trainer.cfg, trainer.device)
+    trainer.logger.evaluation(state.step, metrics, val_losses, evaluator)
+    dist.on_main(tqdm.write)(f"step {state.step} (epoch {state.epoch + 1}): "
+                             + "  ".join(f"{k} {metrics[k]:.3f}" for k in METRIC_KEYS if k in metrics))
+    if state.step:
         state.metrics = metrics
         if metrics.get("AP", 0.0) > state.best_ap:
             state.best_ap = metrics["AP"]
             save(trainer, state, "best.pt", trainer.train_loader.generator.get_state())
-    save(trainer, state, "last.pt", trainer.train_loader.generator.get_state())
-    return finished
+    trainer.net.train()
+    if trainer.cfg.train.batchnorm == "frozen":
+        freeze_batchnorm(trainer.model)
+    trainer.logger.start_epoch()  # the images-per-second clock restarts after the evaluation
+    return time.perf_counter() - tick
 
 
-def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resume: bool = False) -> TrainResult:
-    """Train ``cfg`` in ``run_dir`` (created by the caller); resume from a checkpoint when given.
+def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resume: bool = False, label: str = "",
+          varied: tuple[str, ...] = ()) -> TrainResult:
+    """Train ``cfg`` in ``run_dir`` (created by the caller); resume from a checkpoint when given. ``label`` and
+    ``varied`` name the run and the settings its study varies in the HParams table (see :class:`RunLogger`).
 
     Under ``torchrun`` every process calls this with the same arguments (:mod:`yolo_loss.distributed`);
     ``train.batch_size`` is then the batch of each process, and a step trains on ``batch_size`` x processes images.
@@ -458,16 +472,18 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
     state = restore(trainer, resume, force=force_resume) if resume is not None else TrainState()
     trainer.net = dist.data_parallel(trainer.model, trainer.device)
     trainer.logger = dist.on_main(RunLogger)(run_dir, cfg, trainer.head, trainer.train_set.class_names,
-                                             trainer.val_set, trainer.device,
+                                             trainer.val_set, trainer.device, terms=trainer.criterion.terms,
+                                             label=label, varied=varied,
                                              resume_step=state.step if resume is not None else None)
+    if resume is None and cfg.train.eval_at_start:
+        evaluate_now(trainer, state)  # step 0: the untrained model, the start of every validation curve
     with _StopRequest() as stop:
-        while state.epoch < cfg.train.epochs:
+        while state.epoch < cfg.train.epochs and state.step < trainer.total_steps:
             if train_one_epoch(trainer, state, stop):
                 trainer.logger.close()
                 dist.on_main(tqdm.write)(f"stopped at step {state.step}; resume with --resume {run_dir / 'last.pt'}")
                 return TrainResult(run_dir, state.metrics, state.step, stopped=True)
-            if evaluate_and_checkpoint(trainer, state):
-                break
+            save(trainer, state, "last.pt", trainer.train_loader.generator.get_state())
     if not state.metrics:  # resumed from the checkpoint after the last epoch (killed before this point): evaluate it
         state.metrics, _, _ = evaluate(trainer.eval_model, trainer.val_loader, trainer.criterion, cfg, trainer.device)
     trainer.logger.hparams()  # the run's settings beside its final metrics, for the HParams table

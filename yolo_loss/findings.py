@@ -102,7 +102,10 @@ def study_rows(results_csv: Path) -> dict[tuple[str, int], dict[str, str]]:
 def paired_difference(rows: dict[tuple[str, int], dict[str, str]], variant: str, reference: str,
                       metric: str) -> Difference:
     """``variant - reference`` in ``metric``, paired by seed over the seeds both finished."""
-    seeds = sorted({seed for name, seed in rows if name == variant} & {seed for name, seed in rows if name == reference})
+    def seeds_of(name: str) -> set[int]:
+        return {seed for variant_name, seed in rows if variant_name == name}
+
+    seeds = sorted(seeds_of(variant) & seeds_of(reference))
     values = [float(rows[variant, seed][metric]) - float(rows[reference, seed][metric]) for seed in seeds]
     if not values:
         return Difference(math.nan, math.nan, 0)
@@ -125,8 +128,8 @@ def evaluate_claims(claims: list[Claim], studies_dir: Path) -> list[Finding]:
 
 def findings_markdown(findings: list[Finding], meta: dict[str, Any]) -> str:
     """``docs/findings.md``: the claims file's title and introduction, one row per claim, then its limits."""
-    lines = [f"# {meta.get('title', 'Findings')}", "", str(meta.get("intro", "")).strip(), "",
-             "| source | claim (published) | study: variant vs reference | metric | d +- SE (n) | MDE (95%) | verdict |",
+    head = "| source | claim (published) | study: variant vs reference | metric | d +- SE (n) | MDE (95%) | verdict |"
+    lines = [f"# {meta.get('title', 'Findings')}", "", str(meta.get("intro", "")).strip(), "", head,
              "|---|---|---|---|---|---|---|"]
     for finding in findings:
         c, d = finding.claim, finding.difference

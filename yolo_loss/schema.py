@@ -251,7 +251,10 @@ class TrainConfig:
     grad_clip: float = bounded(10.0, 0.0, None)  # max gradient norm; 0 = off
     amp: bool = False  # CUDA only
     channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and on CUDA tensor cores
-    eval_interval: int = bounded(1, 0, None)  # epochs between evaluations; 0 = only at the end
+    # Validation: at this many steps spread evenly over the run, the last at the end (1 = only at the end), and
+    # before the first step (eval_at_start: the untrained model starts every validation curve).
+    eval_points: int = bounded(6, 1, None)
+    eval_at_start: bool = True
     # steps between mid-epoch saves of last.pt (0 = at the end of each epoch only); a resume from one is exact
     checkpoint_interval: int = bounded(0, 0, None)
     log_interval: int = bounded(20, 1, None)  # iterations between scalar logs
