@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
 
 import pytest
 import torch
 from torchvision import ops
 
-from yolo_loss.boxes import (box_cxcywh_to_xyxy, box_iou_pairwise, box_xyxy_to_cxcywh, ciou_loss,
-                             diou_loss, iou_loss, log_iou_loss)
+from yolo_loss.boxes import (alpha_ciou_loss, box_cxcywh_to_xyxy, box_iou_pairwise, box_xyxy_to_cxcywh, ciou_loss,
+                             diou_loss, eiou_loss, focal_eiou_loss, iou_loss, log_iou_loss, siou_loss, wiou_loss)
 from yolo_loss.losses.registry import COMPONENTS
 from yolo_loss.schema import LossConfig
 
-BOX_LOSSES = {entry.name: entry.function for entry in COMPONENTS if entry.term == "box"}  # from the registry
+# From the registry; Wise-IoU takes the criterion's running mean of 1 - IoU, fixed here.
+BOX_LOSSES = {entry.name: partial(entry.function, iou_mean=torch.tensor(0.7)) if entry.running_mean else entry.function
+              for entry in COMPONENTS if entry.term == "box"}
 TORCHVISION_LOSSES = {
     "giou": ops.generalized_box_iou_loss,
     "diou": ops.distance_box_iou_loss,
@@ -231,3 +234,67 @@ def test_half_precision_pixel_boxes_do_not_overflow():
     for name, fn in BOX_LOSSES.items():
         torch.testing.assert_close(fn(pred.half(), target.half()), fn(pred, target), rtol=1e-4, atol=1e-4,
                                    msg=name)
+
+
+
+def test_later_losses_hand_worked_values():
+    """a = (0, 0, 2, 2), b = (1, 1, 3, 3) as above (IoU 1/7, rho^2 = 2, c^2 = 18, enclosing 3 x 3, squares: v = 0):
+    - EIoU adds (w - w_gt)^2 / C_w^2 + (h - h_gt)^2 / C_h^2 = 0 to DIoU: 1 - 1/7 + 2/18;
+    - Focal-EIoU weighs it by IoU^0.5 = (1/7)^0.5;
+    - Alpha-CIoU (alpha 3): 1 - (1/7)^3 + (2/18)^3;
+    - SIoU: the offset (1, 1) is at 45 degrees, Lambda = sin(90) = 1, each axis (1/3)^2 times (2 - 1):
+      Delta = 2 (1 - exp(-1/9)), Omega = 0: 1 - 1/7 + Delta / 2;
+    - Wise-IoU v3 at iou_mean 6/7: beta = 1, r = 1 / (3 * 1.9^(1 - 3)), R = exp(2/18): r R (6/7).
+    And b' = (1, 1, 4, 3) for EIoU: IoU 1/9, rho^2 = 2.25 + 1, enclosing 4 x 3 (c^2 = 25), w 2 vs 3 over C_w = 4."""
+    a = torch.tensor([0.0, 0.0, 2.0, 2.0], dtype=torch.float64)
+    b = torch.tensor([1.0, 1.0, 3.0, 3.0], dtype=torch.float64)
+    diou = 1 - 1 / 7 + 2 / 18
+    assert eiou_loss(a, b).item() == pytest.approx(diou, abs=1e-7)
+    assert focal_eiou_loss(a, b).item() == pytest.approx((1 / 7) ** 0.5 * diou, abs=1e-7)
+    assert alpha_ciou_loss(a, b).item() == pytest.approx(1 - (1 / 7) ** 3 + (2 / 18) ** 3, abs=1e-7)
+    assert siou_loss(a, b).item() == pytest.approx(1 - 1 / 7 + (1 - math.exp(-1 / 9)), abs=1e-7)
+    assert wiou_loss(a, b, iou_mean=6 / 7).item() == pytest.approx(
+        1 / (3 * 1.9 ** -2) * math.exp(2 / 18) * 6 / 7, abs=1e-6)
+    wide = torch.tensor([1.0, 1.0, 4.0, 3.0], dtype=torch.float64)
+    assert eiou_loss(a, wide).item() == pytest.approx(1 - 1 / 9 + 3.25 / 25 + 1 / 16, abs=1e-7)
+
+
+def test_siou_angle_cost_on_an_axis_and_at_45_degrees():
+    """Offsets along an axis cost the least angle (Lambda = 0: the distance term weighs 2 - 0 = 2 per axis, exp(-2
+    rho_t)); an offset at 45 degrees the most (Lambda = 1). Same-size boxes (Omega = 0), so the difference between
+    the two equal-length offsets (0, 1) and (0.7071, 0.7071) is in the distance cost alone."""
+    box = torch.tensor([0.0, 0.0, 2.0, 2.0], dtype=torch.float64)
+    on_axis = box + torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    step = 1 / math.sqrt(2)
+    diagonal = box + torch.tensor([step, step, step, step], dtype=torch.float64)
+    iou_axis = box_iou_pairwise(box, on_axis).item()
+    assert siou_loss(box, on_axis).item() == pytest.approx(1 - iou_axis + 0.5 * (1 - math.exp(-2 * (1 / 3) ** 2)),
+                                                          abs=1e-6)
+    rho = (step / (2 + step)) ** 2
+    iou_diagonal = box_iou_pairwise(box, diagonal).item()
+    assert siou_loss(box, diagonal).item() == pytest.approx(1 - iou_diagonal + (1 - math.exp(-rho)), abs=1e-6)
+
+
+def test_later_loss_identities():
+    """alpha_ciou with power 1 is CIoU; focal_eiou with gamma 0 is EIoU; Wise-IoU with beta = delta (L_IoU = delta
+    times the running mean) has r = 1/delta * delta / 1 = ... = beta / (delta alpha^0) = 1: it is v1, R * L_IoU."""
+    pred = random_boxes_xyxy(40, seed=21, min_size=0.2)
+    target = random_boxes_xyxy(40, seed=22, min_size=0.2)
+    torch.testing.assert_close(alpha_ciou_loss(pred, target, power=1.0), ciou_loss(pred, target))
+    torch.testing.assert_close(focal_eiou_loss(pred, target, gamma=0.0), eiou_loss(pred, target))
+    l_iou = iou_loss(pred, target)
+    v1 = wiou_loss(pred, target, iou_mean=l_iou / 3.0, delta=3.0)  # beta = 3 = delta for every pair
+    centre = 0.5 * (target[:, :2] + target[:, 2:] - pred[:, :2] - pred[:, 2:])
+    enclosing = torch.maximum(pred[:, 2:], target[:, 2:]) - torch.minimum(pred[:, :2], target[:, :2])
+    expected = torch.exp(centre.square().sum(-1) / (enclosing.square().sum(-1) + 1e-7)) * l_iou
+    torch.testing.assert_close(v1, expected)
+
+
+@pytest.mark.parametrize("name", ["siou", "eiou"])
+def test_later_losses_gradcheck(name):
+    """The losses with no detached part against finite differences (float64)."""
+    pred = random_boxes_xyxy(6, seed=31, min_size=0.3).requires_grad_()
+    target = (pred.detach() + 0.4 * torch.randn(6, 4, generator=torch.Generator().manual_seed(32),
+                                                dtype=torch.float64))
+    target = torch.cat((target[:, :2], torch.maximum(target[:, 2:], target[:, :2] + 0.3)), -1).requires_grad_()
+    assert torch.autograd.gradcheck(BOX_LOSSES[name], (pred, target))

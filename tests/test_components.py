@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from yolo_loss.losses.components import (bce_with_logits, cls_ce, cls_poly1, mse_on_sigmoid, sigmoid_focal,
-                                         smooth_labels, wh_l1, wh_mse, wh_smooth_l1, xy_bce, xy_mse, xy_mse_t)
+from yolo_loss.losses.components import (bce_with_logits, cls_ce, cls_poly1, mse_on_sigmoid, quality_focal,
+                                         sigmoid_focal, smooth_labels, varifocal, wh_l1, wh_mse, wh_smooth_l1, xy_bce,
+                                         xy_mse, xy_mse_t)
 from yolo_loss.losses.registry import COMPONENTS as REGISTRY
 
 
@@ -233,3 +234,28 @@ def test_extreme_inputs_give_finite_values_and_gradients(name, fn, kind, dtype):
     loss = fn(pred, targets)
     loss.sum().backward()
     assert loss.isfinite().all() and pred.grad.isfinite().all()
+
+
+# --- varifocal and quality focal -----------------------------------------------------------------------------
+
+def test_quality_focal_with_beta_0_is_bce_and_its_hand_value():
+    z, t = logits(64, 3, seed=40), soft_targets(64, 3, seed=41)
+    torch.testing.assert_close(quality_focal(z, t, beta=0.0), bce_with_logits(z, t))
+    one = quality_focal(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    assert one.item() == pytest.approx(0.25 * math.log(2))  # |1 - 0.5|^2 ln 2
+    p = z.sigmoid()
+    torch.testing.assert_close(quality_focal(z, t), (t - p).abs() ** 2 * bce_with_logits(z, t))
+
+
+def test_varifocal_against_its_formula_on_soft_targets():
+    """Positives (q > 0) weighted by q, negatives (q = 0) by alpha p^gamma; hand values at z = 0."""
+    z = logits(64, 3, seed=42)
+    q = soft_targets(64, 3, seed=43) * (soft_targets(64, 3, seed=44) > 0.5)  # IoU-like targets, half of them 0
+    p = z.sigmoid()
+    bce = -(q * torch.log(p) + (1 - q) * torch.log(1 - p))
+    expected = torch.where(q > 0, q * bce, 0.75 * p ** 2 * bce)
+    torch.testing.assert_close(varifocal(z, q), expected)
+    zero = torch.zeros(2, dtype=torch.float64)
+    torch.testing.assert_close(varifocal(zero, torch.tensor([0.8, 0.0], dtype=torch.float64)),
+                               torch.tensor([0.8 * (-(0.8 * math.log(0.5) + 0.2 * math.log(0.5))),
+                                             0.75 * 0.25 * math.log(2)], dtype=torch.float64))

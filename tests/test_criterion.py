@@ -9,9 +9,13 @@ import pytest
 import torch
 import torchvision
 
+from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise
+from yolo_loss.config import ConfigError, config_from_dict
+from yolo_loss.decode import decode_cxcywh, per_anchor_view
 from yolo_loss.head import HeadSpec, class_activation
 from yolo_loss.losses.assign import anchor_boxes_at_cells, assign_targets, ignore_mask, truths_per_image
 from yolo_loss.losses import registry
+from yolo_loss.losses.components import quality_focal
 from yolo_loss.losses.criterion import YoloCriterion, build_criterion
 from yolo_loss.losses.registry import COMPONENTS, Component
 from yolo_loss.schema import YOLOV3_ANCHORS, LossConfig
@@ -365,12 +369,14 @@ def test_every_component_trains_in_the_criterion(entry: Component) -> None:
     grads = torch.autograd.grad(result.total, preds)
     assert torch.isfinite(result.total) and result.total > 0
     assert all(torch.isfinite(g).all() for g in grads)
-    term = {"obj": "obj_pos"}.get(entry.term, entry.term)
-    assert term in result.terms and (result.terms[term] != 0).any()
+    terms = ("obj_pos", "obj_neg") if entry.term == "obj" else (entry.term,)
+    assert all(term in result.terms and (result.terms[term] != 0).any() for term in terms)
+    plain = dataclasses.replace(cfg, label_smoothing=0.0)  # (smoothing would leave no target at 0 for varifocal)
+    reference = make_criterion(plain, num_classes)(preds, targets, IMG)
     for param in entry.params:
-        changed = dataclasses.replace(cfg, **{param.field: param.default * 0.5 + 0.1})
+        changed = dataclasses.replace(plain, **{param.field: param.default * 0.5 + 0.1})
         other = make_criterion(changed, num_classes)(preds, targets, IMG)
-        assert not torch.equal(other.terms[term], result.terms[term]), param.field
+        assert any(not torch.equal(other.terms[term], reference.terms[term]) for term in terms), param.field
 
 
 def test_the_schema_names_are_the_registry():
@@ -384,7 +390,7 @@ def test_the_schema_names_are_the_registry():
         for param in entry.params:
             assert fields[param.field].default == param.default
             assert fields[param.field].metadata["range"] == (param.low, param.high, param.low_open, param.high_open)
-    declared = {p.field for e in COMPONENTS for p in e.params}
+    declared = {p.field for e in COMPONENTS for p in (*e.params, *([e.running_mean] if e.running_mean else []))}
     assert declared == {p.field for p in registry.hyperparameters()}
     assert declared <= set(fields)
 
@@ -473,3 +479,61 @@ def test_ignore_mask_equals_all_pairs(thresh: float) -> None:
                                         height, width)
     assert torch.equal(ignore_mask(prior_boxes, truths, thresh, stride), brute_force_ignore(prior_boxes, truths,
                                                                                              thresh))
+
+
+def test_wise_iou_running_mean_is_criterion_state():
+    """Wise-IoU's running mean of 1 - IoU: updated before each training call with that batch's mean over every
+    positive (momentum m: 1 -> (1 - m) + m * mean), left alone by evaluation calls, saved and restored."""
+    num_classes = 3
+    preds = head_maps(2, num_classes, seed=8)
+    targets = torch.tensor([[0, 1, 0.4, 0.4, 0.3, 0.2], [1, 0, 0.6, 0.5, 0.1, 0.1]], dtype=torch.float64)
+    cfg = LossConfig(xy="none", wh="none", box="wiou", wiou_momentum=0.5)
+    criterion = make_criterion(cfg, num_classes)
+    assert criterion.state_dict()["iou_mean"].item() == 1.0
+    first = criterion(preds, targets, IMG)
+    ious = torch.cat([box_iou_pairwise(*pair) for pair in positive_boxes(first, preds, criterion)])
+    expected = 0.5 * 1.0 + 0.5 * (1 - ious).mean().item()
+    assert criterion.state_dict()["iou_mean"].item() == pytest.approx(expected)
+    saved = criterion.state_dict()
+    criterion(preds, targets, IMG, update_state=False)  # evaluation
+    assert criterion.state_dict()["iou_mean"].item() == pytest.approx(expected)
+    criterion(preds, targets, IMG)
+    assert criterion.state_dict()["iou_mean"].item() != pytest.approx(expected)
+    fresh = make_criterion(cfg, num_classes)
+    fresh.load_state_dict(saved)
+    assert fresh.state_dict()["iou_mean"].item() == pytest.approx(expected)
+    assert make_criterion(LossConfig(), num_classes).state_dict() == {}  # stateless losses carry no state
+
+
+def positive_boxes(result, preds, criterion):
+    """(decoded prediction, truth) xyxy boxes of the positives of a result, level by level."""
+    pairs = []
+    for pred, pos, stride in zip(preds, result.positives, criterion.head.strides):
+        rows = per_anchor_view(pred.detach(), 3)[pos.image, pos.anchor, :4, pos.cell_y, pos.cell_x]
+        box = decode_cxcywh(rows, torch.stack((pos.cell_x, pos.cell_y), -1).to(rows), pos.anchor_wh, stride)
+        pairs.append((box_cxcywh_to_xyxy(box), box_cxcywh_to_xyxy(pos.target_box_cxcywh)))
+    return pairs
+
+
+def test_iou_aware_class_targets():
+    """cls_target: iou: the true class's target on a positive is the detached IoU of its decoded box (the other
+    classes stay 0): the class term equals BCE against those targets, worked out here from the positives."""
+    num_classes = 3
+    preds = head_maps(2, num_classes, seed=9)
+    targets = torch.tensor([[0, 1, 0.4, 0.4, 0.3, 0.2], [1, 2, 0.6, 0.5, 0.1, 0.1]], dtype=torch.float64)
+    criterion = make_criterion(LossConfig(cls="qfl", cls_target="iou"), num_classes)
+    result = criterion(preds, targets, IMG)
+    for level, ((pred_xyxy, truth_xyxy), pred, pos) in enumerate(zip(positive_boxes(result, preds, criterion),
+                                                                     preds, result.positives)):
+        rows = per_anchor_view_rows(pred, pos)
+        iou = box_iou_pairwise(pred_xyxy, truth_xyxy).clamp(min=0)
+        expected = quality_focal(rows[:, 5:], pos.target_cls * iou[:, None]).sum() / 2  # sum_per_image, B = 2
+        torch.testing.assert_close(result.terms["cls"][level], expected)
+    assert result.terms["cls"].sum() > 0
+    with pytest.raises(ConfigError, match="cls_target"):
+        config_from_dict({"loss": {"cls": "ce", "cls_target": "iou"}})
+
+
+def per_anchor_view_rows(pred, pos):
+    """The raw head rows (all channels) of a level's positives."""
+    return per_anchor_view(pred, 3)[pos.image, pos.anchor, :, pos.cell_y, pos.cell_x]

@@ -36,8 +36,8 @@ class Poisoned:
     def __getattr__(self, name: str):
         return getattr(self.criterion, name)
 
-    def __call__(self, preds, targets, img_size):
-        result = self.criterion(preds, targets, img_size)
+    def __call__(self, preds, targets, img_size, **keywords):
+        result = self.criterion(preds, targets, img_size, **keywords)
         if torch.is_grad_enabled():  # training steps only, not evaluation
             if self.calls in self.at_calls:
                 nan = torch.tensor([0.0, float("nan"), 0.0])

@@ -137,6 +137,14 @@ def diou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, eps: float = 1e-7) -> T
     return _diou_loss_and_iou(pred_xyxy, target_xyxy, eps)[0]
 
 
+def _aspect_term(pred_xyxy: Tensor, target_xyxy: Tensor, eps: float) -> Tensor:
+    """CIoU's ``v = 4 / pi^2 * (atan(w_gt / h_gt) - atan(w / h))^2``, heights ``+ eps`` (finite at zero height)."""
+    pred_wh = pred_xyxy[..., 2:] - pred_xyxy[..., :2]
+    target_wh = target_xyxy[..., 2:] - target_xyxy[..., :2]
+    return (4.0 / math.pi ** 2) * (torch.atan(target_wh[..., 0] / (target_wh[..., 1] + eps))
+                                   - torch.atan(pred_wh[..., 0] / (pred_wh[..., 1] + eps))).square()
+
+
 def ciou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, eps: float = 1e-7) -> Tensor:
     """``1 - CIoU = 1 - IoU + rho^2 / c^2 + alpha * v`` (Zheng et al., "Distance-IoU Loss", AAAI 2020).
 
@@ -151,12 +159,109 @@ def ciou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, eps: float = 1e-7) -> T
     """
     pred_xyxy, target_xyxy = _upcast(pred_xyxy), _upcast(target_xyxy)
     diou, iou = _diou_loss_and_iou(pred_xyxy, target_xyxy, eps)
-    pred_wh = pred_xyxy[..., 2:] - pred_xyxy[..., :2]
-    target_wh = target_xyxy[..., 2:] - target_xyxy[..., :2]
-    v = (4.0 / math.pi ** 2) * (torch.atan(target_wh[..., 0] / (target_wh[..., 1] + eps))
-                                - torch.atan(pred_wh[..., 0] / (pred_wh[..., 1] + eps))).square()
+    v = _aspect_term(pred_xyxy, target_xyxy, eps)
     with torch.no_grad():
         # alpha trades the aspect term off against overlap; the paper treats it as a constant in the gradient.
         alpha = v / (1.0 - iou + v + eps)
     return diou + alpha * v
 
+
+def alpha_ciou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, power: float = 3.0, eps: float = 1e-7) -> Tensor:
+    """Alpha-CIoU (He et al., "Alpha-IoU: A Family of Power Intersection over Union Losses", NeurIPS 2021):
+    ``1 - IoU^a + (rho^2 / c^2)^a + (beta v)^a`` with ``beta = v / (1 - IoU + v)`` (no gradient), ``a = power``.
+
+    ``Tensor[..., 4]`` x ``Tensor[..., 4]`` -> ``Tensor[...]``. The paper's form: the power on IoU and on each
+    penalty term (``rho^(2a) / c^(2a)`` is the power of the normalised distance); the authors' released code raises
+    the x and y distances to ``2a`` separately, which differs for ``a != 1``. ``power = 1`` is :func:`ciou_loss`
+    exactly. Example: a = (0, 0, 2, 2), b = (1, 1, 3, 3) (square boxes: v = 0), a = 3:
+    ``1 - (1/7)^3 + (2/18)^3 = 0.99846``.
+    """
+    pred_xyxy, target_xyxy = _upcast(pred_xyxy), _upcast(target_xyxy)
+    diou, iou = _diou_loss_and_iou(pred_xyxy, target_xyxy, eps)
+    distance = diou - 1.0 + iou  # rho^2 / c^2
+    v = _aspect_term(pred_xyxy, target_xyxy, eps)
+    with torch.no_grad():
+        beta = v / (1.0 - iou + v + eps)
+    return 1.0 - iou.clamp(min=0).pow(power) + distance.pow(power) + (beta * v).pow(power)
+
+
+def eiou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, eps: float = 1e-7) -> Tensor:
+    """``1 - IoU + rho^2 / c^2 + (w - w_gt)^2 / C_w^2 + (h - h_gt)^2 / C_h^2`` (Zhang et al., "Focal and Efficient IOU
+    Loss for Accurate Bounding Box Regression", 2021): DIoU with the aspect term of CIoU replaced by the width and
+    height differences over the enclosing box's width ``C_w`` and height ``C_h``.
+
+    ``Tensor[..., 4]`` x ``Tensor[..., 4]`` -> ``Tensor[...]``. Example: a = (0, 0, 2, 2), b = (1, 1, 4, 3): IoU
+    1/9; centres (1, 1), (2.5, 2): rho^2 = 3.25; enclosing 4 x 3, c^2 = 25; w 2 vs 3 over 4, h 2 vs 2: the loss is
+    ``1 - 1/9 + 0.13 + 1/16 = 1.0814``.
+    """
+    pred_xyxy, target_xyxy = _upcast(pred_xyxy), _upcast(target_xyxy)
+    diou, _ = _diou_loss_and_iou(pred_xyxy, target_xyxy, eps)
+    enclosing_wh = _enclosing_wh(pred_xyxy, target_xyxy)
+    difference_wh = (pred_xyxy[..., 2:] - pred_xyxy[..., :2]) - (target_xyxy[..., 2:] - target_xyxy[..., :2])
+    return diou + (difference_wh.square() / (enclosing_wh.square() + eps)).sum(-1)
+
+
+def focal_eiou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, gamma: float = 0.5, eps: float = 1e-7) -> Tensor:
+    """Focal-EIoU (Zhang et al. 2021): ``IoU^gamma * EIoU``, the IoU as a weight (no gradient through it, as the
+    paper's re-weighting of high-quality boxes): well-overlapping boxes weigh more, poor ones less.
+    ``gamma = 0`` is :func:`eiou_loss`. ``Tensor[..., 4]`` x ``Tensor[..., 4]`` -> ``Tensor[...]``."""
+    with torch.no_grad():
+        weight = box_iou_pairwise(pred_xyxy, target_xyxy, eps).clamp(min=0).pow(gamma)
+    return weight * eiou_loss(pred_xyxy, target_xyxy, eps=eps)
+
+
+def siou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, theta: float = 4.0, eps: float = 1e-7) -> Tensor:
+    """SIoU (Gevorgyan, "SIoU Loss: More Powerful Learning for Bounding Box Regression", 2022):
+    ``1 - IoU + (Delta + Omega) / 2``.
+
+    ``Tensor[..., 4]`` x ``Tensor[..., 4]`` -> ``Tensor[...]``, with, for the centre offset ``(dx, dy)``:
+
+        Lambda = sin(2 a), a the angle of the offset to the nearer axis (0 on an axis, 1 at 45 degrees)
+        Delta  = sum_{t = x, y} (1 - exp(-(2 - Lambda) (d_t / C_t)^2)),   C: the enclosing box's width, height
+        Omega  = sum_{t = w, h} (1 - exp(-|t - t_gt| / max(t, t_gt)))^theta
+
+    The angle is taken from ``min(|dx|, |dy|) / (|d| + eps)``, which is below ``sin(45)``, where ``arcsin`` is
+    smooth; coincident centres give a = 0. Example: a = (0, 0, 2, 2), b = (1, 1, 3, 3): IoU 1/7, the offset at 45
+    degrees (Lambda = 1), Delta = 2 (1 - exp(-1/9)), Omega = 0: the loss is ``1 - 1/7 + 0.10516 = 0.96230``.
+    """
+    pred_xyxy, target_xyxy = _upcast(pred_xyxy), _upcast(target_xyxy)
+    inter, union = _inter_union(pred_xyxy, target_xyxy)
+    iou = inter / (union + eps)
+    offset = 0.5 * (target_xyxy[..., :2] + target_xyxy[..., 2:] - pred_xyxy[..., :2] - pred_xyxy[..., 2:])
+    distance = torch.sqrt(offset.square().sum(-1) + eps * eps)
+    sin_angle = offset.abs().amin(-1) / (distance + eps)
+    angle_cost = torch.sin(2.0 * torch.arcsin(sin_angle))
+    enclosing_wh = _enclosing_wh(pred_xyxy, target_xyxy)
+    distance_cost = (1.0 - torch.exp(-(2.0 - angle_cost)[..., None]
+                                     * (offset / (enclosing_wh + eps)).square())).sum(-1)
+    pred_wh, target_wh = pred_xyxy[..., 2:] - pred_xyxy[..., :2], target_xyxy[..., 2:] - target_xyxy[..., :2]
+    omega = (pred_wh - target_wh).abs() / (torch.maximum(pred_wh, target_wh) + eps)
+    shape_cost = (1.0 - torch.exp(-omega)).pow(theta).sum(-1)
+    return 1.0 - iou + 0.5 * (distance_cost + shape_cost)
+
+
+def wiou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, iou_mean: Tensor | float, alpha: float = 1.9,
+              delta: float = 3.0, eps: float = 1e-7) -> Tensor:
+    """Wise-IoU v3 (Tong et al., "Wise-IoU: Bounding Box Regression Loss with Dynamic Focusing Mechanism", 2023):
+    ``r * R * L_IoU`` with
+
+        L_IoU = 1 - IoU
+        R     = exp(rho^2 / (W_g^2 + H_g^2)*)            distance attention, the enclosing box's size detached
+        beta  = L_IoU* / iou_mean                        the outlier degree (no gradient)
+        r     = beta / (delta * alpha^(beta - delta))    non-monotonic focusing: most weight to ordinary boxes
+
+    ``iou_mean`` is the running mean of ``L_IoU``, which the criterion keeps as its state (updated with momentum
+    ``wiou_momentum`` before each training step's loss, as the authors' code does). ``Tensor[..., 4]`` x
+    ``Tensor[..., 4]`` -> ``Tensor[...]``. Example: a = (0, 0, 2, 2), b = (1, 1, 3, 3), iou_mean 6/7: L_IoU 6/7,
+    R = exp(2/18), beta = 1, r = 1 / (3 * 1.9^-2) = 1.2033: the loss is ``1.2033 * 1.1175 * 0.8571 = 1.1527``.
+    """
+    pred_xyxy, target_xyxy = _upcast(pred_xyxy), _upcast(target_xyxy)
+    inter, union = _inter_union(pred_xyxy, target_xyxy)
+    iou_loss_value = 1.0 - inter / (union + eps)
+    centre = 0.5 * (target_xyxy[..., :2] + target_xyxy[..., 2:] - pred_xyxy[..., :2] - pred_xyxy[..., 2:])
+    attention = torch.exp(centre.square().sum(-1) / (_enclosing_wh(pred_xyxy, target_xyxy).square().sum(-1)
+                                                     + eps).detach())
+    with torch.no_grad():
+        beta = iou_loss_value / iou_mean
+        focus = beta / (delta * torch.pow(torch.as_tensor(alpha, dtype=beta.dtype), beta - delta))
+    return focus * attention * iou_loss_value

@@ -115,7 +115,8 @@ def evaluate(model: torch.nn.Module, loader, criterion: YoloCriterion | None, cf
         preds = [p.float() for p in model(images)]
         losses = {}
         if criterion is not None:
-            losses = loss_scalars(criterion(preds, targets.to(device), images.shape[-2:]), images.shape[0])
+            losses = loss_scalars(criterion(preds, targets.to(device), images.shape[-2:], update_state=False),
+                                  images.shape[0])
         detections = postprocess(preds, head, conf_thresh=cfg.eval.conf_thresh, nms_iou=cfg.eval.nms_iou,
                                  max_det=cfg.eval.max_det, max_candidates=cfg.eval.max_candidates)
         for det, meta in zip(detections, metas):
@@ -281,6 +282,7 @@ def restore(trainer: Trainer, path: Path, *, force: bool) -> TrainState:
     if trainer.ema is not None and saved.get("ema"):
         trainer.ema.load_state_dict(saved["ema"])
     trainer.scaler.load_state_dict(saved["scaler"])
+    trainer.criterion.load_state_dict(saved.get("criterion", {}))
     set_rng_state(saved["rng"])
     trainer.train_loader.generator.set_state(saved["loader_generator"])  # as it was at the start of the epoch
     state = TrainState(epoch=saved["epoch"], step=saved["step"], best_ap=saved["best_ap"],
@@ -308,6 +310,7 @@ def save(trainer: Trainer, state: TrainState, name: str, loader_state: torch.Ten
     cfg, ema = trainer.cfg, trainer.ema
     save_checkpoint({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
                      "ema": ema.state_dict() if ema is not None else None, "scaler": trainer.scaler.state_dict(),
+                     "criterion": trainer.criterion.state_dict(),
                      "epoch": state.epoch, "step": state.step, "best_ap": state.best_ap,
                      "nonfinite_skipped": state.nonfinite_skipped, "train_seconds": state.train_seconds,
                      "images_seen": state.images_seen, "world_size": dist.world_size(),

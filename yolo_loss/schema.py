@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
-from yolo_loss.losses.registry import HyperParam, component_names, hyperparameters
+from yolo_loss.losses.registry import HyperParam, component, component_names, hyperparameters
 
 # YOLOv3 anchors in input pixels at 416 px: three per level, strides 8, 16, 32.
 YOLOV3_ANCHORS: list[list[float]] = [
@@ -197,6 +197,7 @@ class LossTerms:
     obj: str = component_choice("obj", "bce")
     obj_target: str = choice("one", "one", "iou")
     cls: str = component_choice("cls", "bce")
+    cls_target: str = choice("one", "one", "iou")  # the true class's target on a positive: 1, or the detached IoU
     label_smoothing: float = bounded(0.0, 0.0, 1.0, high_open=True)  # targets 1 - eps/2 and eps/2
     assign: str = choice("best_anchor", "best_anchor", "multi_anchor", "ratio")
     assign_iou_thresh: float = bounded(0.213, 0.0, 1.0, low_open=True)  # multi_anchor
@@ -215,6 +216,10 @@ class LossTerms:
                                   "or loss.box_with_xywh=true if both are intended"))
         if self.box == "none" and self.xy == "none" and self.wh == "none":
             errors.append(("box", "no box term at all: xy, wh and box are all 'none'"))
+        if self.cls_target == "iou" and (component("cls", self.cls).softmax or self.label_smoothing):
+            errors.append(("cls_target", f"an IoU-valued class target needs independent class scores without label "
+                                         f"smoothing (loss.cls={self.cls}, label_smoothing={self.label_smoothing}): "
+                                         "a softmax renormalises the target row"))
         return errors
 
     def hyperparameter_values(self) -> dict[str, float]:

@@ -114,6 +114,29 @@ def sigmoid_focal(logits: Tensor, targets: Tensor, *, alpha: float = 0.25, gamma
     return loss
 
 
+def varifocal(logits: Tensor, targets: Tensor, *, alpha: float = 0.75, gamma: float = 2.0) -> Tensor:
+    """Varifocal loss (Zhang et al., "VarifocalNet: An IoU-aware Dense Object Detector", CVPR 2021), on logits:
+
+        q > 0:  q * BCE(p, q)                  (a positive, weighted by its IoU-aware target q)
+        q = 0:  alpha * p^gamma * BCE(p, 0)    (a negative, down-weighted as in focal loss)
+
+    with ``p = sig(z)`` (the weight not detached, as mmdetection's ``varifocal_loss``). ``Tensor[...]`` ->
+    ``Tensor[...]``. Example: z = 0, q = 0.8: ``0.8 * BCE(0.5, 0.8) = 0.8 * 0.6931 = 0.5545``; z = 0, q = 0:
+    ``0.75 * 0.25 * ln 2 = 0.1300``.
+    """
+    p = logits.sigmoid()
+    weight = torch.where(targets > 0, targets, alpha * p.pow(gamma))
+    return weight * F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+
+
+def quality_focal(logits: Tensor, targets: Tensor, *, beta: float = 2.0) -> Tensor:
+    """Quality focal loss (Li et al., "Generalized Focal Loss", NeurIPS 2020): ``|y - p|^beta * BCE(p, y)`` with soft
+    ``y`` (the IoU for an IoU-aware target, 0 for a negative), ``p = sig(z)``. ``beta = 0`` is BCE.
+    ``Tensor[...]`` -> ``Tensor[...]``. Example: z = 0, y = 1: ``0.25 * ln 2 = 0.1733``."""
+    p = logits.sigmoid()
+    return (targets - p).abs().pow(beta) * F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+
+
 def mse_on_sigmoid(logits: Tensor, targets: Tensor) -> Tensor:
     """``0.5 (sig(z) - t)^2`` (YOLOv1/v2-style squared error on the probability). ``Tensor[...]`` -> ``Tensor[...]``."""
     return 0.5 * (logits.sigmoid() - targets).square()

@@ -86,6 +86,7 @@ class YoloCriterion:
 
     def __init__(self, head: HeadSpec, *, xy: str = "bce", wh: str = "mse", box: str = "none",
                  box_scale: str = "two_minus_wh", obj: str = "bce", obj_target: str = "one", cls: str = "bce",
+                 cls_target: str = "one",
                  label_smoothing: float = 0.0, assign: str = "best_anchor", assign_iou_thresh: float = 0.213,
                  anchor_t: float = 4.0, ignore: str = "prediction", ignore_thresh: float = 0.7,
                  reduction: str = "sum_per_image", weights: dict[str, float] | None = None,
@@ -105,6 +106,7 @@ class YoloCriterion:
                              "build the head with yolo_loss.head.build_head (or that class_activation)")
         for option, value, valid in (("box_scale", box_scale, ("two_minus_wh", "none")),
                                      ("obj_target", obj_target, ("one", "iou")),
+                                     ("cls_target", cls_target, ("one", "iou")),
                                      ("ignore", ignore, ("prediction", "prior", "none")),
                                      ("reduction", reduction, ("sum_per_image", "mean_per_term")),
                                      ("assign", assign, ASSIGN_RULES)):
@@ -115,12 +117,21 @@ class YoloCriterion:
         self.ignore_thresh, self.label_smoothing = ignore_thresh, label_smoothing
         self.assign, self.assign_iou_thresh, self.anchor_t = assign, assign_iou_thresh, anchor_t
         self.terms = tuple(t for t, on in zip(TERMS, (xy, wh, box, obj, obj, cls)) if on != registry.NONE)
+        self.cls_target = cls_target
+        box_entry = self.components.get("box")
+        self.running_mean = box_entry.running_mean if box_entry is not None else None
+        self.running_mean_momentum = float((hyperparameters or {}).get(
+            self.running_mean.field, self.running_mean.default)) if self.running_mean is not None else 0.0
+        self.state: dict[str, Tensor] = {"iou_mean": torch.tensor(1.0)} if self.running_mean is not None else {}
         weights = weights or {}
         level_weights = level_weights or {}
         self.weights = {t: float(weights.get(t, 1.0)) for t in self.terms}
         self.level_weights = {t: list(level_weights.get(t, [1.0] * head.num_levels)) for t in self.terms}
 
-    def __call__(self, preds: list[Tensor], targets: Tensor, img_size: int | tuple[int, int]) -> LossResult:
+    def __call__(self, preds: list[Tensor], targets: Tensor, img_size: int | tuple[int, int], *,
+                 update_state: bool = True) -> LossResult:
+        """The loss of a batch (see the class docstring); ``update_state=False`` (evaluation) leaves the criterion's
+        state, Wise-IoU's running mean, as it is."""
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         batch = preds[0].shape[0]
         _check_inputs(preds, targets, self.head)
@@ -131,8 +142,13 @@ class YoloCriterion:
                                    strides=self.head.strides, grid_sizes=grid_sizes, img_size=img_size,
                                    rule=self.assign, iou_thresh=self.assign_iou_thresh, anchor_t=self.anchor_t)
         truths_xyxy = truths_per_image(targets, batch, img_size) if self.ignore != "none" else None
+        box_keywords = {}
+        if self.running_mean is not None:  # Wise-IoU: the running mean of 1 - IoU, updated before it is used
+            if update_state:
+                self._update_iou_mean(preds, positives, anchors)
+            box_keywords["iou_mean"] = self.state["iou_mean"].to(preds[0])
 
-        per_level = [self._level_terms(pred, pos, level_anchors, stride, truths_xyxy)
+        per_level = [self._level_terms(pred, pos, level_anchors, stride, truths_xyxy, box_keywords)
                      for pred, pos, level_anchors, stride in zip(preds, positives, anchors, self.head.strides)]
         terms = {t: torch.stack([lv[0][t] for lv in per_level]) for t in self.terms}
         diagnostics = {d: torch.stack([lv[1][d] for lv in per_level]) for d in DIAGNOSTICS}
@@ -140,8 +156,36 @@ class YoloCriterion:
         total = torch.stack([w.sum() for w in weighted.values()]).sum()
         return LossResult(total=total, terms=terms, weighted=weighted, diagnostics=diagnostics, positives=positives)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The criterion's state across steps (Wise-IoU's running mean of ``1 - IoU``; empty for every other loss),
+        saved in the checkpoint so that a resumed run continues exactly."""
+        return {name: value.clone() for name, value in self.state.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for name, value in state.items():
+            self.state[name] = value.detach().clone().to(self.state[name])
+
+    @torch.no_grad()
+    def _update_iou_mean(self, preds: list[Tensor], positives: list[LevelTargets], anchors: list[Tensor]) -> None:
+        """``iou_mean <- (1 - m) iou_mean + m mean(1 - IoU)`` over this batch's positives of all levels; under DDP the
+        mean is over every process's positives, so that all processes keep the same state."""
+        total, count = preds[0].new_zeros(()), preds[0].new_zeros(())
+        for pred, pos, level_anchors, stride in zip(preds, positives, anchors, self.head.strides):
+            rows = per_anchor_view(pred, level_anchors.shape[0])[pos.image, pos.anchor, :4, pos.cell_y, pos.cell_x]
+            box = decode_cxcywh(rows, torch.stack((pos.cell_x, pos.cell_y), -1).to(rows), pos.anchor_wh, stride)
+            iou = box_iou_pairwise(box_cxcywh_to_xyxy(box), box_cxcywh_to_xyxy(pos.target_box_cxcywh))
+            total, count = total + (1.0 - iou).sum(), count + iou.numel()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            both = torch.stack((total, count))
+            torch.distributed.all_reduce(both)
+            total, count = both.unbind()
+        if count > 0:
+            momentum = self.running_mean_momentum
+            self.state["iou_mean"] = (1.0 - momentum) * self.state["iou_mean"] + momentum * (total / count).cpu()
+
     def _level_terms(self, pred: Tensor, pos: LevelTargets, anchors: Tensor, stride: int,
-                     truths_xyxy: Tensor | None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+                     truths_xyxy: Tensor | None, box_keywords: dict[str, Tensor],
+                     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         view = per_anchor_view(pred, anchors.shape[0])  # [B, A, 5 + C, H, W]
         batch, num_anchors, _, height, width = view.shape
         pred_obj, pred_pos = read_head(view, pos)  # [B, A, H, W] and [P, 5 + C]
@@ -165,11 +209,13 @@ class YoloCriterion:
         if "wh" in self.terms:
             sums["wh"] = (scale * fn["wh"](pred_pos[:, 2:4], pos.target_wh).sum(-1)).sum() / pos_norm
         if "box" in self.terms:
-            sums["box"] = (scale * fn["box"](pred_box_xyxy, target_box_xyxy)).sum() / pos_norm
+            sums["box"] = (scale * fn["box"](pred_box_xyxy, target_box_xyxy, **box_keywords)).sum() / pos_norm
         obj_target = iou.clamp(min=0.0) if self.obj_target == "iou" else torch.ones_like(iou)
         sums["obj_pos"] = fn["obj"](pred_pos[:, 4], obj_target).sum() / obj_norm
         sums["obj_neg"] = (fn["obj"](pred_obj, torch.zeros_like(pred_obj)) * counted_neg).sum() / obj_norm
         target_cls = smooth_labels(pos.target_cls, self.label_smoothing) if self.label_smoothing else pos.target_cls
+        if self.cls_target == "iou":  # IoU-aware class targets (VarifocalNet, GFL): the true classes' 1 becomes IoU
+            target_cls = target_cls * iou.clamp(min=0.0)[:, None]
         loss = fn["cls"](pred_pos[:, 5:], target_cls)
         sums["cls"] = (loss if self.components["cls"].per_row else loss.sum(-1)).sum() / pos_norm
 
@@ -264,7 +310,7 @@ def build_criterion(cfg: LossConfig, head: HeadSpec) -> YoloCriterion:
     (:func:`yolo_loss.head.build_head` of the same config)."""
     return YoloCriterion(
         head, xy=cfg.xy, wh=cfg.wh, box=cfg.box, box_scale=cfg.box_scale, obj=cfg.obj, obj_target=cfg.obj_target,
-        cls=cfg.cls, label_smoothing=cfg.label_smoothing, assign=cfg.assign,
+        cls=cfg.cls, cls_target=cfg.cls_target, label_smoothing=cfg.label_smoothing, assign=cfg.assign,
         assign_iou_thresh=cfg.assign_iou_thresh, anchor_t=cfg.anchor_t, ignore=cfg.ignore,
         ignore_thresh=cfg.ignore_thresh, reduction=cfg.reduction,
         weights=dict(vars(cfg.weights)), level_weights=dict(vars(cfg.level_weights)),

@@ -61,6 +61,9 @@ class Component:
         softmax: a class loss over a softmax of the class logits: the head is then scored with a softmax.
         per_row: returns ``Tensor[N]`` (one value per positive) instead of one per class, ``Tensor[N, C]``.
         decoded_box: takes the decoded box ``(pred_xyxy, target_xyxy)`` rather than raw head outputs.
+        running_mean: a hyper-parameter (its momentum) of a running mean of ``1 - IoU`` over training steps that the
+            criterion keeps as its state and passes to the function as ``iou_mean`` (Wise-IoU's outlier degree):
+            the one component property that is state, not a field of a pure function.
         source: the paper or code it follows.
     """
 
@@ -71,6 +74,7 @@ class Component:
     softmax: bool = False
     per_row: bool = False
     decoded_box: bool = False
+    running_mean: HyperParam | None = None
     source: str = ""
 
 
@@ -79,6 +83,17 @@ FOCAL_ALPHA = HyperParam("focal_alpha", "alpha", 0.25, 0.0, 1.0, also=(-1.0,),
 FOCAL_GAMMA = HyperParam("focal_gamma", "gamma", 2.0, 0.0, None, doc="focal loss gamma (obj and cls focal)")
 POLY1_EPS = HyperParam("poly1_eps", "eps", 1.0, doc="Poly-1 epsilon")
 SMOOTH_L1_BETA = HyperParam("smooth_l1_beta", "beta", 1.0, 0.0, None, low_open=True, doc="smooth L1 beta (wh)")
+SIOU_THETA = HyperParam("siou_theta", "theta", 4.0, 1.0, None, doc="SIoU shape-cost exponent theta")
+FOCAL_EIOU_GAMMA = HyperParam("focal_eiou_gamma", "gamma", 0.5, 0.0, None, doc="Focal-EIoU's power of the IoU weight")
+ALPHA_IOU_POWER = HyperParam("alpha_iou_power", "power", 3.0, 0.0, None, low_open=True,
+                             doc="Alpha-IoU's power alpha (1: CIoU)")
+WIOU_ALPHA = HyperParam("wiou_alpha", "alpha", 1.9, 1.0, None, low_open=True, doc="Wise-IoU v3 alpha")
+WIOU_DELTA = HyperParam("wiou_delta", "delta", 3.0, 0.0, None, low_open=True, doc="Wise-IoU v3 delta")
+WIOU_MOMENTUM = HyperParam("wiou_momentum", "", 0.01, 0.0, 1.0, low_open=True,
+                           doc="momentum of Wise-IoU's running mean of 1 - IoU (the criterion's state)")
+VARIFOCAL_ALPHA = HyperParam("varifocal_alpha", "alpha", 0.75, 0.0, 1.0, doc="varifocal alpha (negatives' weight)")
+VARIFOCAL_GAMMA = HyperParam("varifocal_gamma", "gamma", 2.0, 0.0, None, doc="varifocal gamma")
+QFL_BETA = HyperParam("qfl_beta", "beta", 2.0, 0.0, None, doc="quality focal loss beta")
 
 COMPONENTS: tuple[Component, ...] = (
     Component("xy", "bce", c.xy_bce, source="darknet yolo_layer.c (delta = gx - sig(tx))"),
@@ -92,14 +107,26 @@ COMPONENTS: tuple[Component, ...] = (
     Component("box", "giou", boxes.giou_loss, decoded_box=True, source="Rezatofighi et al., GIoU, CVPR 2019"),
     Component("box", "diou", boxes.diou_loss, decoded_box=True, source="Zheng et al., DIoU, AAAI 2020"),
     Component("box", "ciou", boxes.ciou_loss, decoded_box=True, source="Zheng et al., CIoU, AAAI 2020"),
+    Component("box", "siou", boxes.siou_loss, (SIOU_THETA,), decoded_box=True, source="Gevorgyan, SIoU, 2022"),
+    Component("box", "eiou", boxes.eiou_loss, decoded_box=True, source="Zhang et al., EIoU, 2021"),
+    Component("box", "focal_eiou", boxes.focal_eiou_loss, (FOCAL_EIOU_GAMMA,), decoded_box=True,
+              source="Zhang et al., Focal-EIoU, 2021"),
+    Component("box", "alpha_ciou", boxes.alpha_ciou_loss, (ALPHA_IOU_POWER,), decoded_box=True,
+              source="He et al., Alpha-IoU, NeurIPS 2021"),
+    Component("box", "wiou", boxes.wiou_loss, (WIOU_ALPHA, WIOU_DELTA), decoded_box=True, running_mean=WIOU_MOMENTUM,
+              source="Tong et al., Wise-IoU v3, 2023"),
     Component("obj", "bce", c.bce_with_logits, source="darknet and the YOLOv3 paper"),
     Component("obj", "focal", c.sigmoid_focal, (FOCAL_ALPHA, FOCAL_GAMMA), source="Lin et al., focal loss, 2017"),
     Component("obj", "mse", c.mse_on_sigmoid, source="YOLOv1/v2-style squared error"),
+    Component("obj", "varifocal", c.varifocal, (VARIFOCAL_ALPHA, VARIFOCAL_GAMMA), source="Zhang et al., VFL, 2021"),
+    Component("obj", "qfl", c.quality_focal, (QFL_BETA,), source="Li et al., GFL, NeurIPS 2020"),
     Component("cls", "bce", c.cls_bce, source="YOLOv3 paper: independent logistic classifiers"),
     Component("cls", "ce", c.cls_ce, softmax=True, per_row=True, source="softmax cross-entropy"),
     Component("cls", "focal", c.cls_focal, (FOCAL_ALPHA, FOCAL_GAMMA), source="Lin et al., focal loss, 2017"),
     Component("cls", "poly1", c.cls_poly1, (POLY1_EPS,), softmax=True, per_row=True,
               source="Leng et al., PolyLoss, ICLR 2022"),
+    Component("cls", "varifocal", c.varifocal, (VARIFOCAL_ALPHA, VARIFOCAL_GAMMA), source="Zhang et al., VFL, 2021"),
+    Component("cls", "qfl", c.quality_focal, (QFL_BETA,), source="Li et al., GFL, NeurIPS 2020"),
 )
 
 
@@ -127,7 +154,7 @@ def hyperparameters() -> tuple[HyperParam, ...]:
     """Every hyper-parameter of every component, once each (shared ones, such as focal alpha, once), in order."""
     seen: dict[str, HyperParam] = {}
     for entry in COMPONENTS:
-        for param in entry.params:
+        for param in (*entry.params, *([entry.running_mean] if entry.running_mean else [])):
             if seen.setdefault(param.field, param) != param:
                 raise ValueError(f"loss.{param.field} is declared twice with different settings")
     return tuple(seen.values())
