@@ -52,7 +52,7 @@ def main() -> None:
         if len(batches) == 4:
             break
     model = build_model(cfg.model, dataset.num_classes).to(memory_format=memory_format(cfg))
-    criterion = build_criterion(cfg.loss, build_head(cfg, dataset.num_classes))
+    criterion = build_criterion(cfg.loss, build_head(cfg, dataset.num_classes), img_size=cfg.data.img_size)
     optimizer = build_optimizer(model, cfg.train)
 
     def now() -> tuple[float, float]:

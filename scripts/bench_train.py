@@ -53,7 +53,7 @@ def in_memory_rate(cfg, device: torch.device, batches: list, steps: int, with_lo
     num_classes = batches[0][2]
     model = build_model(cfg.model, num_classes).to(device, memory_format=memory_format(cfg)).train()
     optimizer = build_optimizer(model, cfg.train)
-    criterion = build_criterion(cfg.loss, build_head(cfg, num_classes))
+    criterion = build_criterion(cfg.loss, build_head(cfg, num_classes), img_size=cfg.data.img_size)
 
     def step(index: int) -> None:
         images, targets, _ = batches[index % len(batches)]

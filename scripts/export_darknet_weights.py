@@ -46,6 +46,13 @@ def main() -> None:
               f"weights differently. Export the backbone only (--layers {BACKBONE_CONVOLUTIONS}), or train with "
               "loss.cls=bce or focal", file=sys.stderr)
         raise SystemExit(2)
+    if (head.decode != "darknet" or set(head.scale_x_y) != {1.0}) and (args.layers is None
+                                                                         or args.layers > BACKBONE_CONVOLUTIONS):
+        print(f"error: {args.checkpoint} decodes its boxes by model.decode={head.decode} with scale_x_y "
+              f"{list(head.scale_x_y)}, but pjreddie's darknet decodes x = i + sig(tx), w = a exp(tw): darknet would "
+              f"read these weights as other boxes. Export the backbone only (--layers {BACKBONE_CONVOLUTIONS})",
+              file=sys.stderr)
+        raise SystemExit(2)
     model = build_model(cfg.model, head.num_classes)
     model.load_state_dict(state["ema"]["module"] if args.ema and state.get("ema") else state["model"])
     written = save_darknet_weights(model, args.weights, images_seen=state.get("images_seen", 0),

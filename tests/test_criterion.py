@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise
+from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise, ciou_loss
 from yolo_loss.config import ConfigError, config_from_dict
 from yolo_loss.decode import decode_cxcywh, per_anchor_view
 from yolo_loss.head import HeadSpec, class_activation
@@ -537,3 +537,92 @@ def test_iou_aware_class_targets():
 def per_anchor_view_rows(pred, pos):
     """The raw head rows (all channels) of a level's positives."""
     return per_anchor_view(pred, 3)[pos.image, pos.anchor, :, pos.cell_y, pos.cell_x]
+
+
+@pytest.mark.parametrize("thresh, margin", [(0.5, 0.1), (0.7, 0.5), (0.7, 0.025)])
+def test_ignore_mask_with_centres_outside_their_cell(thresh: float, margin: float) -> None:
+    """With scale_x_y or YOLOv5's decode a centre can lie up to ``margin`` cells outside its cell: the sparse ignore
+    rule, told the margin, still finds what every pair finds, and without it would miss some (the case occurs)."""
+    gen = torch.Generator().manual_seed(int(100 * margin))
+    batch, anchors, stride, height, width = 2, 3, 8, 9, 11
+    offsets = torch.rand(batch, anchors, height, width, 2, generator=gen) * (1 + 2 * margin) - margin
+    offsets[0, :, :, :2] = -margin  # saturated onto the widened border
+    offsets[1, :, :2] = 1 + margin
+    grid = torch.stack(torch.meshgrid(torch.arange(width), torch.arange(height), indexing="xy"), -1)
+    sizes = torch.exp(torch.randn(batch, anchors, height, width, 2, generator=gen) * 0.5) * 10
+    boxes = torch.cat(((grid + offsets) * stride, sizes), -1)
+    truths = torch.rand(batch, 12, 2, generator=gen) * torch.tensor([width * stride, height * stride])
+    truths = torch.cat((truths, truths + 6 + 10 * torch.rand(batch, 12, 2, generator=gen)), -1)
+    # truths copying a small box whose centre is outside its cell: IoU 1, from a cell the truth does not cover
+    small = margin * stride
+    boxes[0, 1, 3, 4] = torch.tensor([(4 - margin) * stride, 3.5 * stride, small, small])
+    boxes[1, 2, 5, 6] = torch.tensor([6.5 * stride, (6 + margin) * stride, small, small])
+    truths[0, 0] = box_cxcywh_to_xyxy(boxes[0, 1, 3, 4])
+    truths[1, 0] = box_cxcywh_to_xyxy(boxes[1, 2, 5, 6])
+    expected = brute_force_ignore(boxes, truths, thresh)
+    assert expected[0, 1, 3, 4] and expected[1, 2, 5, 6]
+    assert torch.equal(ignore_mask(boxes, truths, thresh, stride, margin), expected)
+    assert not torch.equal(ignore_mask(boxes, truths, thresh, stride), expected)  # the margin is needed
+
+
+def test_neighbour_cells_and_kept_collisions_hand_placed() -> None:
+    """YOLOv5's positives on a 16 x 16 grid (stride 8, one anchor per level that every truth fits): a centre at
+    cells (5.3, 7.8) is positive in its cell (5, 7), the cell to its left (4, 7) and the one below (5, 8); one at
+    (0.4, 15.6) (the grid's outer cells) only in (0, 15); two truths on one cell stay two rows, the later one
+    writing the objectness target."""
+    anchors = [torch.tensor([[16.0, 16.0]]), torch.tensor([[1000.0, 1000.0]]), torch.tensor([[2000.0, 2000.0]])]
+    targets = torch.tensor([[0, 0, 5.3 / 16, 7.8 / 16, 0.1, 0.1], [0, 1, 0.4 / 16, 15.6 / 16, 0.1, 0.1],
+                            [1, 2, 2.5 / 16, 2.5 / 16, 0.1, 0.1], [1, 0, 2.5 / 16, 2.5 / 16, 0.12, 0.1]])
+    positives = assign_targets(targets, num_classes=3, anchors_per_level=anchors, strides=(8, 16, 32),
+                               grid_sizes=[(16, 16), (8, 8), (4, 4)], img_size=(128, 128), rule="ratio",
+                               neighbour_cells=True, collisions="keep")[0]
+    rows = {(int(t), int(x), int(y)): bool(o) for t, x, y, o in zip(positives.truth, positives.cell_x,
+                                                                    positives.cell_y, positives.objectness_row)}
+    # truth 2 and 3: centre (2.5, 2.5) is exactly half-way: not < 0.5 to the left/above, but 16 - 2.5 = 13.5 has
+    # fraction 0.5, not < 0.5, either: only the centre cell.
+    assert rows == {(0, 5, 7): True, (0, 4, 7): True, (0, 5, 8): True, (1, 0, 15): True,
+                    (2, 2, 2): False, (3, 2, 2): True}
+    first = positives.truth.tolist().index(0)
+    torch.testing.assert_close(positives.target_xy[first], torch.tensor([0.3, 0.8]))
+    left = [i for i, (t, x) in enumerate(zip(positives.truth, positives.cell_x)) if t == 0 and x == 4][0]
+    torch.testing.assert_close(positives.target_xy[left], torch.tensor([1.3, 0.8]))  # in [1, 1.5): a neighbour
+    assert positives.target_cls[positives.truth == 2].tolist() == [[0.0, 0.0, 1.0]]  # each kept row its own class
+    merged = assign_targets(targets, num_classes=3, anchors_per_level=anchors, strides=(8, 16, 32),
+                            grid_sizes=[(16, 16), (8, 8), (4, 4)], img_size=(128, 128), rule="ratio")[0]
+    assert merged.num_positives == 3 and merged.target_cls[merged.truth == 3].tolist() == [[1.0, 0.0, 1.0]]
+
+
+def test_reduction_mean_per_term_times_batch() -> None:
+    """mean_per_term_times_batch is mean_per_term times B, term by term."""
+    preds = head_maps(3, 2, seed=10)
+    targets = torch.tensor([[0, 1, 0.4, 0.4, 0.3, 0.2], [2, 0, 0.6, 0.5, 0.1, 0.1]], dtype=torch.float64)
+    mean = make_criterion(LossConfig(reduction="mean_per_term"), 2)(preds, targets, IMG)
+    times = make_criterion(LossConfig(reduction="mean_per_term_times_batch"), 2)(preds, targets, IMG)
+    for term in mean.terms:
+        torch.testing.assert_close(times.terms[term], 3 * mean.terms[term])
+
+
+def test_ciou_objectness_target() -> None:
+    """obj_target: ciou: the positives' objectness target is their detached CIoU clamped at 0, as ComputeLoss's."""
+    preds = head_maps(2, 2, seed=11)
+    targets = torch.tensor([[0, 1, 0.4, 0.4, 0.3, 0.2], [1, 0, 0.6, 0.5, 0.1, 0.1]], dtype=torch.float64)
+    criterion = make_criterion(LossConfig(obj_target="ciou", xy="none", wh="none", box="ciou"), 2)
+    result = criterion(preds, targets, IMG)
+    for level, ((pred_xyxy, truth_xyxy), pred, pos) in enumerate(zip(positive_boxes(result, preds, criterion),
+                                                                     preds, result.positives)):
+        target = (1 - ciou_loss(pred_xyxy, truth_xyxy)).clamp(min=0)
+        logits = per_anchor_view_rows(pred, pos)[:, 4]
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum") / 2
+        torch.testing.assert_close(result.terms["obj_pos"][level], expected)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"model": {"decode": "yolov5"}}, "loss.wh"),
+    ({"model": {"decode": "darknet"}, "loss": {"neighbour_cells": True}}, "loss.neighbour_cells"),
+    ({"model": {"decode": "yolov5"}, "loss": {"xy": "none", "wh": "none", "box": "ciou_darknet"}}, "loss.box"),
+    ({"model": {"decode": "yolov5", "scale_x_y": [1.2, 1.1, 1.05]}}, "model.scale_x_y"),
+    ({"model": {"scale_x_y": [1.2, 1.1]}}, "model.scale_x_y"),
+])
+def test_decode_config_errors_name_the_key(overrides, key) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config_from_dict(overrides)

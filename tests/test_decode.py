@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from yolo_loss.decode import MAX_LOG_WH, decode_level, decode_predictions, grid_xy, per_anchor_view
+from yolo_loss.decode import (MAX_LOG_WH, centre_margin, decode_cxcywh, decode_level, decode_predictions, grid_xy,
+                               per_anchor_view, xy_sigmoid_target)
 from yolo_loss.head import HeadSpec
 
 ANCHORS = torch.tensor([[10.0, 13.0], [20.0, 30.0]])  # A = 2
@@ -142,3 +143,45 @@ def test_encode_decode_round_trip():
     boxes, _, _ = decode_level(pred, anchors, stride)
     for image, row, box in expected:
         assert torch.allclose(boxes[image, row], torch.tensor(box, dtype=torch.float64), rtol=1e-10, atol=1e-9)
+
+
+def test_yolov5_and_scale_x_y_decode_hand_values():
+    """Stride 8, cell (2, 1), anchor (20, 30), tx = 0, ty = ln 3, tw = 0, th = ln 3:
+    YOLOv5: cx = (2 + 2 * 0.5 - 0.5) * 8 = 20, cy = (1 + 2 * 0.75 - 0.5) * 8 = 16, w = 20 * (2 * 0.5)^2 = 20,
+    h = 30 * 1.5^2 = 67.5; darknet with scale_x_y 1.2: cx = (2 + 1.2 * 0.5 - 0.1) * 8 = 20,
+    cy = (1 + 1.2 * 0.75 - 0.1) * 8 = 14.4, w = 20, h = 90."""
+    raw = torch.tensor([0.0, math.log(3.0), 0.0, math.log(3.0)])
+    cell, anchor = torch.tensor([2.0, 1.0]), torch.tensor([20.0, 30.0])
+    torch.testing.assert_close(decode_cxcywh(raw, cell, anchor, 8, rule="yolov5"),
+                               torch.tensor([20.0, 16.0, 20.0, 67.5]))
+    torch.testing.assert_close(decode_cxcywh(raw, cell, anchor, 8, scale_x_y=1.2),
+                               torch.tensor([20.0, 14.4, 20.0, 90.0]))
+    head = HeadSpec.from_anchors([ANCHORS], strides=(8,), num_classes=2, decode="yolov5")
+    pred = head_map(2, 2, height=2, width=3)
+    set_raw(pred, 2, anchor=1, row=1, col=2, values=raw.tolist())
+    boxes, _, _ = decode_predictions([pred], head)  # inference decodes by the head's rule
+    torch.testing.assert_close(boxes[0, 11], torch.tensor([20.0, 16.0, 20.0, 67.5]))
+
+
+@pytest.mark.parametrize("rule, scale", [("darknet", 1.0), ("darknet", 1.2), ("darknet", 1.05), ("yolov5", 1.0)])
+def test_centre_margin_and_xy_target_invert_the_decode(rule: str, scale: float):
+    """Every decoded centre lies within centre_margin cells of its own cell (saturated logits reach it), and the
+    x, y target decodes back onto the truth's offset, for offsets across [-margin, 1 + margin)."""
+    margin = centre_margin(rule, scale)
+    extremes = decode_cxcywh(torch.tensor([[-30.0, 30.0, 0.0, 0.0]]), torch.zeros(2), torch.ones(2), 1.0,
+                             rule=rule, scale_x_y=scale)[0, :2]
+    torch.testing.assert_close(extremes, torch.tensor([-margin, 1.0 + margin]))
+    offsets = torch.linspace(-margin, 1 + margin, 41, dtype=torch.float64)[:-1].view(-1, 1).expand(-1, 2)
+    target = xy_sigmoid_target(offsets, rule, scale)
+    assert (target >= 0).all() and (target < 1).all()
+    raw = torch.cat((torch.logit(target), torch.zeros_like(target)), -1)
+    decoded = decode_cxcywh(raw, torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64), 1.0,
+                            rule=rule, scale_x_y=scale)
+    torch.testing.assert_close(decoded[:, :2], offsets, rtol=0, atol=1e-9)
+
+
+def test_head_refuses_scale_x_y_with_the_yolov5_decode():
+    with pytest.raises(ValueError, match="scale_x_y"):
+        HeadSpec.from_anchors([ANCHORS], strides=(8,), num_classes=2, decode="yolov5", scale_x_y=(1.2,))
+    with pytest.raises(ValueError, match="decode"):
+        HeadSpec.from_anchors([ANCHORS], strides=(8,), num_classes=2, decode="v7")

@@ -96,10 +96,12 @@ STEPS_PER_EPOCH, EPOCHS = 4, 5
 
 
 def resume_config(tmp_path: Path) -> Path:
+    """A tiny run with Wise-IoU as its box loss, whose running mean of 1 - IoU is the criterion's state across
+    steps: the resumes below must restore it too (a resume that restarted it at 1 would not end bitwise equal)."""
     import yaml
 
     path = tmp_path / "resume.yaml"
-    path.write_text(yaml.safe_dump({
+    path.write_text(yaml.safe_dump({"loss": {"xy": "none", "wh": "none", "box": "wiou", "wiou_momentum": 0.2},
         "model": {"width": 0.25, "depth": 0.33},
         "data": {"format": "shapes", "root": str(tmp_path / "data"), "img_size": 64, "cache": True, "workers": 0,
                  "shapes": {"num_train": 8 * STEPS_PER_EPOCH, "num_val": 4, "image_size": 64, "max_objects": 2},
@@ -174,6 +176,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
     saved, reference_saved = (json.loads((r / "metrics.json").read_text()) for r in (run, reference))
     assert saved["metrics"] == reference_saved["metrics"] and saved["final_terms"] == reference_saved["final_terms"]
+    assert torch.equal(final["criterion"]["iou_mean"], expected["criterion"]["iou_mean"])
 
 
 def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(straight_run, tmp_path: Path) -> None:
@@ -185,6 +188,7 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(straight_run, tmp_pat
     process.wait()
     assert process.returncode == -9
     assert 0 < state["step"] < STEPS_PER_EPOCH * EPOCHS
+    assert state["criterion"]["iou_mean"].item() != 1.0  # Wise-IoU's running mean has moved
     output = finish(start_training(config, run, "--resume", str(run / "last.pt")))
     assert "resumed from" in output
     assert_same_run(run, reference)

@@ -247,7 +247,7 @@ def build_trainer(cfg: Config, run_dir: Path, *, resume: Path | None) -> Trainer
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
     return Trainer(cfg, run_dir, device, train_set, val_set, train_loader, val_loader, head, model,
-                   build_criterion(cfg.loss, head), build_optimizer(model, cfg.train),
+                   build_criterion(cfg.loss, head, img_size=cfg.data.img_size), build_optimizer(model, cfg.train),
                    ModelEMA(model, decay=cfg.train.ema_decay) if cfg.train.ema else None,
                    torch.amp.GradScaler("cuda", enabled=use_amp(cfg, device)), total_steps,
                    evaluation_steps(total_steps, cfg.train.eval_points))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from yolo_loss.decode import DECODE_RULES, centre_margin, decode_cxcywh, xy_sigmoid_target
 from yolo_loss.losses.registry import component
 from yolo_loss.model.yolov3 import STRIDES
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from yolo_loss.schema import Config, ModelConfig
 
 CLASS_ACTIVATIONS = ("sigmoid", "softmax")
-DECODE_RULES = ("darknet",)
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ class HeadSpec:
         num_classes: C.
         class_activation: ``"sigmoid"`` (independent classifiers) or ``"softmax"`` (one distribution over the
             classes): how class logits become probabilities, in the loss's diagnostics and at inference.
-        decode: the rule from raw ``tx, ty, tw, th`` to a box (``yolo_loss/decode.py``).
+        decode: the rule from raw ``tx, ty, tw, th`` to a box, ``"darknet"`` or ``"yolov5"`` (``yolo_loss/decode.py``).
+        scale_x_y: AlexeyAB's ``scale_x_y`` per level (darknet's rule; yolov4.cfg 1.2 / 1.1 / 1.05 from stride 8);
+            ``()`` is 1 on every level.
     """
 
     anchors_wh: tuple[tuple[tuple[float, float], ...], ...]
@@ -47,8 +49,14 @@ class HeadSpec:
     num_classes: int
     class_activation: str = "sigmoid"
     decode: str = "darknet"
+    scale_x_y: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "scale_x_y", tuple(float(s) for s in self.scale_x_y) or (1.0,) * len(self.strides))
+        if len(self.scale_x_y) != len(self.strides) or min(self.scale_x_y) < 1.0:
+            raise ValueError(f"scale_x_y needs one value >= 1 per level, got {self.scale_x_y}")
+        if self.decode == "yolov5" and set(self.scale_x_y) != {1.0}:
+            raise ValueError("scale_x_y belongs to darknet's decode; YOLOv5's has its own fixed scale")
         if len(self.anchors_wh) != len(self.strides):
             raise ValueError(f"{len(self.anchors_wh)} anchor groups for {len(self.strides)} strides")
         if len({len(level) for level in self.anchors_wh}) != 1 or not self.anchors_wh[0]:
@@ -86,6 +94,21 @@ class HeadSpec:
         dtype, device = (like.dtype, like.device) if like is not None else (torch.float32, None)
         return [torch.tensor(level, dtype=dtype, device=device) for level in self.anchors_wh]
 
+    def decode_box(self, raw_box: Tensor, grid_xy: Tensor, anchor_wh: Tensor, level: int) -> Tensor:
+        """:func:`~yolo_loss.decode.decode_cxcywh` by this head's rule on level ``level``."""
+        return decode_cxcywh(raw_box, grid_xy, anchor_wh, self.strides[level], rule=self.decode,
+                             scale_x_y=self.scale_x_y[level])
+
+    def centre_margin(self, level: int) -> float:
+        """Cells a decoded centre of level ``level`` can lie outside its own cell
+        (:func:`~yolo_loss.decode.centre_margin`)."""
+        return centre_margin(self.decode, self.scale_x_y[level])
+
+    def xy_target(self, offset: Tensor, level: int) -> Tensor:
+        """The x, y terms' sigmoid target for truth centres at cell offsets ``offset``
+        (:func:`~yolo_loss.decode.xy_sigmoid_target`)."""
+        return xy_sigmoid_target(offset, self.decode, self.scale_x_y[level])
+
     def class_probabilities(self, class_logits: Tensor) -> Tensor:
         """``Tensor[..., C]`` logits -> probabilities by :attr:`class_activation` (softmax over the last dimension)."""
         return class_logits.softmax(dim=-1) if self.class_activation == "softmax" else class_logits.sigmoid()
@@ -113,7 +136,8 @@ def class_activation(loss_cls: str) -> str:
 
 def build_head(cfg: "Config", num_classes: int) -> HeadSpec:
     """The head description of a config for a data set of ``num_classes`` classes: the anchors scaled to
-    ``data.img_size``, the model's strides 8, 16, 32, and the class activation of ``loss.cls``
-    (:func:`class_activation`)."""
+    ``data.img_size``, the model's strides 8, 16, 32, its decode rule and ``scale_x_y``, and the class activation of
+    ``loss.cls`` (:func:`class_activation`)."""
     return HeadSpec.from_anchors(anchors_per_level(cfg.model, cfg.data.img_size), strides=STRIDES,
-                                 num_classes=num_classes, class_activation=class_activation(cfg.loss.cls))
+                                 num_classes=num_classes, class_activation=class_activation(cfg.loss.cls),
+                                 decode=cfg.model.decode, scale_x_y=tuple(cfg.model.scale_x_y))

@@ -77,11 +77,20 @@ class ModelConfig:
     pretrained: str = path_field("")
     pretrained_layers: int = bounded(0, 0, None)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    # How tx, ty, tw, th become a box (yolo_loss/decode.py), in the loss and at inference: darknet's
+    # (x = i + s sig(tx) - (s - 1) / 2, w = a exp(tw)) with AlexeyAB's scale_x_y = s per level (strides 8, 16, 32;
+    # yolov4.cfg: 1.2, 1.1, 1.05), or YOLOv5's (x = i + 2 sig(tx) - 0.5, w = a (2 sig(tw))^2).
+    decode: str = choice("darknet", "darknet", "yolov5")
+    scale_x_y: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
 
     def check(self) -> list[tuple[str, str]]:
         errors = []
         if len(self.anchors) != 9 or any(len(a) != 2 or min(a) <= 0 for a in self.anchors):
             errors.append(("anchors", "must be 9 [w, h] pairs of positive pixels, 3 per level (strides 8, 16, 32)"))
+        if len(self.scale_x_y) != 3 or min(self.scale_x_y) < 1.0:
+            errors.append(("scale_x_y", f"must be 3 values >= 1 (strides 8, 16, 32), got {self.scale_x_y}"))
+        elif self.decode == "yolov5" and set(self.scale_x_y) != {1.0}:
+            errors.append(("scale_x_y", "belongs to darknet's decode; model.decode=yolov5 has its own fixed scale"))
         return errors
 
 
@@ -195,16 +204,27 @@ class LossTerms:
     box_with_xywh: bool = False  # allow an IoU box term beside the xy/wh terms (off: it replaces them)
     box_scale: str = choice("two_minus_wh", "two_minus_wh", "none")
     obj: str = component_choice("obj", "bce")
-    obj_target: str = choice("one", "one", "iou")
+    # The positives' objectness target: 1, the detached IoU of the decoded box with its truth, or its CIoU clamped at
+    # 0 (ultralytics' ComputeLoss, whose bbox_iou returns the CIoU it trains the box with).
+    obj_target: str = choice("one", "one", "iou", "ciou")
     cls: str = component_choice("cls", "bce")
     cls_target: str = choice("one", "one", "iou")  # the true class's target on a positive: 1, or the detached IoU
     label_smoothing: float = bounded(0.0, 0.0, 1.0, high_open=True)  # targets 1 - eps/2 and eps/2
     assign: str = choice("best_anchor", "best_anchor", "multi_anchor", "ratio")
     assign_iou_thresh: float = bounded(0.213, 0.0, 1.0, low_open=True)  # multi_anchor
     anchor_t: float = bounded(4.0, 1.0, None, low_open=True)  # ratio
+    # YOLOv5's assignment: besides the truth centre's cell, the two neighbouring cells (one in x, one in y) whose
+    # borders are nearest the centre, where the truth is not in the grid's outer cell (model.decode=yolov5 only).
+    neighbour_cells: bool = False
+    # Two truths on one (level, anchor, cell): merge (darknet: one positive, the later truth's box, the union of the
+    # classes) or keep (ultralytics: one positive row each; the cell's objectness target from the last row).
+    collisions: str = choice("merge", "merge", "keep")
     ignore: str = choice("prediction", "prediction", "prior", "none")
     ignore_thresh: float = bounded(0.7, 0.0, 1.0, low_open=True)
-    reduction: str = choice("sum_per_image", "sum_per_image", "mean_per_term")
+    reduction: str = choice("sum_per_image", "sum_per_image", "mean_per_term", "mean_per_term_times_batch")
+    # The objectness weights (weights.obj_*) are given for this input size and scaled by (data.img_size / it)^2, as
+    # ultralytics' train.py scales hyp['obj'] from 640 px; 0 uses them as given.
+    obj_weights_img_size: int = bounded(0, 0, None)
     weights: LossWeights = field(default_factory=LossWeights)
     level_weights: LevelWeights = field(default_factory=LevelWeights)
 
@@ -220,6 +240,20 @@ class LossTerms:
             errors.append(("cls_target", f"an IoU-valued class target needs independent class scores without label "
                                          f"smoothing (loss.cls={self.cls}, label_smoothing={self.label_smoothing}): "
                                          "a softmax renormalises the target row"))
+        return errors
+
+    def check_decode(self, model: ModelConfig) -> list[tuple[str, str]]:
+        """What the terms need of the model's decode (``model.decode``, ``model.scale_x_y``)."""
+        errors = []
+        if model.decode != "darknet" and self.wh != "none":
+            errors.append(("wh", f"loss.wh={self.wh} regresses tw = ln(w / a_w), darknet's decode; with "
+                                 f"model.decode={model.decode} use a box term (loss.box) and loss.wh=none"))
+        if self.neighbour_cells and model.decode != "yolov5":
+            errors.append(("neighbour_cells", "a neighbour cell's prediction reaches the truth only with "
+                                              "model.decode=yolov5 (centres in [-0.5, 1.5] of a cell)"))
+        if self.box != "none" and component("box", self.box).raw_box and model.decode != "darknet":
+            errors.append(("box", f"loss.box={self.box} is AlexeyAB's hand-written delta for darknet's decode; "
+                                  f"model.decode is {model.decode}"))
         return errors
 
     def hyperparameter_values(self) -> dict[str, float]:
@@ -314,4 +348,4 @@ class Config:
         if self.model.pretrain.epochs and self.model.pretrained:
             errors.append(("model.pretrain.epochs", "model.pretrain and model.pretrained both give the backbone's "
                                                     "starting weights; set one of them"))
-        return errors
+        return errors + [(f"loss.{key}", message) for key, message in self.loss.check_decode(self.model)]

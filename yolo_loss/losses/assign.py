@@ -10,9 +10,13 @@ the predictions at those indices. Three rules (see ``loss-reference.md``):
 - ``ratio`` (ultralytics YOLOv3/v5, ``anchor_t``): every anchor with ``max(w/a_w, a_w/w, h/a_h, a_h/h) < anchor_t``;
   a truth that fits no anchor has no positive, as in ultralytics.
 
-Collisions (two truths on the same level, cell and anchor) follow darknet's ``yolo_layer.c``: the box targets of
-the later truth (later in the ``targets`` rows) overwrite the earlier; objectness stays 1; the class targets are
-the union of both classes (multi-hot).
+A truth's positives sit in the cell of its centre; with ``neighbour_cells`` (YOLOv5, which needs its decode) also
+in the two neighbouring cells nearest the centre.
+
+Collisions (two truths on the same level, cell and anchor) follow darknet's ``yolo_layer.c`` by default
+(``collisions: merge``): the box targets of the later truth (later in the ``targets`` rows) overwrite the earlier;
+objectness stays 1; the class targets are the union of both classes (multi-hot). ``collisions: keep`` is
+ultralytics': each truth stays its own positive row, and the cell's objectness target is written by the last.
 """
 
 from __future__ import annotations
@@ -36,12 +40,15 @@ class LevelTargets:
         image, anchor, cell_y, cell_x: ``Tensor[P]`` int64 indices into the level's ``[B, A, H, W]`` grid.
         truth: ``Tensor[P]`` int64 row of ``targets`` whose box this positive regresses to (the later truth
             on a collision).
-        target_xy: ``Tensor[P, 2]`` cell offsets ``(cx / stride - i, cy / stride - j)`` in ``[0, 1)``.
+        target_xy: ``Tensor[P, 2]`` cell offsets ``(cx / stride - i, cy / stride - j)``: in ``[0, 1]`` for the
+            centre's own cell, in ``[-0.5, 0)`` or ``[1, 1.5)`` for a neighbour cell (YOLOv5).
         target_wh: ``Tensor[P, 2]`` ``ln(w / a_w), ln(h / a_h)``.
         target_box_cxcywh: ``Tensor[P, 4]`` the truth box in input pixels.
         target_cls: ``Tensor[P, C]`` multi-hot class targets (the union on a collision).
         anchor_wh: ``Tensor[P, 2]`` the anchor size in input pixels.
         truth_area_norm: ``Tensor[P]`` ``w * h`` of the truth as a fraction of the input area (for ``2 - w * h``).
+        objectness_row: ``Tensor[P]`` bool: the row whose objectness target is its cell's (every row, unless
+            collisions are kept: then one row per cell).
     """
 
     image: Tensor
@@ -55,6 +62,7 @@ class LevelTargets:
     target_cls: Tensor
     anchor_wh: Tensor
     truth_area_norm: Tensor
+    objectness_row: Tensor
 
     @property
     def num_positives(self) -> int:
@@ -91,11 +99,17 @@ def anchor_matches(truth_wh: Tensor, anchors_wh: Tensor, rule: str, *, iou_thres
     raise ValueError(f"unknown assignment rule {rule!r}; valid: {', '.join(ASSIGN_RULES)}")
 
 
+# YOLOv5's neighbour cells (ultralytics ComputeLoss.build_targets), in its order: the centre's own cell, then the
+# cell to the left, above, to the right, below, each as an offset subtracted from the centre in cells.
+NEIGHBOUR_OFFSETS = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (-0.5, 0.0), (0.0, -0.5))
+COLLISION_RULES = ("merge", "keep")
+
+
 @torch.no_grad()
 def assign_targets(targets: Tensor, *, num_classes: int, anchors_per_level: list[Tensor],
                    strides: tuple[int, ...], grid_sizes: list[tuple[int, int]], img_size: tuple[int, int],
                    rule: str = "best_anchor", iou_thresh: float = 0.213, anchor_t: float = 4.0,
-                   ) -> list[LevelTargets]:
+                   neighbour_cells: bool = False, collisions: str = "merge") -> list[LevelTargets]:
     """Assign truths to (level, anchor, cell) positives.
 
     Args:
@@ -103,10 +117,18 @@ def assign_targets(targets: Tensor, *, num_classes: int, anchors_per_level: list
         anchors_per_level: one ``Tensor[A, 2]`` per level, input pixels.
         grid_sizes: ``(H, W)`` of each level's map.
         img_size: ``(height, width)`` of the network input in pixels.
+        neighbour_cells: also the two neighbouring cells nearest the centre (YOLOv5): the cell to the left where
+            the centre is in the left half of its cell and not in the first column, else the one to the right
+            where it is in the right half and not in the last column; the same in y.
+        collisions: ``"merge"`` (darknet, the module docstring) or ``"keep"`` (ultralytics: every (truth, anchor,
+            cell) is its own positive with its own class; ``objectness_row`` marks, per cell, the last one in
+            ultralytics' order (neighbour offset, anchor, truth), whose IoU sets the cell's objectness target).
 
     Returns:
         One :class:`LevelTargets` per level.
     """
+    if collisions not in COLLISION_RULES:
+        raise ValueError(f"collisions {collisions!r}; valid: {', '.join(COLLISION_RULES)}")
     device, dtype = targets.device, targets.dtype
     img_h, img_w = img_size
     image = targets[:, 0].long()
@@ -118,36 +140,83 @@ def assign_targets(targets: Tensor, *, num_classes: int, anchors_per_level: list
 
     levels = []
     first_anchor = 0
-    for anchors, stride, (height, width) in zip(anchors_per_level, strides, grid_sizes):
+    for anchors, stride, grid in zip(anchors_per_level, strides, grid_sizes):
         num_anchors = anchors.shape[0]
         on_level = (anchor_idx >= first_anchor) & (anchor_idx < first_anchor + num_anchors)
         truth, anchor = truth_idx[on_level], anchor_idx[on_level] - first_anchor
         first_anchor += num_anchors
-        box = box_cxcywh[truth]
-        cell_x = (box[:, 0] / stride).floor().long().clamp(0, width - 1)
-        cell_y = (box[:, 1] / stride).floor().long().clamp(0, height - 1)
-        img = image[truth]
+        truth, anchor, cell_x, cell_y, order = _cells(box_cxcywh, truth, anchor, stride, grid, neighbour_cells,
+                                                      num_anchors, targets.shape[0])
+        levels.append(_level_targets(targets, box_cxcywh, image, label, truth, anchor, cell_x, cell_y, order,
+                                     anchors.to(device=device, dtype=dtype), stride, grid, num_classes, collisions))
+    return levels
 
-        # Darknet's collision rule. A cell keeps the box of its last truth and the union of all classes.
-        flat = ((img * num_anchors + anchor) * height + cell_y) * width + cell_x
-        cells, slot = torch.unique(flat, return_inverse=True)
-        owner = torch.full((cells.numel(),), -1, dtype=torch.long, device=device)
-        owner.scatter_reduce_(0, slot, torch.arange(truth.numel(), device=device), reduce="amax")
+
+def _cells(box_cxcywh: Tensor, truth: Tensor, anchor: Tensor, stride: int, grid: tuple[int, int],
+           neighbour_cells: bool, num_anchors: int, num_truths: int) -> tuple[Tensor, ...]:
+    """The (truth, anchor) matches of one level with their cells: the centre's, and with ``neighbour_cells`` the
+    neighbours (:data:`NEIGHBOUR_OFFSETS`); ``order`` ranks the rows as ultralytics orders them."""
+    height, width = grid
+    centre = box_cxcywh[truth, :2] / stride
+    if not neighbour_cells:
+        cell_x = centre[:, 0].floor().long().clamp(0, width - 1)
+        cell_y = centre[:, 1].floor().long().clamp(0, height - 1)
+        return truth, anchor, cell_x, cell_y, anchor * num_truths + truth
+    inverse = centre.new_tensor([width, height]) - centre
+    near_low = (centre % 1 < 0.5) & (centre > 1)  # left, above
+    near_high = (inverse % 1 < 0.5) & (inverse > 1)  # right, below
+    use = torch.stack((torch.ones_like(near_low[:, 0]), near_low[:, 0], near_low[:, 1], near_high[:, 0],
+                       near_high[:, 1]))  # [5, P]
+    offsets = centre.new_tensor(NEIGHBOUR_OFFSETS)
+    rows = []
+    for k in range(len(NEIGHBOUR_OFFSETS)):
+        pick = use[k]
+        cell = (centre[pick] - offsets[k]).long()  # truncation, as ultralytics (the centre is not negative)
+        order = (k * num_anchors + anchor[pick]) * num_truths + truth[pick]
+        rows.append((truth[pick], anchor[pick], cell[:, 0].clamp(0, width - 1), cell[:, 1].clamp(0, height - 1),
+                     order))
+    return tuple(torch.cat(parts) for parts in zip(*rows))
+
+
+def _level_targets(targets: Tensor, box_cxcywh: Tensor, image: Tensor, label: Tensor, truth: Tensor,
+                   anchor: Tensor, cell_x: Tensor, cell_y: Tensor, order: Tensor, anchors: Tensor, stride: int,
+                   grid: tuple[int, int], num_classes: int, collisions: str) -> LevelTargets:
+    """One level's :class:`LevelTargets` from its (truth, anchor, cell) rows, collisions resolved."""
+    height, width = grid
+    num_anchors = anchors.shape[0]
+    device, dtype = targets.device, targets.dtype
+    img = image[truth]
+    flat = ((img * num_anchors + anchor) * height + cell_y) * width + cell_x
+    cells, slot = torch.unique(flat, return_inverse=True)
+    # Per cell, the row last in order: darknet's later truth, ultralytics' last write of the objectness target.
+    last = torch.full((cells.numel(),), -1, dtype=torch.long, device=device)
+    last.scatter_reduce_(0, slot, order, reduce="amax")
+    is_last = order == last[slot]
+    if collisions == "merge":  # one positive per cell: the last row's box and the union of the classes
+        owner = torch.empty(cells.numel(), dtype=torch.long, device=device)
+        owner[slot[is_last]] = torch.arange(truth.numel(), device=device)[is_last]
         target_cls = torch.zeros(cells.numel(), num_classes, dtype=dtype, device=device)
         target_cls[slot, label[truth]] = 1.0
-
-        truth, anchor, cell_x, cell_y, img, box = (t[owner] for t in (truth, anchor, cell_x, cell_y, img, box))
-        anchor_wh = anchors.to(device=device, dtype=dtype)[anchor]
-        levels.append(LevelTargets(
-            image=img, anchor=anchor, cell_y=cell_y, cell_x=cell_x, truth=truth,
-            target_xy=box[:, :2] / stride - torch.stack((cell_x, cell_y), -1).to(dtype),
-            target_wh=torch.log(box[:, 2:] / anchor_wh),
-            target_box_cxcywh=box,
-            target_cls=target_cls,
-            anchor_wh=anchor_wh,
-            truth_area_norm=targets[truth, 4] * targets[truth, 5],
-        ))
-    return levels
+        truth, anchor, cell_x, cell_y, img = (t[owner] for t in (truth, anchor, cell_x, cell_y, img))
+        objectness_row = torch.ones(cells.numel(), dtype=torch.bool, device=device)
+    else:  # every row a positive, in ultralytics' order
+        rank = torch.argsort(order)
+        truth, anchor, cell_x, cell_y, img, objectness_row = (t[rank] for t in (truth, anchor, cell_x, cell_y, img,
+                                                                                is_last))
+        target_cls = torch.zeros(truth.numel(), num_classes, dtype=dtype, device=device)
+        target_cls[torch.arange(truth.numel(), device=device), label[truth]] = 1.0
+    box = box_cxcywh[truth]
+    anchor_wh = anchors[anchor]
+    return LevelTargets(
+        image=img, anchor=anchor, cell_y=cell_y, cell_x=cell_x, truth=truth,
+        target_xy=box[:, :2] / stride - torch.stack((cell_x, cell_y), -1).to(dtype),
+        target_wh=torch.log(box[:, 2:] / anchor_wh),
+        target_box_cxcywh=box,
+        target_cls=target_cls,
+        anchor_wh=anchor_wh,
+        truth_area_norm=targets[truth, 4] * targets[truth, 5],
+        objectness_row=objectness_row,
+    )
 
 
 def truths_per_image(targets: Tensor, batch_size: int, img_size: tuple[int, int]) -> Tensor:
@@ -171,22 +240,26 @@ def truths_per_image(targets: Tensor, batch_size: int, img_size: tuple[int, int]
 
 
 # IoU > t >= 0.5 is only possible when the box's centre lies strictly inside the truth: a centre outside puts at
-# least half of the box outside the truth, so IoU <= |A & B| / |A| <= 1/2. Every box here has its centre inside its
-# own cell (decode: bx = (i + sig(tx)) * stride; the prior rule's anchors sit at the cell centres), so from this
-# threshold up only the cells a truth covers can be ignored because of it.
+# least half of the box outside the truth, so IoU <= |A & B| / |A| <= 1/2. Every box's centre lies within its own
+# cell widened by the decode's margin (darknet: bx = (i + sig(tx)) * stride, margin 0; scale_x_y s: (s - 1) / 2;
+# YOLOv5: 0.5; the prior rule's anchors sit at the cell centres), so from this threshold up only the cells whose
+# widened extent meets a truth can be ignored because of it.
 SPARSE_IGNORE_MIN_THRESH = 0.5
 
 
 @torch.no_grad()
-def ignore_mask(boxes_cxcywh: Tensor, truths_xyxy: Tensor, thresh: float, stride: int) -> Tensor:
+def ignore_mask(boxes_cxcywh: Tensor, truths_xyxy: Tensor, thresh: float, stride: int, margin: float = 0.0
+                ) -> Tensor:
     """Negatives to ignore: ``max_t IoU(box, truth_t) > thresh`` over the truths of the box's image.
 
     Args:
         boxes_cxcywh: ``Tensor[B, A, H, W, 4]`` (decoded predictions for darknet's rule) or ``Tensor[A, H, W, 4]``
             (anchor boxes at cell centres for the paper's rule), input pixels; each box's centre must lie in its
-            cell ``[i * stride, (i + 1) * stride]`` (both rules guarantee it).
+            cell widened by ``margin`` cells, ``[(i - margin) * stride, (i + 1 + margin) * stride]`` (the decode
+            guarantees it: :func:`yolo_loss.decode.centre_margin`).
         truths_xyxy: ``Tensor[B, T, 4]`` from :func:`truths_per_image`.
         stride: input pixels per cell.
+        margin: how far, in cells, a centre can lie outside its cell.
 
     Returns:
         ``Tensor[B, A, H, W]`` bool.
@@ -205,11 +278,12 @@ def ignore_mask(boxes_cxcywh: Tensor, truths_xyxy: Tensor, thresh: float, stride
     if most == 0:
         return mask
 
-    # Per truth, the cells whose closed extent meets the open truth box: i from floor(x1 / s) to ceil(x2 / s) - 1.
+    # Per truth, the cells whose closed widened extent meets the open truth box: i from floor(x1 / s - m) to
+    # ceil(x2 / s + m) - 1.
     truths = truths_xyxy.reshape(-1, 4)
     image = torch.arange(batch, device=truths.device).repeat_interleave(most)
-    first = torch.floor(truths[:, :2] / stride).long()
-    last = torch.ceil(truths[:, 2:] / stride).long() - 1
+    first = torch.floor(truths[:, :2] / stride - margin).long()
+    last = torch.ceil(truths[:, 2:] / stride + margin).long() - 1
     first = torch.maximum(first, first.new_zeros(()))
     last = torch.minimum(last, last.new_tensor([width - 1, height - 1]))
     span = (last - first + 1).clamp(min=0)  # [T', 2] cells across, down; 0 for padding rows

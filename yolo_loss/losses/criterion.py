@@ -23,18 +23,19 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise
-from yolo_loss.decode import decode_cxcywh, grid_xy, per_anchor_view
+from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise, ciou_loss
+from yolo_loss.decode import grid_xy, per_anchor_view
 from yolo_loss.head import HeadSpec
 from yolo_loss.losses import registry
-from yolo_loss.losses.assign import (ASSIGN_RULES, LevelTargets, anchor_boxes_at_cells, assign_targets, ignore_mask,
-                                     truths_per_image)
+from yolo_loss.losses.assign import (ASSIGN_RULES, COLLISION_RULES, LevelTargets, anchor_boxes_at_cells,
+                                     assign_targets, ignore_mask, truths_per_image)
 from yolo_loss.losses.components import smooth_labels
 
 if TYPE_CHECKING:
     from yolo_loss.schema import LossConfig
 
 TERMS = ("xy", "wh", "box", "obj_pos", "obj_neg", "cls")
+REDUCTIONS = ("sum_per_image", "mean_per_term", "mean_per_term_times_batch")
 DIAGNOSTICS = ("positives", "ignored", "iou", "recall50", "recall75", "obj_pos", "obj_neg", "cls_prob")
 
 
@@ -88,7 +89,8 @@ class YoloCriterion:
                  box_scale: str = "two_minus_wh", obj: str = "bce", obj_target: str = "one", cls: str = "bce",
                  cls_target: str = "one",
                  label_smoothing: float = 0.0, assign: str = "best_anchor", assign_iou_thresh: float = 0.213,
-                 anchor_t: float = 4.0, ignore: str = "prediction", ignore_thresh: float = 0.7,
+                 anchor_t: float = 4.0, neighbour_cells: bool = False, collisions: str = "merge",
+                 ignore: str = "prediction", ignore_thresh: float = 0.7,
                  reduction: str = "sum_per_image", weights: dict[str, float] | None = None,
                  level_weights: dict[str, list[float]] | None = None,
                  hyperparameters: dict[str, float] | None = None):
@@ -105,17 +107,22 @@ class YoloCriterion:
                              f"classes, but the head is scored with class_activation={head.class_activation!r}; "
                              "build the head with yolo_loss.head.build_head (or that class_activation)")
         for option, value, valid in (("box_scale", box_scale, ("two_minus_wh", "none")),
-                                     ("obj_target", obj_target, ("one", "iou")),
+                                     ("obj_target", obj_target, ("one", "iou", "ciou")),
                                      ("cls_target", cls_target, ("one", "iou")),
                                      ("ignore", ignore, ("prediction", "prior", "none")),
-                                     ("reduction", reduction, ("sum_per_image", "mean_per_term")),
-                                     ("assign", assign, ASSIGN_RULES)):
+                                     ("reduction", reduction, REDUCTIONS),
+                                     ("assign", assign, ASSIGN_RULES), ("collisions", collisions, COLLISION_RULES)):
             if value not in valid:
                 raise ValueError(f"{option} {value!r}; valid: {', '.join(valid)}")
+        if head.decode != "darknet" and wh != registry.NONE:
+            raise ValueError(f"wh={wh} regresses tw = ln(w / a_w), darknet's decode; the head decodes by {head.decode}")
+        if "box" in self.components and self.components["box"].raw_box and head.decode != "darknet":
+            raise ValueError(f"box={box} is AB darknet's delta for darknet's decode; the head decodes by {head.decode}")
         self.head = head
         self.box_scale, self.obj_target, self.ignore, self.reduction = box_scale, obj_target, ignore, reduction
         self.ignore_thresh, self.label_smoothing = ignore_thresh, label_smoothing
         self.assign, self.assign_iou_thresh, self.anchor_t = assign, assign_iou_thresh, anchor_t
+        self.neighbour_cells, self.collisions = neighbour_cells, collisions
         self.terms = tuple(t for t, on in zip(TERMS, (xy, wh, box, obj, obj, cls)) if on != registry.NONE)
         self.cls_target = cls_target
         box_entry = self.components.get("box")
@@ -140,16 +147,18 @@ class YoloCriterion:
         grid_sizes = [tuple(p.shape[-2:]) for p in preds]
         positives = assign_targets(targets, num_classes=self.head.num_classes, anchors_per_level=anchors,
                                    strides=self.head.strides, grid_sizes=grid_sizes, img_size=img_size,
-                                   rule=self.assign, iou_thresh=self.assign_iou_thresh, anchor_t=self.anchor_t)
+                                   rule=self.assign, iou_thresh=self.assign_iou_thresh, anchor_t=self.anchor_t,
+                                   neighbour_cells=self.neighbour_cells, collisions=self.collisions)
         truths_xyxy = truths_per_image(targets, batch, img_size) if self.ignore != "none" else None
-        box_keywords = {}
+        box_keywords = {"img_wh": (img_size[1], img_size[0])} if "box" in self.terms and self.components[
+            "box"].raw_box else {}
         if self.running_mean is not None:  # Wise-IoU: the running mean of 1 - IoU, updated before it is used
             if update_state:
                 self._update_iou_mean(preds, positives, anchors)
             box_keywords["iou_mean"] = self.state["iou_mean"].to(preds[0])
 
-        per_level = [self._level_terms(pred, pos, level_anchors, stride, truths_xyxy, box_keywords)
-                     for pred, pos, level_anchors, stride in zip(preds, positives, anchors, self.head.strides)]
+        per_level = [self._level_terms(pred, pos, level_anchors, level, truths_xyxy, box_keywords)
+                     for level, (pred, pos, level_anchors) in enumerate(zip(preds, positives, anchors))]
         terms = {t: torch.stack([lv[0][t] for lv in per_level]) for t in self.terms}
         diagnostics = {d: torch.stack([lv[1][d] for lv in per_level]) for d in DIAGNOSTICS}
         weighted = {t: terms[t] * (self.weights[t] * terms[t].new_tensor(self.level_weights[t])) for t in self.terms}
@@ -170,9 +179,9 @@ class YoloCriterion:
         """``iou_mean <- (1 - m) iou_mean + m mean(1 - IoU)`` over this batch's positives of all levels; under DDP the
         mean is over every process's positives, so that all processes keep the same state."""
         total, count = preds[0].new_zeros(()), preds[0].new_zeros(())
-        for pred, pos, level_anchors, stride in zip(preds, positives, anchors, self.head.strides):
+        for level, (pred, pos, level_anchors) in enumerate(zip(preds, positives, anchors)):
             rows = per_anchor_view(pred, level_anchors.shape[0])[pos.image, pos.anchor, :4, pos.cell_y, pos.cell_x]
-            box = decode_cxcywh(rows, torch.stack((pos.cell_x, pos.cell_y), -1).to(rows), pos.anchor_wh, stride)
+            box = self.head.decode_box(rows, torch.stack((pos.cell_x, pos.cell_y), -1).to(rows), pos.anchor_wh, level)
             iou = box_iou_pairwise(box_cxcywh_to_xyxy(box), box_cxcywh_to_xyxy(pos.target_box_cxcywh))
             total, count = total + (1.0 - iou).sum(), count + iou.numel()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -183,35 +192,36 @@ class YoloCriterion:
             momentum = self.running_mean_momentum
             self.state["iou_mean"] = (1.0 - momentum) * self.state["iou_mean"] + momentum * (total / count).cpu()
 
-    def _level_terms(self, pred: Tensor, pos: LevelTargets, anchors: Tensor, stride: int,
+    def _level_terms(self, pred: Tensor, pos: LevelTargets, anchors: Tensor, level: int,
                      truths_xyxy: Tensor | None, box_keywords: dict[str, Tensor],
                      ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         view = per_anchor_view(pred, anchors.shape[0])  # [B, A, 5 + C, H, W]
         batch, num_anchors, _, height, width = view.shape
         pred_obj, pred_pos = read_head(view, pos)  # [B, A, H, W] and [P, 5 + C]
 
-        pred_box = decode_cxcywh(pred_pos[:, :4], torch.stack((pos.cell_x, pos.cell_y), -1).to(pred_pos),
-                                 pos.anchor_wh, stride)
+        pred_box = self.head.decode_box(pred_pos[:, :4], torch.stack((pos.cell_x, pos.cell_y), -1).to(pred_pos),
+                                        pos.anchor_wh, level)
         pred_box_xyxy, target_box_xyxy = box_cxcywh_to_xyxy(pred_box), box_cxcywh_to_xyxy(pos.target_box_cxcywh)
         with torch.no_grad():
             iou = box_iou_pairwise(pred_box_xyxy, target_box_xyxy)
         scale = 2.0 - pos.truth_area_norm if self.box_scale == "two_minus_wh" else torch.ones_like(iou)
 
-        counted_neg = self._negatives(view, pos, anchors, stride, truths_xyxy)
-        n_pos = max(pos.num_positives, 1)
-        n_cells = batch * num_anchors * height * width
-        pos_norm, obj_norm = (batch, batch) if self.reduction == "sum_per_image" else (n_pos, n_cells)
+        counted_neg = self._negatives(view, pos, anchors, level, truths_xyxy)
+        pos_norm, obj_norm = self._norms(pos.num_positives, batch, batch * num_anchors * height * width)
 
         fn = self.functions
         sums: dict[str, Tensor] = {}
         if "xy" in self.terms:
-            sums["xy"] = (scale * fn["xy"](pred_pos[:, 0:2], pos.target_xy).sum(-1)).sum() / pos_norm
+            target_xy = self.head.xy_target(pos.target_xy, level)
+            sums["xy"] = (scale * fn["xy"](pred_pos[:, 0:2], target_xy).sum(-1)).sum() / pos_norm
         if "wh" in self.terms:
             sums["wh"] = (scale * fn["wh"](pred_pos[:, 2:4], pos.target_wh).sum(-1)).sum() / pos_norm
         if "box" in self.terms:
-            sums["box"] = (scale * fn["box"](pred_box_xyxy, target_box_xyxy, **box_keywords)).sum() / pos_norm
-        obj_target = iou.clamp(min=0.0) if self.obj_target == "iou" else torch.ones_like(iou)
-        sums["obj_pos"] = fn["obj"](pred_pos[:, 4], obj_target).sum() / obj_norm
+            raw = {"raw_box": pred_pos[:, :4]} if self.components["box"].raw_box else {}
+            sums["box"] = (scale * fn["box"](pred_box_xyxy, target_box_xyxy, **box_keywords, **raw)).sum() / pos_norm
+        obj_target = self._objectness_target(iou, pred_box_xyxy, target_box_xyxy)
+        obj_rows = pos.objectness_row  # one row per cell: a kept collision's cell is one objectness target
+        sums["obj_pos"] = (fn["obj"](pred_pos[:, 4], obj_target) * obj_rows).sum() / obj_norm
         sums["obj_neg"] = (fn["obj"](pred_obj, torch.zeros_like(pred_obj)) * counted_neg).sum() / obj_norm
         target_cls = smooth_labels(pos.target_cls, self.label_smoothing) if self.label_smoothing else pos.target_cls
         if self.cls_target == "iou":  # IoU-aware class targets (VarifocalNet, GFL): the true classes' 1 becomes IoU
@@ -223,16 +233,35 @@ class YoloCriterion:
             diagnostics = self._diagnostics(pred_pos, pred_obj, pos, iou, counted_neg, batch)
         return sums, diagnostics
 
-    def _negatives(self, view: Tensor, pos: LevelTargets, anchors: Tensor, stride: int,
+    def _norms(self, num_positives: int, batch: int, num_cells: int) -> tuple[float, float]:
+        """What the positives' sums and the objectness sums of a level are divided by, by the reduction."""
+        if self.reduction == "sum_per_image":
+            return batch, batch
+        per_term = (max(num_positives, 1), num_cells)
+        if self.reduction == "mean_per_term_times_batch":  # ultralytics' ComputeLoss: the means times B
+            return per_term[0] / batch, per_term[1] / batch
+        return per_term
+
+    def _objectness_target(self, iou: Tensor, pred_box_xyxy: Tensor, target_box_xyxy: Tensor) -> Tensor:
+        """The positives' objectness target by ``obj_target``: 1, the IoU, or the CIoU, clamped at 0, no gradient."""
+        if self.obj_target == "one":
+            return torch.ones_like(iou)
+        if self.obj_target == "ciou":
+            with torch.no_grad():
+                return (1.0 - ciou_loss(pred_box_xyxy, target_box_xyxy)).to(iou).clamp(min=0.0)
+        return iou.clamp(min=0.0)
+
+    def _negatives(self, view: Tensor, pos: LevelTargets, anchors: Tensor, level: int,
                    truths_xyxy: Tensor | None) -> Tensor:
         """``Tensor[B, A, H, W]`` float: 1 for a negative that counts, 0 for a positive or an ignored negative."""
         batch, num_anchors, _, height, width = view.shape
+        stride = self.head.strides[level]
         with torch.no_grad():
             if self.ignore == "prediction":
                 grid = grid_xy(height, width, device=view.device, dtype=view.dtype)
-                boxes = decode_cxcywh(view[:, :, :4].permute(0, 1, 3, 4, 2), grid,
-                                      anchors.view(1, num_anchors, 1, 1, 2), stride)
-                counted = ~ignore_mask(boxes, truths_xyxy, self.ignore_thresh, stride)
+                boxes = self.head.decode_box(view[:, :, :4].permute(0, 1, 3, 4, 2), grid,
+                                             anchors.view(1, num_anchors, 1, 1, 2), level)
+                counted = ~ignore_mask(boxes, truths_xyxy, self.ignore_thresh, stride, self.head.centre_margin(level))
             elif self.ignore == "prior":
                 counted = ~ignore_mask(anchor_boxes_at_cells(anchors, stride, height, width), truths_xyxy,
                                        self.ignore_thresh, stride)
@@ -305,13 +334,27 @@ def _check_inputs(preds: list[Tensor], targets: Tensor, head: HeadSpec) -> None:
         raise ValueError("targets contain NaN or inf")
 
 
-def build_criterion(cfg: LossConfig, head: HeadSpec) -> YoloCriterion:
+def build_criterion(cfg: LossConfig, head: HeadSpec, *, img_size: int | None = None) -> YoloCriterion:
     """Translate a :class:`~yolo_loss.schema.LossConfig` into a :class:`YoloCriterion` for ``head``
-    (:func:`yolo_loss.head.build_head` of the same config)."""
+    (:func:`yolo_loss.head.build_head` of the same config). ``img_size`` (``data.img_size``) scales the objectness
+    weights when ``loss.obj_weights_img_size`` is set (:func:`scaled_weights`)."""
     return YoloCriterion(
         head, xy=cfg.xy, wh=cfg.wh, box=cfg.box, box_scale=cfg.box_scale, obj=cfg.obj, obj_target=cfg.obj_target,
         cls=cfg.cls, cls_target=cfg.cls_target, label_smoothing=cfg.label_smoothing, assign=cfg.assign,
-        assign_iou_thresh=cfg.assign_iou_thresh, anchor_t=cfg.anchor_t, ignore=cfg.ignore,
-        ignore_thresh=cfg.ignore_thresh, reduction=cfg.reduction,
-        weights=dict(vars(cfg.weights)), level_weights=dict(vars(cfg.level_weights)),
+        assign_iou_thresh=cfg.assign_iou_thresh, anchor_t=cfg.anchor_t, neighbour_cells=cfg.neighbour_cells,
+        collisions=cfg.collisions, ignore=cfg.ignore, ignore_thresh=cfg.ignore_thresh, reduction=cfg.reduction,
+        weights=scaled_weights(cfg, img_size), level_weights=dict(vars(cfg.level_weights)),
         hyperparameters=cfg.hyperparameter_values())
+
+
+def scaled_weights(cfg: LossConfig, img_size: int | None) -> dict[str, float]:
+    """``loss.weights``, the objectness ones times ``(img_size / loss.obj_weights_img_size)^2`` when that is set
+    (ultralytics' train.py: ``hyp['obj'] *= (imgsz / 640) ** 2``)."""
+    weights = dict(vars(cfg.weights))
+    if cfg.obj_weights_img_size:
+        if img_size is None:
+            raise ValueError("loss.obj_weights_img_size scales the objectness weights to the input size: "
+                             "pass build_criterion(..., img_size=data.img_size)")
+        factor = (img_size / cfg.obj_weights_img_size) ** 2
+        weights.update(obj_pos=weights["obj_pos"] * factor, obj_neg=weights["obj_neg"] * factor)
+    return weights

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from yolo_loss import boxes
 from yolo_loss.losses import components as c
+from yolo_loss.losses.ciou_darknet import ciou_darknet_loss
 
 TERMS = ("xy", "wh", "box", "obj", "cls")  # the config keys loss.<term> that pick a component
 OPTIONAL_TERMS = ("xy", "wh", "box")  # these may be "none"
@@ -61,6 +62,8 @@ class Component:
         softmax: a class loss over a softmax of the class logits: the head is then scored with a softmax.
         per_row: returns ``Tensor[N]`` (one value per positive) instead of one per class, ``Tensor[N, C]``.
         decoded_box: takes the decoded box ``(pred_xyxy, target_xyxy)`` rather than raw head outputs.
+        raw_box: also takes ``raw_box`` (the raw ``tx, ty, tw, th``) and ``img_wh``, for a hand-written gradient on
+            the raw outputs (AB darknet's CIoU deltas) instead of the derivative of its value.
         running_mean: a hyper-parameter (its momentum) of a running mean of ``1 - IoU`` over training steps that the
             criterion keeps as its state and passes to the function as ``iou_mean`` (Wise-IoU's outlier degree):
             the one component property that is state, not a field of a pure function.
@@ -74,6 +77,7 @@ class Component:
     softmax: bool = False
     per_row: bool = False
     decoded_box: bool = False
+    raw_box: bool = False
     running_mean: HyperParam | None = None
     source: str = ""
 
@@ -107,6 +111,8 @@ COMPONENTS: tuple[Component, ...] = (
     Component("box", "giou", boxes.giou_loss, decoded_box=True, source="Rezatofighi et al., GIoU, CVPR 2019"),
     Component("box", "diou", boxes.diou_loss, decoded_box=True, source="Zheng et al., DIoU, AAAI 2020"),
     Component("box", "ciou", boxes.ciou_loss, decoded_box=True, source="Zheng et al., CIoU, AAAI 2020"),
+    Component("box", "ciou_darknet", ciou_darknet_loss, decoded_box=True, raw_box=True,
+              source="AlexeyAB/darknet src/box.c dx_box_iou: CIoU's value, its hand-written deltas as the gradient"),
     Component("box", "siou", boxes.siou_loss, (SIOU_THETA,), decoded_box=True, source="Gevorgyan, SIoU, 2022"),
     Component("box", "eiou", boxes.eiou_loss, decoded_box=True, source="Zhang et al., EIoU, 2021"),
     Component("box", "focal_eiou", boxes.focal_eiou_loss, (FOCAL_EIOU_GAMMA,), decoded_box=True,
