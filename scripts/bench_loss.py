@@ -3,8 +3,9 @@
     python scripts/bench_loss.py [--repeats 15] [--threads N]
 
 For batch 16 at 416 px with 80 classes and 6 boxes per image, and batch 64 with 20 boxes per image, prints the
-median time of: the floor (``sum(p).backward()`` over the three head maps), the darknet preset, and the
-CIoU + focal variant; and each one's ratio to the floor. Target: at most 2.5x the floor at both sizes.
+median time of: the floor (``sum(p).backward()`` over the three head maps), the darknet, yolov4 and yolov5
+presets (each with its decode), and the CIoU + focal variant; and each one's ratio to the floor. Target: at most
+2.5x the floor at both sizes.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
-from yolo_loss.head import HeadSpec, class_activation  # noqa: E402
+from yolo_loss.config import load_config  # noqa: E402
+from yolo_loss.head import HeadSpec, anchors_per_level, class_activation  # noqa: E402
 from yolo_loss.losses.criterion import build_criterion  # noqa: E402
-from yolo_loss.schema import YOLOV3_ANCHORS, LossConfig  # noqa: E402
+from yolo_loss.schema import Config, LossConfig  # noqa: E402
 
 STRIDES = (8, 16, 32)
+PRESETS = Path(__file__).resolve().parents[1] / "configs" / "presets"
 
 
 def make_inputs(batch: int, boxes_per_image: int, img: int, num_classes: int, seed: int = 0):
@@ -62,11 +65,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     img, num_classes = 416, 80
-    anchors = [torch.tensor(YOLOV3_ANCHORS[3 * i:3 * i + 3], dtype=torch.float32) for i in range(3)]
-    variants = {
-        "darknet": LossConfig(),
-        "ciou+focal": LossConfig(xy="none", wh="none", box="ciou", cls="focal"),
-    }
+    variants = {name: load_config(PRESETS / f"{name}.yaml", (f"data.img_size={img}",))
+                for name in ("darknet", "yolov4", "yolov5")}
+    variants["ciou+focal"] = Config(loss=LossConfig(xy="none", wh="none", box="ciou", cls="focal"))
     malloc = {k: os.environ.get(k) for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, glibc malloc env {malloc}")
     print("| batch | boxes/img | floor ms | variant | loss ms | ratio |")
@@ -75,9 +76,10 @@ def main() -> None:
         preds, targets = make_inputs(batch, boxes, img, num_classes)
         floor = median_ms(lambda: sum(p.sum() for p in preds).backward(), preds, args.repeats)
         for name, cfg in variants.items():
-            head = HeadSpec.from_anchors(anchors, strides=STRIDES, num_classes=num_classes,
-                                         class_activation=class_activation(cfg.cls))
-            criterion = build_criterion(cfg, head)
+            head = HeadSpec.from_anchors(anchors_per_level(cfg.model, img), strides=STRIDES, num_classes=num_classes,
+                                         class_activation=class_activation(cfg.loss.cls), decode=cfg.model.decode,
+                                         scale_x_y=tuple(cfg.model.scale_x_y))
+            criterion = build_criterion(cfg.loss, head, img_size=img)
             loss = median_ms(lambda: criterion(preds, targets, img).total.backward(), preds, args.repeats)
             print(f"| {batch} | {boxes} | {floor:.1f} | {name} | {loss:.1f} | {loss / floor:.2f}x |")
 

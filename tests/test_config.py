@@ -418,3 +418,22 @@ def test_every_shipped_study_expands(path):
 
     study = load_study(REPO / "configs" / "ablations" / path)
     assert study.seeds and study.axes
+
+
+def test_print_config_shows_the_later_recipes() -> None:
+    """train.py --print-config on a preset and on single later components: the resolved keys as YAML, exit 0."""
+    for args in (["--config", "configs/presets/yolov5.yaml"],
+                 ["--config", "configs/shapes_nano.yaml", "--set", "loss.xy=none", "loss.wh=none", "loss.box=wiou",
+                  "loss.obj=varifocal", "loss.obj_target=iou", "loss.cls=qfl", "loss.cls_target=iou",
+                  "model.scale_x_y=[1.2,1.1,1.05]"]):
+        done = subprocess.run([sys.executable, "train.py", *args, "--print-config"], cwd=REPO, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        assert done.returncode == 0, done.stderr
+        printed = yaml.safe_load(done.stdout)
+        if "yolov5" in args[1]:
+            assert printed["model"]["decode"] == "yolov5" and printed["loss"]["neighbour_cells"] is True
+            assert printed["loss"]["collisions"] == "keep" and printed["loss"]["obj_weights_img_size"] == 640
+        else:
+            assert (printed["loss"]["box"], printed["loss"]["obj"], printed["loss"]["cls"]) == ("wiou", "varifocal",
+                                                                                              "qfl")
+            assert printed["model"]["scale_x_y"] == [1.2, 1.1, 1.05] and printed["loss"]["wiou_momentum"] == 0.01
