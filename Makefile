@@ -6,7 +6,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
-CONFIG ?= configs/shapes_nano.yaml
+CONFIG ?= configs/main.yaml
 ARGS ?=
 
 .PHONY: run test setup clean-venv

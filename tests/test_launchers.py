@@ -95,6 +95,19 @@ def test_two_launchers_train_every_run_once(tmp_path: Path, fake: Path) -> None:
     assert_complete(tmp_path, path)
 
 
+def test_one_launcher_trains_seed_by_seed(tmp_path: Path, fake: Path) -> None:
+    """Every variant at seed 0 before any at seed 1: a study stopped partway has paired seeds for every variant."""
+    path = study_file(tmp_path, variants=2, seeds=(3, 1))
+    env = {**os.environ, "FAKE_SECONDS": "0.1"}
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, str(path), str(fake)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    folder = tmp_path / "study"
+    assert starts(tmp_path) == [f"{folder / variant / seed} new" for seed in ("seed=3", "seed=1")
+                                for variant in ("v=v0", "v=v1")]
+    assert_complete(tmp_path, path)
+
+
 def test_a_local_launcher_and_submitit_jobs_share_a_study(tmp_path: Path, fake: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """One local launcher (another process) and submitit's local executor (jobs as local processes) at once."""

@@ -488,6 +488,13 @@ class Launcher:
         return Outcome(run, "failed", seconds, record_failure(run, returncode, tail)["error"])
 
 
+def training_order(study: Study, runs: list[Run]) -> list[Run]:
+    """``runs`` seed by seed (every variant at the study's first seed, then at its second, ...), variants in study
+    order within a seed: a study stopped partway has its variants at the same seeds, so its paired differences are
+    already usable, and each further round of seeds adds one pair to every comparison."""
+    return sorted(runs, key=lambda run: study.seeds.index(run.seed))
+
+
 def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, nproc_per_run: int = 1,
               only: list[str] | None = None, python: str = sys.executable, echo=print,
               claim_timeout: float = claims.CLAIM_TIMEOUT_SECONDS,
@@ -512,7 +519,7 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
         slots = [",".join(devices[i:i + nproc_per_run]) for i in range(0, len(devices), nproc_per_run)]
     write_study_info(study)
     runs = study.runs(only)
-    todo = [run for run in runs if run.state() != "finished"]
+    todo = training_order(study, [run for run in runs if run.state() != "finished"])
     jobs = max(1, min(jobs, len(slots) if slots else jobs, len(todo) or 1))
     threads = str(max(1, (os.cpu_count() or 1) // (jobs * nproc_per_run)))
     launcher = Launcher(threads=threads, python=python, nproc_per_run=nproc_per_run, claim_timeout=claim_timeout,
@@ -582,7 +589,7 @@ def submit_study(study: Study, executor: Any, *, only: list[str] | None = None, 
     ``submitit.LocalExecutor``), as one job array; each job claims its run first (:func:`run_in_job`), so jobs and
     local launchers can share a study. Returns the submitit jobs."""
     write_study_info(study)
-    todo = [run for run in study.runs(only) if run.state() != "finished"]
+    todo = training_order(study, [run for run in study.runs(only) if run.state() != "finished"])
     with executor.batch():
         jobs = [executor.submit(run_in_job, str(study.path), run.name, nproc_per_run=nproc_per_run, python=python,
                                 claim_timeout=claim_timeout) for run in todo]
