@@ -197,6 +197,27 @@ def test_aggregation_on_known_numbers(tmp_path: Path) -> None:
     assert all(path.exists() for path in written)
 
 
+def test_report_names_seeds_whose_runs_started_from_different_backbones(tmp_path: Path) -> None:
+    """Seed 0's two runs started from one backbone, seed 1's from two (another machine trained one): results.md
+    names seed 1 and which variant started where; a study whose seeds all match says nothing."""
+    folder = fake_study(tmp_path / "s", {"v=base": {0: 0.5, 1: 0.5}, "v=x": {0: 0.6, 1: 0.6}}, [0, 1], "v=base")
+    starts = {("v=base", 0): "aaaaaaaaaaaa", ("v=x", 0): "aaaaaaaaaaaa", ("v=base", 1): "aaaaaaaaaaaa",
+              ("v=x", 1): "bbbbbbbbbbbb"}
+    for (variant, seed), backbone in starts.items():
+        path = folder / variant / f"seed={seed}" / "metrics.json"
+        summary = json.loads(path.read_text())
+        path.write_text(json.dumps(dict(summary, start={"backbone": backbone, "backbone_val_accuracy": 0.9})))
+    write_report(folder)
+    text = (folder / "results.md").read_text()
+    assert "Not exactly paired" in text
+    assert "- seed 1: backbone aaaaaaaaaaaa: v=base; backbone bbbbbbbbbbbb: v=x" in text and "- seed 0" not in text
+    assert "backbone" in (folder / "results.csv").read_text().splitlines()[0]
+    path = folder / "v=x" / "seed=1" / "metrics.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), start={"backbone": "aaaaaaaaaaaa"})))
+    write_report(folder)
+    assert "Not exactly paired" not in (folder / "results.md").read_text()
+
+
 def test_a_run_stopped_by_a_signal_is_resumed_not_failed(tmp_path: Path) -> None:
     """A stand-in for train.py: saves last.pt in its --run-dir and exits 130, as train.py does after Ctrl-C."""
     fake = tmp_path / "fake_python"

@@ -4,6 +4,7 @@ parameters and rebuilt for changed ones, the caller's random state untouched, an
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ import torch
 from yolo_loss import pretrain
 from yolo_loss.config import config_from_dict
 from yolo_loss.model import build_model
-from yolo_loss.pretrain import ObjectCrops, cache_path, cut_crops, load_pretrained_backbone, pretrained_backbone
+from yolo_loss.data.bad_input import DataError
+from yolo_loss.pretrain import (ObjectCrops, cache_path, cut_crops, fingerprint, load_pretrained_backbone,
+                               pretrained_backbone)
 
 pytestmark = pytest.mark.slow
 
@@ -74,8 +77,27 @@ def test_cache_is_reused_for_the_same_parameters_and_rebuilt_for_others(tmp_path
 
     model = build_model(cfg.model, 6)
     line = load_pretrained_backbone(model, cfg, echo=lambda line: None)
-    assert str(path) in line
+    assert str(path) in line and fingerprint(weights) in line
     assert all(torch.equal(model.backbone.state_dict()[k], weights[k]) for k in weights)
+
+
+def test_fingerprint_tells_weights_apart_and_nothing_else() -> None:
+    """Equal weights (other tensor objects, any key order): one fingerprint; one value, a dtype or a shape
+    changed: another."""
+    state = {"a.weight": torch.arange(6.0).view(2, 3), "a.bias": torch.zeros(2), "bn.num_batches": torch.tensor(7)}
+    same = {k: state[k].clone() for k in reversed(list(state))}
+    assert fingerprint(same) == fingerprint(state) and len(fingerprint(state)) == 12
+    nudged = dict(state, **{"a.weight": state["a.weight"].clone()})
+    nudged["a.weight"][1, 2] = torch.nextafter(torch.tensor(5.0), torch.tensor(6.0))
+    assert fingerprint(nudged) != fingerprint(state)
+    assert fingerprint(dict(state, **{"a.bias": torch.zeros(2, dtype=torch.float64)})) != fingerprint(state)
+    assert fingerprint(dict(state, **{"a.weight": state["a.weight"].view(3, 2)})) != fingerprint(state)
+
+
+def test_too_few_objects_for_a_batch_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"model.pretrain.batch_size: 500 is more than the \d+ training objects"):
+        pretrained_backbone(tiny(tmp_path, batch_size=500), echo=lambda line: None)
+    assert not cache_path(tiny(tmp_path, batch_size=500)).exists()  # nothing half-written is left to be reused
 
 
 def test_training_starts_from_the_pretrained_backbone(tmp_path: Path) -> None:
@@ -99,6 +121,9 @@ def test_training_starts_from_the_pretrained_backbone(tmp_path: Path) -> None:
         run_dir.mkdir()
         train(cfg_with(epochs), run_dir)
         trained[epochs] = load_checkpoint(run_dir / "last.pt")["model"]
+        start = json.loads((run_dir / "metrics.json").read_text())["start"]
+        assert start == ({"backbone": fingerprint(weights), "backbone_val_accuracy": pytest.approx(
+            pretrained_backbone(cfg_with(1), echo=lambda line: None)[1]["val_accuracy"])} if epochs else {})
     convs = [name for name in weights if name.endswith("conv.weight")]
     assert all(torch.equal(trained[1][f"backbone.{name}"], weights[name]) for name in convs)
     assert not torch.equal(trained[0]["backbone.stem.conv.weight"], weights["stem.conv.weight"])

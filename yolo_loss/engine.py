@@ -33,7 +33,7 @@ from yolo_loss.losses.criterion import LossResult, YoloCriterion, build_criterio
 from yolo_loss.model import build_model
 from yolo_loss.optim import BATCH_NORMS, ModelEMA, build_optimizer, grad_norm_and_clip, lr_at, set_lr
 from yolo_loss.postprocess import postprocess
-from yolo_loss.pretrain import load_pretrained_backbone
+from yolo_loss.pretrain import backbone_start, load_pretrained_backbone
 from yolo_loss.runtime import rng_state, seed_everything, set_rng_state
 from yolo_loss.schema import Config
 from yolo_loss.tensorboard_log import LEVEL_NAMES, RunLogger, loss_scalars
@@ -208,6 +208,7 @@ class Trainer:
     eval_steps: frozenset[int] = frozenset()
     net: torch.nn.Module | None = None
     logger: RunLogger | dist.Muted | None = None
+    start: dict = field(default_factory=dict)  # the pretrained backbone's fingerprint (pretrain.backbone_start)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -250,7 +251,7 @@ def build_trainer(cfg: Config, run_dir: Path, *, resume: Path | None) -> Trainer
                    build_criterion(cfg.loss, head, img_size=cfg.data.img_size), build_optimizer(model, cfg.train),
                    ModelEMA(model, decay=cfg.train.ema_decay) if cfg.train.ema else None,
                    torch.amp.GradScaler("cuda", enabled=use_amp(cfg, device)), total_steps,
-                   evaluation_steps(total_steps, cfg.train.eval_points))
+                   evaluation_steps(total_steps, cfg.train.eval_points), start=backbone_start(cfg, echo=write))
 
 
 def use_amp(cfg: Config, device: torch.device) -> bool:
@@ -494,7 +495,7 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
     summary = {"metrics": state.metrics, "steps": state.step, "final_terms": state.final_terms,
                "train_seconds": state.train_seconds,
                "images_per_sec": state.images_seen / state.train_seconds if state.train_seconds else 0.0,
-               "nonfinite_skipped": state.nonfinite_skipped, "world_size": dist.world_size()}
+               "nonfinite_skipped": state.nonfinite_skipped, "world_size": dist.world_size(), "start": trainer.start}
     if dist.is_main():
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(run_dir, state.metrics, state.step)

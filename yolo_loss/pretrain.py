@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint
+from yolo_loss.data.bad_input import DataError
 from yolo_loss.model.darknet import Darknet53
 from yolo_loss.schema import Config
 
@@ -177,6 +178,9 @@ def pretrain_backbone(cfg: Config, *, echo: Callable[[str], Any] = print) -> dic
         optimizer = torch.optim.SGD([{"params": decayed, "weight_decay": WEIGHT_DECAY},
                                      {"params": others, "weight_decay": 0.0}], lr=settings.lr, momentum=MOMENTUM)
         steps_per_epoch = len(train_objects) // settings.batch_size
+        if not steps_per_epoch:
+            raise DataError(f"model.pretrain.batch_size: {settings.batch_size} is more than the {len(train_objects)} "
+                             f"training objects of {folder}; lower it or generate more images")
         total_steps = settings.epochs * steps_per_epoch
         step = 0
         for epoch in range(settings.epochs):
@@ -225,9 +229,32 @@ def pretrained_backbone(cfg: Config, *, echo: Callable[[str], Any] = print) -> t
     return state["backbone"], state["info"], path
 
 
+def fingerprint(state: dict[str, Tensor]) -> str:
+    """12 hex digits of a SHA-256 over a state dict's names, dtypes, shapes and bytes: equal for equal weights.
+
+    The cache is keyed by the parameters, yet its content depends on the machine too: the same parameters
+    trained on another CPU (other vector instructions, other rounding) give other weights. Runs record this, so
+    that a study can tell which of its paired runs really started from the same point."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:12]
+
+
+def backbone_start(cfg: Config, *, echo: Callable[[str], Any] = print) -> dict[str, Any]:
+    """What a run of ``cfg`` starts from: the cached backbone's fingerprint and validation accuracy (trained first
+    if not cached); ``{}`` without pretraining."""
+    if not cfg.model.pretrain.epochs:
+        return {}
+    weights, info, _ = pretrained_backbone(cfg, echo=echo)
+    return {"backbone": fingerprint(weights), "backbone_val_accuracy": info["val_accuracy"]}
+
+
 def load_pretrained_backbone(model: nn.Module, cfg: Config, *, echo: Callable[[str], Any] = print) -> str:
     """Copy the pretrained backbone of ``cfg`` into ``model.backbone``; returns a line saying what was loaded."""
     weights, info, path = pretrained_backbone(cfg, echo=echo)
     model.backbone.load_state_dict(weights)
-    return (f"backbone from {path} (classification of shape crops, {info['steps']} steps, validation accuracy "
-            f"{info['val_accuracy']:.3f})")
+    return (f"backbone {fingerprint(weights)} from {path} (classification of shape crops, {info['steps']} steps, "
+            f"validation accuracy {info['val_accuracy']:.3f})")

@@ -161,6 +161,7 @@ def load_rows(study_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any
                 row.update({f"loss_{name}": value for name, value in summary.get("final_terms", {}).items()})
                 row["train_seconds"] = summary.get("train_seconds", math.nan)
                 row["images_per_sec"] = summary.get("images_per_sec", math.nan)
+                row["backbone"] = summary.get("start", {}).get("backbone", "")
             rows.append(row)
     return info, rows
 
@@ -330,6 +331,22 @@ def plot(info: dict[str, Any], rows: list[dict[str, Any]], summaries: list[Varia
     return [metrics_png, curves_png]
 
 
+def start_mismatches(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per seed whose finished runs did not all start from the same pretrained backbone (its
+    fingerprint, :func:`yolo_loss.pretrain.fingerprint`): the cache is keyed by its parameters, but another machine
+    trains other weights from them, so runs of one seed made on two machines are not exactly paired."""
+    lines = []
+    for seed in sorted({row["seed"] for row in rows}):
+        starts: dict[str, list[str]] = {}
+        for row in rows:
+            if row["seed"] == seed and row["status"] == "finished" and "backbone" in row:
+                starts.setdefault(row["backbone"] or "not recorded", []).append(row["variant"])
+        if len(starts) > 1:
+            lines.append(f"- seed {seed}: " + "; ".join(f"backbone {fp}: {', '.join(variants)}"
+                                                       for fp, variants in sorted(starts.items())))
+    return lines
+
+
 def write_report(study_dir: str | Path) -> list[Path]:
     """Rebuild ``results.csv``, ``results.md``, ``metrics.png`` and ``loss_curves.png`` in ``study_dir``."""
     study_dir = Path(study_dir)
@@ -338,6 +355,11 @@ def write_report(study_dir: str | Path) -> list[Path]:
     write_csv(rows, study_dir / "results.csv")
     failed = [row for row in rows if row["status"] == "failed"]
     text = f"# {Path(info['study_file']).stem}\n\n" + markdown(info, summaries)
+    mismatched = start_mismatches(rows)
+    if mismatched:
+        text += ("\nNot exactly paired: these seeds' runs started from different pretrained backbones (the same "
+                 "parameters trained on different machines give different weights), so their paired differences "
+                 "hold that noise too:\n" + "\n".join(mismatched) + "\n")
     if failed:
         text += "\nFailed runs:\n" + "".join(f"- {r['variant']}/seed={r['seed']}: {r['error']}\n" for r in failed)
     (study_dir / "results.md").write_text(text)
