@@ -12,7 +12,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from yolo_loss.losses.components import (bce_with_logits, cls_ce, cls_poly1, mse_on_sigmoid, quality_focal,
                                          sigmoid_focal, smooth_labels, varifocal, wh_l1, wh_mse, wh_smooth_l1, xy_bce,
-                                         xy_mse, xy_mse_t)
+                                         xy_mse, xy_mse_linear, xy_mse_t)
 from yolo_loss.losses.registry import COMPONENTS as REGISTRY
 
 
@@ -57,6 +57,13 @@ def test_xy_mse_t_gradient_is_the_papers_t_minus_t_hat():
     """YOLOv3 paper: the gradient is t - t_hat with t_hat = logit(g)."""
     z, g = logits(64, 2, seed=4), soft_targets(64, 2, seed=5)
     torch.testing.assert_close(grad_of(xy_mse_t, z, g), z - torch.log(g / (1 - g)), rtol=1e-12, atol=1e-12)
+
+
+def test_xy_mse_linear_gradient_is_the_offset_error():
+    """The linear decode's term 0.5 (tx - g)^2: gradient tx - g, for offsets outside [0, 1) too; 0.125 at 0.5."""
+    z, g = logits(64, 2, seed=6), soft_targets(64, 2, seed=7) * 3 - 1
+    torch.testing.assert_close(grad_of(xy_mse_linear, z, g), z - g, rtol=1e-12, atol=1e-15)
+    assert xy_mse_linear(torch.tensor([0.5]), torch.tensor([0.0])).item() == 0.125
 
 
 def test_xy_mse_t_clamps_the_offset_before_the_logit():

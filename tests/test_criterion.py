@@ -12,7 +12,7 @@ import torchvision
 from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise, ciou_loss
 from yolo_loss.config import ConfigError, config_from_dict
 from yolo_loss.decode import decode_cxcywh, per_anchor_view
-from yolo_loss.head import HeadSpec, class_activation
+from yolo_loss.head import HeadSpec, build_head, class_activation
 from yolo_loss.losses.assign import anchor_boxes_at_cells, assign_targets, ignore_mask, truths_per_image
 from yolo_loss.losses import registry
 from yolo_loss.losses.components import quality_focal
@@ -27,9 +27,10 @@ ANCHORS = [torch.tensor(YOLOV3_ANCHORS[3 * level:3 * level + 3], dtype=torch.flo
 
 
 def make_criterion(cfg: LossConfig, num_classes: int) -> YoloCriterion:
-    """The criterion of ``cfg`` on the test's anchors, with the head its class component implies."""
+    """The criterion of ``cfg`` on the test's anchors, with the head its class and x, y components imply."""
     head = HeadSpec.from_anchors(ANCHORS, strides=STRIDES, num_classes=num_classes,
-                                 class_activation=class_activation(cfg.cls))
+                                 class_activation=class_activation(cfg.cls),
+                                 decode="linear" if cfg.xy == "mse_linear" else "darknet")
     return build_criterion(cfg, head)
 
 
@@ -565,6 +566,24 @@ def test_ignore_mask_with_centres_outside_their_cell(thresh: float, margin: floa
     assert not torch.equal(ignore_mask(boxes, truths, thresh, stride), expected)  # the margin is needed
 
 
+def test_ignore_mask_with_unbounded_centres_compares_every_pair() -> None:
+    """The linear decode's centres can be anywhere (margin inf): the mask is the all-pairs one, including a box
+    three cells from its own cell that copies a truth covering none of the cells around it."""
+    gen = torch.Generator().manual_seed(3)
+    batch, anchors, stride, height, width = 2, 3, 8, 6, 7
+    grid = torch.stack(torch.meshgrid(torch.arange(width), torch.arange(height), indexing="xy"), -1)
+    offsets = torch.randn(batch, anchors, height, width, 2, generator=gen) * 2
+    sizes = torch.exp(torch.randn(batch, anchors, height, width, 2, generator=gen) * 0.5) * 10
+    boxes = torch.cat(((grid + offsets) * stride, sizes), -1)
+    truths = torch.rand(batch, 5, 2, generator=gen) * torch.tensor([width * stride, height * stride])
+    truths = torch.cat((truths, truths + 6 + 10 * torch.rand(batch, 5, 2, generator=gen)), -1)
+    boxes[0, 0, 0, 0] = torch.tensor([4.5 * stride, 3.5 * stride, 4.0, 4.0])  # cell (0, 0), centre in cell (4, 3)
+    truths[0, 0] = box_cxcywh_to_xyxy(boxes[0, 0, 0, 0])
+    expected = brute_force_ignore(boxes, truths, 0.7)
+    assert expected[0, 0, 0, 0]
+    assert torch.equal(ignore_mask(boxes, truths, 0.7, stride, math.inf), expected)
+
+
 def test_neighbour_cells_and_kept_collisions_hand_placed() -> None:
     """YOLOv5's positives on a 16 x 16 grid (stride 8, one anchor per level that every truth fits): a centre at
     cells (5.3, 7.8) is positive in its cell (5, 7), the cell to its left (4, 7) and the one below (5, 8); one at
@@ -622,7 +641,26 @@ def test_ciou_objectness_target() -> None:
     ({"model": {"decode": "yolov5"}, "loss": {"xy": "none", "wh": "none", "box": "ciou_darknet"}}, "loss.box"),
     ({"model": {"decode": "yolov5", "scale_x_y": [1.2, 1.1, 1.05]}}, "model.scale_x_y"),
     ({"model": {"scale_x_y": [1.2, 1.1]}}, "model.scale_x_y"),
+    ({"model": {"decode": "linear"}}, "loss.xy"),  # the darknet preset's xy=bce has a sigmoid the decode lacks
+    ({"loss": {"xy": "mse_linear"}}, "loss.xy"),  # and mse_linear needs the linear decode
+    ({"model": {"decode": "linear", "scale_x_y": [1.2, 1.1, 1.05]}, "loss": {"xy": "mse_linear"}}, "model.scale_x_y"),
 ])
 def test_decode_config_errors_name_the_key(overrides, key) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         config_from_dict(overrides)
+
+
+def test_linear_decode_trains_its_offsets_and_keeps_darknets_wh() -> None:
+    """model.decode=linear with loss.xy=mse_linear, all outputs 0: one 16 px truth centred at (41.6, 19.2) px of a
+    64 px image, whose best anchor is (116, 90) * 64 / 416 at stride 32: cell (1, 0), offset (0.3, 0.6), so the x, y
+    term is 0.5 (0.3^2 + 0.6^2) = 0.225 (box scale off, batch 1), and the w, h term darknet's on ln(16 / a)."""
+    cfg = config_from_dict({"model": {"decode": "linear"}, "loss": {"xy": "mse_linear", "box_scale": "none"},
+                            "data": {"img_size": 64}})
+    head = build_head(cfg, 2)
+    criterion = build_criterion(cfg.loss, head, img_size=64)
+    preds = [torch.zeros(1, head.channels, 64 // s, 64 // s) for s in head.strides]
+    result = criterion(preds, torch.tensor([[0, 1, 41.6 / 64, 19.2 / 64, 0.25, 0.25]]), 64)
+    assert result.terms["xy"].tolist() == pytest.approx([0.0, 0.0, 0.225], rel=1e-5)
+    anchor = torch.tensor([116.0, 90.0]) * 64 / 416
+    expected_wh = 0.5 * torch.log(16.0 / anchor).square().sum()
+    assert result.terms["wh"][2].item() == pytest.approx(expected_wh.item(), rel=1e-5)

@@ -180,8 +180,27 @@ def test_centre_margin_and_xy_target_invert_the_decode(rule: str, scale: float):
     torch.testing.assert_close(decoded[:, :2], offsets, rtol=0, atol=1e-9)
 
 
+def test_linear_decode_hand_values_and_inverse():
+    """The YOLOv3 paper's linear x, y: stride 8, cell (2, 1), anchor (20, 30), tx = 0.25, ty = -0.5 (a centre
+    outside its cell is allowed), tw = 0, th = ln 3: cx = (2 + 0.25) * 8 = 18, cy = (1 - 0.5) * 8 = 4, w = 20,
+    h = 90. No margin bounds a centre, and the x, y target is the offset itself."""
+    raw = torch.tensor([0.25, -0.5, 0.0, math.log(3.0)])
+    torch.testing.assert_close(decode_cxcywh(raw, torch.tensor([2.0, 1.0]), torch.tensor([20.0, 30.0]), 8,
+                                             rule="linear"), torch.tensor([18.0, 4.0, 20.0, 90.0]))
+    assert centre_margin("linear") == math.inf
+    offsets = torch.tensor([[0.0, 0.999], [-0.3, 1.7]])
+    assert torch.equal(xy_sigmoid_target(offsets, "linear"), offsets)
+    head = HeadSpec.from_anchors([ANCHORS], strides=(8,), num_classes=2, decode="linear")
+    pred = head_map(2, 2, height=2, width=3)
+    set_raw(pred, 2, anchor=1, row=1, col=2, values=raw.tolist())
+    boxes, _, _ = decode_predictions([pred], head)  # inference decodes by the head's rule
+    torch.testing.assert_close(boxes[0, 11], torch.tensor([18.0, 4.0, ANCHORS[1][0], ANCHORS[1][1] * 3.0]))
+
+
 def test_head_refuses_scale_x_y_with_the_yolov5_decode():
     with pytest.raises(ValueError, match="scale_x_y"):
         HeadSpec.from_anchors([ANCHORS], strides=(8,), num_classes=2, decode="yolov5", scale_x_y=(1.2,))
+    with pytest.raises(ValueError, match="scale_x_y"):
+        HeadSpec.from_anchors([ANCHORS], strides=(8,), num_classes=2, decode="linear", scale_x_y=(1.2,))
     with pytest.raises(ValueError, match="decode"):
         HeadSpec.from_anchors([ANCHORS], strides=(8,), num_classes=2, decode="v7")

@@ -8,10 +8,14 @@ the head description's rule (:class:`~yolo_loss.head.HeadSpec` ``decode``, ``sca
         bx = (i + s * sig(tx) - (s - 1) / 2) * stride       bw = a_w * exp(tw)
     yolov5 (ultralytics YOLOv5 and its YOLOv3):
         bx = (i + 2 * sig(tx) - 0.5) * stride               bw = a_w * (2 * sig(tw))^2
+    linear (the YOLOv3 paper's "linear x, y predictions instead of logistic", section 5, which it says lost
+    "a couple points" of mAP):
+        bx = (i + tx) * stride                              bw = a_w * exp(tw)
 
 and the same in y. ``exp`` is clamped at ``ln(1e3)`` so that no finite input gives an infinite box. A centre can
-lie outside its cell by :func:`centre_margin` cells (0 for darknet's rule with s = 1), which the ignore rule needs
-to know; :func:`xy_sigmoid_target` inverts the centre's decode for the x, y terms.
+lie outside its cell by :func:`centre_margin` cells (0 for darknet's rule with s = 1, any distance for the linear
+rule), which the ignore rule needs to know; :func:`xy_sigmoid_target` inverts the centre's decode for the x, y
+terms (for the linear rule: the target of ``tx`` itself, which only ``loss.xy=mse_linear`` regresses).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ if TYPE_CHECKING:
     from yolo_loss.head import HeadSpec
 
 MAX_LOG_WH = math.log(1e3)
-DECODE_RULES = ("darknet", "yolov5")
+DECODE_RULES = ("darknet", "yolov5", "linear")
+# The rules whose w, h are darknet's a * exp(tw): the ones a loss on tw (loss.wh) can regress.
+EXP_WH_RULES = ("darknet", "linear")
 
 
 def per_anchor_view(pred: Tensor, num_anchors: int) -> Tensor:
@@ -47,16 +53,16 @@ def decode_cxcywh(raw_box: Tensor, grid_xy: Tensor, anchor_wh: Tensor, stride: f
         grid_xy: ``Tensor[..., 2]`` cell indices (i, j), broadcastable against ``raw_box``.
         anchor_wh: ``Tensor[..., 2]`` anchor size in input pixels, broadcastable.
         stride: input pixels per cell.
-        rule: ``"darknet"`` or ``"yolov5"``.
+        rule: ``"darknet"``, ``"yolov5"`` or ``"linear"``.
         scale_x_y: AlexeyAB's ``scale_x_y`` of this level (darknet's rule only).
     """
     if rule == "yolov5":
         xy = (grid_xy + (2.0 * raw_box[..., :2].sigmoid() - 0.5)) * stride
         wh = anchor_wh * (2.0 * raw_box[..., 2:4].sigmoid()).square()
         return torch.cat((xy, wh), dim=-1)
-    if rule != "darknet":
+    if rule not in EXP_WH_RULES:
         raise ValueError(f"decode rule {rule!r}; valid: {', '.join(DECODE_RULES)}")
-    offset = raw_box[..., :2].sigmoid()
+    offset = raw_box[..., :2] if rule == "linear" else raw_box[..., :2].sigmoid()
     if scale_x_y != 1.0:
         offset = scale_x_y * offset - 0.5 * (scale_x_y - 1.0)
     xy = (grid_xy + offset) * stride
@@ -66,7 +72,9 @@ def decode_cxcywh(raw_box: Tensor, grid_xy: Tensor, anchor_wh: Tensor, stride: f
 
 def centre_margin(rule: str, scale_x_y: float = 1.0) -> float:
     """How far, in cells, a decoded centre can lie outside its own cell: ``(s - 1) / 2`` under darknet's rule,
-    0.5 under YOLOv5's (``2 sig - 0.5`` spans ``[-0.5, 1.5]``)."""
+    0.5 under YOLOv5's (``2 sig - 0.5`` spans ``[-0.5, 1.5]``), unbounded (``inf``) under the linear rule."""
+    if rule == "linear":
+        return math.inf
     return 0.5 if rule == "yolov5" else 0.5 * (scale_x_y - 1.0)
 
 
@@ -74,7 +82,8 @@ def xy_sigmoid_target(offset: Tensor, rule: str, scale_x_y: float = 1.0) -> Tens
     """The ``sig(tx), sig(ty)`` that decodes onto a truth centre at cell offset ``offset`` (``Tensor[..., 2]``,
     the centre in cells minus the cell index): the target of the x, y terms. The offset itself for darknet's rule
     with s = 1; ``(offset + (s - 1) / 2) / s`` with ``scale_x_y``; ``(offset + 0.5) / 2`` for YOLOv5's rule
-    (a neighbour cell's offset is in ``[-0.5, 0)`` or ``[1, 1.5)``: its target stays in ``[0, 1)``)."""
+    (a neighbour cell's offset is in ``[-0.5, 0)`` or ``[1, 1.5)``: its target stays in ``[0, 1)``). The linear
+    rule has no sigmoid: the offset is the target of ``tx`` itself."""
     if rule == "yolov5":
         return (offset + 0.5) / 2.0
     if scale_x_y != 1.0:

@@ -39,7 +39,8 @@ class HeadSpec:
         num_classes: C.
         class_activation: ``"sigmoid"`` (independent classifiers) or ``"softmax"`` (one distribution over the
             classes): how class logits become probabilities, in the loss's diagnostics and at inference.
-        decode: the rule from raw ``tx, ty, tw, th`` to a box, ``"darknet"`` or ``"yolov5"`` (``yolo_loss/decode.py``).
+        decode: the rule from raw ``tx, ty, tw, th`` to a box, ``"darknet"``, ``"yolov5"`` or ``"linear"``
+            (``yolo_loss/decode.py``).
         scale_x_y: AlexeyAB's ``scale_x_y`` per level (darknet's rule; yolov4.cfg 1.2 / 1.1 / 1.05 from stride 8);
             ``()`` is 1 on every level.
     """
@@ -55,8 +56,8 @@ class HeadSpec:
         object.__setattr__(self, "scale_x_y", tuple(float(s) for s in self.scale_x_y) or (1.0,) * len(self.strides))
         if len(self.scale_x_y) != len(self.strides) or min(self.scale_x_y) < 1.0:
             raise ValueError(f"scale_x_y needs one value >= 1 per level, got {self.scale_x_y}")
-        if self.decode == "yolov5" and set(self.scale_x_y) != {1.0}:
-            raise ValueError("scale_x_y belongs to darknet's decode; YOLOv5's has its own fixed scale")
+        if self.decode != "darknet" and set(self.scale_x_y) != {1.0}:
+            raise ValueError(f"scale_x_y belongs to darknet's decode, not to {self.decode}'s")
         if len(self.anchors_wh) != len(self.strides):
             raise ValueError(f"{len(self.anchors_wh)} anchor groups for {len(self.strides)} strides")
         if len({len(level) for level in self.anchors_wh}) != 1 or not self.anchors_wh[0]:

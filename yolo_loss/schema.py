@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
+from yolo_loss.decode import EXP_WH_RULES
 from yolo_loss.losses.registry import HyperParam, component, component_names, hyperparameters
 
 # YOLOv3 anchors in input pixels at 416 px: three per level, strides 8, 16, 32.
@@ -79,8 +80,9 @@ class ModelConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     # How tx, ty, tw, th become a box (yolo_loss/decode.py), in the loss and at inference: darknet's
     # (x = i + s sig(tx) - (s - 1) / 2, w = a exp(tw)) with AlexeyAB's scale_x_y = s per level (strides 8, 16, 32;
-    # yolov4.cfg: 1.2, 1.1, 1.05), or YOLOv5's (x = i + 2 sig(tx) - 0.5, w = a (2 sig(tw))^2).
-    decode: str = choice("darknet", "darknet", "yolov5")
+    # yolov4.cfg: 1.2, 1.1, 1.05), YOLOv5's (x = i + 2 sig(tx) - 0.5, w = a (2 sig(tw))^2), or the YOLOv3 paper's
+    # failed "linear x, y" (x = i + tx, w = a exp(tw); its x, y term is loss.xy=mse_linear).
+    decode: str = choice("darknet", "darknet", "yolov5", "linear")
     scale_x_y: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
 
     def check(self) -> list[tuple[str, str]]:
@@ -89,8 +91,8 @@ class ModelConfig:
             errors.append(("anchors", "must be 9 [w, h] pairs of positive pixels, 3 per level (strides 8, 16, 32)"))
         if len(self.scale_x_y) != 3 or min(self.scale_x_y) < 1.0:
             errors.append(("scale_x_y", f"must be 3 values >= 1 (strides 8, 16, 32), got {self.scale_x_y}"))
-        elif self.decode == "yolov5" and set(self.scale_x_y) != {1.0}:
-            errors.append(("scale_x_y", "belongs to darknet's decode; model.decode=yolov5 has its own fixed scale"))
+        elif self.decode != "darknet" and set(self.scale_x_y) != {1.0}:
+            errors.append(("scale_x_y", f"belongs to darknet's decode, not to model.decode={self.decode}"))
         return errors
 
 
@@ -245,7 +247,7 @@ class LossTerms:
     def check_decode(self, model: ModelConfig) -> list[tuple[str, str]]:
         """What the terms need of the model's decode (``model.decode``, ``model.scale_x_y``)."""
         errors = []
-        if model.decode != "darknet" and self.wh != "none":
+        if model.decode not in EXP_WH_RULES and self.wh != "none":
             errors.append(("wh", f"loss.wh={self.wh} regresses tw = ln(w / a_w), darknet's decode; with "
                                  f"model.decode={model.decode} use a box term (loss.box) and loss.wh=none"))
         if self.neighbour_cells and model.decode != "yolov5":
@@ -254,6 +256,10 @@ class LossTerms:
         if self.box != "none" and component("box", self.box).raw_box and model.decode != "darknet":
             errors.append(("box", f"loss.box={self.box} is AlexeyAB's hand-written delta for darknet's decode; "
                                   f"model.decode is {model.decode}"))
+        if (model.decode == "linear") != (self.xy == "mse_linear") and self.xy != "none":
+            errors.append(("xy", "model.decode=linear predicts the offset as tx itself (no sigmoid): its x, y term "
+                                 "is loss.xy=mse_linear (or none), and mse_linear needs that decode; got "
+                                 f"loss.xy={self.xy} with model.decode={model.decode}"))
         return errors
 
     def hyperparameter_values(self) -> dict[str, float]:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -266,11 +268,12 @@ def ignore_mask(boxes_cxcywh: Tensor, truths_xyxy: Tensor, thresh: float, stride
 
     For ``thresh >= 0.5`` (darknet's 0.5 and 0.7, the paper's 0.5) only the (box, truth) pairs whose cell the
     truth covers are compared (see :data:`SPARSE_IGNORE_MIN_THRESH`), which gives the same mask as comparing all
-    ``B * A * H * W * T`` pairs at a fraction of the work; below 0.5 every pair is compared.
+    ``B * A * H * W * T`` pairs at a fraction of the work; below 0.5, or with an unbounded margin, every pair is
+    compared.
     """
     if boxes_cxcywh.dim() == 4:
         boxes_cxcywh = boxes_cxcywh.unsqueeze(0)
-    if thresh < SPARSE_IGNORE_MIN_THRESH:
+    if thresh < SPARSE_IGNORE_MIN_THRESH or math.isinf(margin):  # the linear decode: a centre can be anywhere
         return _ignore_mask_all_pairs(boxes_cxcywh, truths_xyxy, thresh)
     batch, most = truths_xyxy.shape[:2]
     num_anchors, height, width = boxes_cxcywh.shape[1:4]

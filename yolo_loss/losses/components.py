@@ -50,6 +50,13 @@ def xy_mse_t(pred_logits: Tensor, target: Tensor, *, eps: float = 1e-4) -> Tenso
     return 0.5 * (pred_logits - torch.logit(target, eps=eps)).square()
 
 
+def xy_mse_linear(pred: Tensor, target: Tensor) -> Tensor:
+    """``0.5 (tx - gx)^2`` on the raw output: the x, y term of the linear decode (``model.decode=linear``, the
+    YOLOv3 paper's "linear x, y predictions instead of logistic"), where ``tx`` is the offset itself.
+    ``Tensor[P, 2]`` -> ``Tensor[P, 2]``."""
+    return 0.5 * (pred - target).square()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # wh: raw tw, th of the positives against gw = ln(w / a_w), gh = ln(h / a_h).
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise, ciou_loss
-from yolo_loss.decode import grid_xy, per_anchor_view
+from yolo_loss.decode import EXP_WH_RULES, grid_xy, per_anchor_view
 from yolo_loss.head import HeadSpec
 from yolo_loss.losses import registry
 from yolo_loss.losses.assign import (ASSIGN_RULES, COLLISION_RULES, LevelTargets, anchor_boxes_at_cells,
@@ -114,10 +114,12 @@ class YoloCriterion:
                                      ("assign", assign, ASSIGN_RULES), ("collisions", collisions, COLLISION_RULES)):
             if value not in valid:
                 raise ValueError(f"{option} {value!r}; valid: {', '.join(valid)}")
-        if head.decode != "darknet" and wh != registry.NONE:
+        if head.decode not in EXP_WH_RULES and wh != registry.NONE:
             raise ValueError(f"wh={wh} regresses tw = ln(w / a_w), darknet's decode; the head decodes by {head.decode}")
         if "box" in self.components and self.components["box"].raw_box and head.decode != "darknet":
             raise ValueError(f"box={box} is AB darknet's delta for darknet's decode; the head decodes by {head.decode}")
+        if (head.decode == "linear") != (xy == "mse_linear") and xy != registry.NONE:
+            raise ValueError(f"xy={xy} with the {head.decode} decode: xy=mse_linear and the linear decode go together")
         self.head = head
         self.box_scale, self.obj_target, self.ignore, self.reduction = box_scale, obj_target, ignore, reduction
         self.ignore_thresh, self.label_smoothing = ignore_thresh, label_smoothing

@@ -103,6 +103,8 @@ COMPONENTS: tuple[Component, ...] = (
     Component("xy", "bce", c.xy_bce, source="darknet yolo_layer.c (delta = gx - sig(tx))"),
     Component("xy", "mse", c.xy_mse, source="squared error on the sigmoid, the common re-implementation"),
     Component("xy", "mse_t", c.xy_mse_t, source="YOLOv3 paper, section 2.1 (t-space squared error)"),
+    Component("xy", "mse_linear", c.xy_mse_linear,
+              source="YOLOv3 paper, section 5: linear x, y (needs model.decode=linear)"),
     Component("wh", "mse", c.wh_mse, source="darknet and the YOLOv3 paper"),
     Component("wh", "smooth_l1", c.wh_smooth_l1, (SMOOTH_L1_BETA,), source="Girshick, Fast R-CNN, 2015"),
     Component("wh", "l1", c.wh_l1),
