@@ -21,9 +21,8 @@ ultralytics': each truth stays its own positive row, and the cell's objectness t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
