@@ -233,7 +233,7 @@ def test_out_of_range(plain_config: Path) -> None:
 
 def test_invalid_choice_lists_the_allowed_values(tmp_path: Path) -> None:
     config = write(tmp_path / "x.yaml", "loss: {xy: foo}\n")
-    assert load_error(config) == f"loss.xy: 'foo' is not one of bce, mse, mse_t, none (set in {config})"
+    assert load_error(config) == f"loss.xy: 'foo' is not one of bce, mse, mse_t, mse_linear, none (set in {config})"
 
 
 def test_cross_field_checks_name_the_full_dotted_key(tmp_path: Path, plain_config: Path) -> None:
@@ -254,7 +254,7 @@ def test_cross_field_checks_name_the_full_dotted_key(tmp_path: Path, plain_confi
 def test_every_problem_is_reported_one_per_line(tmp_path: Path) -> None:
     config = write(tmp_path / "x.yaml", "train: {epochs: 0, lr: fast}\nloss: {xy: foo}\n")
     assert load_error(config).splitlines() == [
-        f"loss.xy: 'foo' is not one of bce, mse, mse_t, none (set in {config})",
+        f"loss.xy: 'foo' is not one of bce, mse, mse_t, mse_linear, none (set in {config})",
         f"train.epochs: must be >= 1, got 0 (set in {config})",
         f"train.lr: expected float, got str 'fast' (set in {config})",
     ]
