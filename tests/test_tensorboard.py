@@ -226,7 +226,7 @@ def test_hparams_session_in_the_val_folder(run_dir: Path) -> None:
     assert shown == ["loss.xy", "loss.wh", "loss.box", "loss.obj", "loss.cls"]  # listed first, ticked at first
     assert [info.name for info in experiment.hparam_infos][:len(shown) + 1] == [*shown, "run"]
     xy = next(info for info in experiment.hparam_infos if info.name == "loss.xy")
-    assert [v.string_value for v in xy.domain_discrete.values] == ["bce", "mse", "mse_t", "none"]
+    assert [v.string_value for v in xy.domain_discrete.values] == ["bce", "mse", "mse_t", "mse_linear", "none"]
 
 
 def test_a_study_shows_its_own_settings_and_groups_its_seeds() -> None:
