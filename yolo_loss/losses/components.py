@@ -53,8 +53,8 @@ def xy_mse_t(pred_logits: Tensor, target: Tensor, *, eps: float = 1e-4) -> Tenso
 def xy_mse_linear(pred: Tensor, target: Tensor) -> Tensor:
     """``0.5 (tx - gx)^2`` on the raw output: the x, y term of the linear decode (``model.decode=linear``, the
     YOLOv3 paper's "linear x, y predictions instead of logistic"), where ``tx`` is the offset itself.
-    ``Tensor[P, 2]`` -> ``Tensor[P, 2]``."""
-    return 0.5 * (pred - target).square()
+    ``Tensor[P, 2]`` -> ``Tensor[P, 2]``: the same squared error as :func:`wh_mse`, on the offset."""
+    return wh_mse(pred, target)
 
 
 # ---------------------------------------------------------------------------------------------------------
