@@ -8,6 +8,9 @@
 Several launchers (terminals, machines sharing the folder, Slurm jobs) can work on one study at once: each claims a
 run before training it (yolo_loss/claims.py), so every run is trained once.
 
+With `seeds: {auto: [0, 1, 2, 3, 4], cap: 10}` the launcher then adds seeds, a round at a time, to the variants
+whose difference from the baseline is unresolved (yolo_loss/ablation.py); --status lists the next round.
+
 Re-running the same command skips finished runs, resumes interrupted ones from their last checkpoint and restarts
 failed ones (their folder is set aside as <seed folder>.failed-N). At the end the study folder gets results.csv,
 results.md, metrics.png and loss_curves.png (scripts/report.py rebuilds them).
@@ -20,8 +23,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from yolo_loss.ablation import (StudyError, describe_command, load_study, run_state, run_study, submit_study,  # noqa: E402
-                                train_command)
+from yolo_loss.ablation import (StudyError, describe_command, load_study, next_round, run_state, run_study,  # noqa: E402
+                                submit_study, train_command)
 from yolo_loss.claims import CLAIM_TIMEOUT_SECONDS  # noqa: E402
 from yolo_loss.study_report import write_report  # noqa: E402
 
@@ -75,6 +78,8 @@ def main() -> None:
             else:
                 command = train_command(run, nproc_per_run=args.nproc_per_run)
                 print(f"# {run.name} [{state}]\n{describe_command(command)}")
+        for run in next_round(study):  # seeds: auto, once every listed run has ended
+            print(f"{run.name}: next round (auto seeds), {run.state()}")
         return
     if args.launcher != "local":
         submit(study, args)

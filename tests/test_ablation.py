@@ -80,6 +80,13 @@ def test_values_of_any_type_survive_the_command_line(tmp_path: Path) -> None:
     ({"combine": "one_at_a_time"}, "baseline: one_at_a_time needs a value for every axis"),
     ({"combine": "sideways"}, "combine: 'sideways'"),
     ({"seeds": [0, 0]}, "seeds: expected a list of distinct integers"),
+    ({"seeds": {"auto": [0, 1]}}, "seeds: expected a list of seeds or {auto:"),
+    ({"seeds": {"auto": [0, 1], "cap": 10, "metirc": "AP"}}, "seeds: expected a list of seeds or {auto:"),
+    ({"seeds": {"auto": [0, 0], "cap": 10}}, "seeds.auto: expected a list of distinct integers"),
+    ({"seeds": {"auto": [0, 1, 2], "cap": 2}}, "seeds.cap: expected an integer of at least the 3 first seeds"),
+    ({"seeds": {"auto": [0, 1], "cap": 5, "metric": "mAP"}}, "seeds.metric: 'mAP' is not one of AP, AP50"),
+    ({"seeds": {"auto": [0, 1], "cap": 5}}, "seeds: auto adds seeds while a variant's difference from the "
+                                            "baseline is unresolved: the study needs a baseline"),
     ({"axis": {}}, "unknown key(s) axis"),
     ({"include": [{"xy": "huh", "cls": "bce"}]}, "include:"),
     ({"axes": {"x/y": {"a": {}}}}, "may not contain"),

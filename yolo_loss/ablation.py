@@ -7,7 +7,7 @@ A study file (``configs/ablations/*.yaml``)::
     combine: one_at_a_time             # or grid
     baseline: {xy: bce, box: mse, cls: bce}   # one_at_a_time: the variant every other one differs from
     include: [{xy: mse, cls: focal}]   # optional: more combinations, after the ones ``combine`` gives
-    seeds: [0, 1, 2]                   # train.seed of each repetition
+    seeds: [0, 1, 2]                   # train.seed of each repetition, or {auto: [0, 1, 2], cap: 8} (below)
     overrides: {train.epochs: 6}       # dotted overrides applied to every run, before the variant's
     axes:                              # axis -> variant name -> dotted overrides (applied in axis order)
       xy: {bce: {loss.xy: bce}, mse: {loss.xy: mse}}
@@ -19,6 +19,13 @@ named after all its axis values and its seed (``xy=bce,cls=focal/seed=1``) and l
 ``reuse: {variant: {study: other.yaml, variant: its name}}`` lists another study's runs for a variant whose config
 is the same (checked), so they are trained once and reported by both. Every run's config is built and checked when
 the study is expanded, so a bad variant stops the study before anything trains, with the variant and key named.
+
+``seeds: {auto: [0, 1, 2, 3, 4], cap: 10, metric: AP}`` (:class:`AutoSeeds`) trains the listed seeds, then adds
+seeds in rounds: one more (the next integer) for every variant whose paired difference from the baseline in
+``metric`` is still unresolved (its 95% t-interval contains 0, the rule that marks "(noise)" in ``results.md``),
+with the baseline at that seed too, until each is resolved or has ``cap`` seeds. The seeds added are read back from
+the run folders (a run that started has ``run.json``), so a stopped study resumes its round and plans the same
+next one from the same finished results.
 
 Run state is read from the folder alone: ``metrics.json`` (written by ``train.py`` at the very end) means finished,
 ``failed.json`` (written by the runner) failed, ``last.pt`` without either interrupted (resumed from it), an empty or
@@ -81,6 +88,14 @@ class StudyError(ValueError):
 
 
 @dataclass(frozen=True)
+class AutoSeeds:
+    """``seeds: {auto: [...], cap: N, metric: M}``: add seeds to unresolved variants up to ``cap`` seeds each."""
+
+    cap: int
+    metric: str = "AP"
+
+
+@dataclass(frozen=True)
 class Variant:
     """One combination of axis values: ``fields`` maps axis -> value name, ``overrides`` the dotted ``key=value``s."""
 
@@ -138,6 +153,7 @@ class Study:
     overrides: dict[str, Any] = field(default_factory=dict)
     # variant name -> (the study that owns identical runs, its variant's name): those runs are not trained again
     reuse: dict[str, tuple["Study", str]] = field(default_factory=dict)
+    auto: AutoSeeds | None = None  # seeds: {auto: ..., cap: ...}; ``seeds`` is then the first round's
 
     @property
     def baseline_name(self) -> str | None:
@@ -160,7 +176,7 @@ class Study:
                 for combo in combos]
 
     def runs(self, only: list[str] | None = None) -> list[Run]:
-        """Every variant x seed, or those of the variants named in ``only``.
+        """Every variant x its seeds (:meth:`variant_seeds`), or those of the variants named in ``only``.
 
         Raises:
             ValueError: ``only`` names a variant the study does not have.
@@ -172,19 +188,42 @@ class Study:
                 raise ValueError(f"no variant {', '.join(unknown)} in {self.path.name}; its variants: "
                                  + ", ".join(variant.name for variant in variants))
             variants = [variant for variant in variants if variant.name in only]
-        common = tuple(dotted(self.overrides))
-        varied = self.varied_keys()
-        runs = []
+        seeds = self.variant_seeds()
+        return [self.run(variant, seed) for variant in variants for seed in seeds[variant.name]]
+
+    def run(self, variant: Variant, seed: int) -> Run:
+        """The run of ``variant`` at ``seed``: in this study's folder, or the owner's run for a reused variant."""
+        if variant.name in self.reuse:
+            owner, owner_variant = self.reuse[variant.name]
+            (theirs,) = [other for other in owner.variants() if other.name == owner_variant]
+            return dataclasses.replace(owner.run(theirs, seed), listed_as=variant.name)
+        return Run(variant, seed, self.out / variant.name / f"seed={seed}",
+                   tuple(dotted(self.overrides)) + variant.overrides + (f"train.seed={seed}",), self.base, self.path,
+                   varied=self.varied_keys())
+
+    def seed_pool(self) -> list[int]:
+        """The seeds a run may have, in training order: the listed ones, then (auto seeds) the next integers after
+        the largest up to the cap."""
+        if self.auto is None:
+            return list(self.seeds)
+        extra = range(max(self.seeds) + 1, max(self.seeds) + 1 + self.auto.cap - len(self.seeds))
+        return [*self.seeds, *extra]
+
+    def variant_seeds(self) -> dict[str, list[int]]:
+        """Each variant's seeds: the listed ones and, with auto seeds, those added so far (the run started: its
+        folder has ``run.json``); the baseline's are all that any variant has, as each is the other half of a
+        pair."""
+        variants = self.variants()
+        seeds = {variant.name: list(self.seeds) for variant in variants}
+        if self.auto is None:
+            return seeds
+        pool = self.seed_pool()
         for variant in variants:
-            if variant.name in self.reuse:
-                owner, owner_variant = self.reuse[variant.name]
-                runs += [dataclasses.replace(run, listed_as=variant.name) for run in owner.runs([owner_variant])
-                         if run.seed in self.seeds]
-            else:
-                runs += [Run(variant, seed, self.out / variant.name / f"seed={seed}",
-                             common + variant.overrides + (f"train.seed={seed}",), self.base, self.path,
-                             varied=varied) for seed in self.seeds]
-        return runs
+            if variant.name != self.baseline_name:
+                seeds[variant.name] += [seed for seed in pool[len(self.seeds):]
+                                        if (self.run(variant, seed).folder / RUN_INFO).is_file()]
+        seeds[self.baseline_name] = [seed for seed in pool if any(seed in own for own in seeds.values())]
+        return seeds
 
     def varied_keys(self) -> tuple[str, ...]:
         """The dotted keys that some variant of the study sets, in order of first appearance."""
@@ -225,10 +264,7 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
     combine = raw.get("combine", "grid")
     if combine not in COMBINE_MODES:
         raise StudyError(f"{path}: combine: {combine!r} is not one of {', '.join(COMBINE_MODES)}")
-    seeds = raw["seeds"]
-    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds)
-            or len(set(seeds)) != len(seeds)):
-        raise StudyError(f"{path}: seeds: expected a list of distinct integers, got {seeds!r}")
+    seeds, auto = _seeds(path, raw["seeds"])
     axes = raw["axes"]
     if not isinstance(axes, dict) or not axes:
         raise StudyError(f"{path}: axes: expected a mapping of axis -> {{variant: {{dotted.key: value}}}}")
@@ -269,8 +305,11 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
     if not isinstance(overrides, dict):
         raise StudyError(f"{path}: overrides: expected a mapping of dotted keys to values")
     study = Study(path=path, base=(path.parent / raw["base"]).resolve(), out=(path.parent / raw["out"]).resolve(),
-                  combine=combine, seeds=list(seeds), axes=axes, baseline=baseline, include=include,
-                  overrides=overrides)
+                  combine=combine, seeds=seeds, axes=axes, baseline=baseline, include=include,
+                  overrides=overrides, auto=auto)
+    if auto is not None and not baseline:
+        raise StudyError(f"{path}: seeds: auto adds seeds while a variant's difference from the baseline is "
+                         "unresolved: the study needs a baseline")
     if not study.base.is_file():
         raise StudyError(f"{path}: base: {study.base} does not exist")
     if check_configs:
@@ -281,6 +320,33 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
                 raise StudyError(f"{path}: variant {variant.name}: {err}") from None
     study.reuse = _reused_runs(study, raw.get("reuse") or {}, check_configs)
     return study
+
+
+def _seeds(path: Path, raw: Any) -> tuple[list[int], AutoSeeds | None]:
+    """The ``seeds`` key: a list of distinct integers, or ``{auto: [...], cap: N, metric: M}``."""
+    auto = None
+    if isinstance(raw, dict):
+        from yolo_loss.study_report import METRICS  # here: study_report imports this module
+
+        unknown = set(raw) - {"auto", "cap", "metric"}
+        if unknown or "auto" not in raw or "cap" not in raw:
+            raise StudyError(f"{path}: seeds: expected a list of seeds or {{auto: [first seeds], cap: most seeds "
+                             f"per variant, metric: {'|'.join(METRICS)} (default AP)}}, got {raw!r}")
+        metric = raw.get("metric", "AP")
+        if metric not in METRICS:
+            raise StudyError(f"{path}: seeds.metric: {metric!r} is not one of {', '.join(METRICS)}")
+        auto, raw = raw, raw["auto"]
+    if (not isinstance(raw, list) or not raw or not all(isinstance(s, int) and not isinstance(s, bool) for s in raw)
+            or len(set(raw)) != len(raw)):
+        where = "seeds.auto" if auto is not None else "seeds"
+        raise StudyError(f"{path}: {where}: expected a list of distinct integers, got {raw!r}")
+    if auto is None:
+        return list(raw), None
+    cap = auto["cap"]
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < max(len(raw), 2):
+        raise StudyError(f"{path}: seeds.cap: expected an integer of at least the {len(raw)} first seeds (and 2), "
+                         f"got {cap!r}")
+    return list(raw), AutoSeeds(cap, auto.get("metric", "AP"))
 
 
 def _reused_runs(study: Study, raw: Any, check_configs: bool) -> dict[str, tuple[Study, str]]:
@@ -309,7 +375,8 @@ def _reused_runs(study: Study, raw: Any, check_configs: bool) -> dict[str, tuple
             for seed in study.seeds:
                 mine = config_to_dict(load_config(study.base, tuple(dotted(study.overrides))
                                                   + names[listed].overrides + (f"train.seed={seed}",)))
-                (theirs_run,) = [run for run in owner.runs([str(target["variant"])]) if run.seed == seed]
+                (theirs,) = [variant for variant in owner.variants() if variant.name == str(target["variant"])]
+                theirs_run = owner.run(theirs, seed)
                 theirs = config_to_dict(load_config(theirs_run.base, theirs_run.overrides))
                 if mine != theirs:
                     differ = sorted(key for key in _flatten(mine) if _flatten(mine)[key] != _flatten(theirs).get(key))
@@ -352,9 +419,14 @@ def describe_command(command: list[str]) -> str:
 def write_study_info(study: Study) -> None:
     """``study.json`` in the study folder: what :mod:`scripts.report` needs besides the run folders."""
     study.out.mkdir(parents=True, exist_ok=True)
-    info = {"study_file": str(study.path), "base": str(study.base), "combine": study.combine, "seeds": study.seeds,
+    seeds = study.variant_seeds()
+    info = {"study_file": str(study.path), "base": str(study.base), "combine": study.combine,
+            "seeds": [seed for seed in study.seed_pool() if any(seed in own for own in seeds.values())],
             "axes": list(study.axes), "baseline": study.baseline_name, "folders": study.folders(),
             "variants": [variant.name for variant in study.variants()]}
+    if study.auto is not None:
+        info["auto"] = {"first": study.seeds, "cap": study.auto.cap, "metric": study.auto.metric}
+        info["variant_seeds"] = seeds
     (study.out / STUDY_INFO).write_text(json.dumps(info, indent=2))
 
 
@@ -492,7 +564,51 @@ def training_order(study: Study, runs: list[Run]) -> list[Run]:
     """``runs`` seed by seed (every variant at the study's first seed, then at its second, ...), variants in study
     order within a seed: a study stopped partway has its variants at the same seeds, so its paired differences are
     already usable, and each further round of seeds adds one pair to every comparison."""
-    return sorted(runs, key=lambda run: study.seeds.index(run.seed))
+    pool = study.seed_pool()
+    return sorted(runs, key=lambda run: pool.index(run.seed))
+
+
+def next_round(study: Study) -> list[Run]:
+    """With auto seeds (:class:`AutoSeeds`), the runs of the next round once every listed run has finished or
+    failed: for each variant whose paired difference from the baseline in the study's metric is unresolved (fewer
+    than two pairs, or a 95% t-interval containing 0) and that has fewer than ``cap`` seeds, its next seed, with the
+    baseline at that seed. Empty without auto seeds, while a listed run is still to train, or when every variant is
+    resolved or at the cap."""
+    if study.auto is None:
+        return []
+    from yolo_loss.study_report import Difference  # here: study_report imports this module
+
+    if any(run.state() in ("new", "interrupted") for run in study.runs()):
+        return []
+    seeds, pool = study.variant_seeds(), study.seed_pool()
+    variants = {variant.name: variant for variant in study.variants()}
+    baseline = variants[study.baseline_name]
+    reference = {seed: value for seed in seeds[baseline.name]
+                 if (value := _finished_metric(study.run(baseline, seed), study.auto.metric)) is not None}
+    planned: list[Run] = []
+    baseline_seeds: set[int] = set()
+    for name, variant in variants.items():
+        if name == baseline.name or len(seeds[name]) >= study.auto.cap:
+            continue
+        paired = [value - reference[seed] for seed in seeds[name] if seed in reference
+                  if (value := _finished_metric(study.run(variant, seed), study.auto.metric)) is not None]
+        if Difference.of(paired).within_noise is False:
+            continue  # resolved
+        seed = next(seed for seed in pool if seed not in seeds[name])
+        planned.append(study.run(variant, seed))
+        if seed not in baseline_seeds:
+            baseline_seeds.add(seed)
+            planned.append(study.run(baseline, seed))
+    order = list(variants)
+    return sorted(planned, key=lambda run: (pool.index(run.seed), order.index(run.listed_as or run.variant.name)))
+
+
+def _finished_metric(run: Run, metric: str) -> float | None:
+    """The run's final ``metric`` from its ``metrics.json``; None when it has not finished."""
+    if run.state() != "finished":
+        return None
+    value = json.loads((run.folder / FINISHED).read_text())["metrics"].get(metric)
+    return None if value is None else float(value)
 
 
 def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, nproc_per_run: int = 1,
@@ -520,6 +636,8 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
     write_study_info(study)
     runs = study.runs(only)
     todo = training_order(study, [run for run in runs if run.state() != "finished"])
+    if not todo and not only:
+        todo = [run for run in next_round(study) if run.state() != "finished"]
     jobs = max(1, min(jobs, len(slots) if slots else jobs, len(todo) or 1))
     threads = str(max(1, (os.cpu_count() or 1) // (jobs * nproc_per_run)))
     launcher = Launcher(threads=threads, python=python, nproc_per_run=nproc_per_run, claim_timeout=claim_timeout,
@@ -529,18 +647,21 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
         free_devices.put(device)
     lock = threading.Lock()
     counts = {"done": len(runs) - len(todo), "running": 0, "failed": 0, "held": 0}
+    total = [len(runs)]  # grows with each round of auto seeds
     durations: list[float] = []
     started = time.monotonic()
     processes = f"{nproc_per_run} processes of {threads} threads" if nproc_per_run > 1 else f"{threads} threads"
-    echo(f"study {study.path.name}: {len(runs)} runs, {counts['done']} finished already, {len(todo)} to run, "
+    auto = (f", seeds added to unresolved variants up to {study.auto.cap} (on {study.auto.metric})"
+            if study.auto and not only else "")
+    echo(f"study {study.path.name}: {len(runs)} runs{auto}, {counts['done']} finished already, {len(todo)} to run, "
          f"{jobs} at a time ({processes} each{', devices ' + ' '.join(slots) if slots else ''}); "
          f"folder {study.out}; launcher {claims.LAUNCHER_ID}")
 
     def progress(line: str) -> None:
-        left = len(runs) - counts["done"] - counts["failed"] - counts["held"]
+        left = total[0] - counts["done"] - counts["failed"] - counts["held"]
         eta = (sum(durations) / len(durations) * left / jobs / 60) if durations else float("nan")
         eta_text = f"~{eta:.0f} min left" if durations else "time left unknown yet"
-        echo(f"[{counts['done']}/{len(runs)} done, {counts['running']} running, {counts['failed']} failed, "
+        echo(f"[{counts['done']}/{total[0]} done, {counts['running']} running, {counts['failed']} failed, "
              f"{counts['held']} held elsewhere, {eta_text}] {line}")
 
     def execute(run: Run) -> Outcome:
@@ -563,8 +684,17 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
 
     with ThreadPoolExecutor(jobs) as pool:
         outcomes = list(pool.map(execute, todo))
+        while not only and study.auto and (more := [run for run in next_round(study) if run.state() != "finished"]):
+            # a round of auto seeds; it waits for the rest of the study (runs other launchers hold), so it is
+            # planned from every listed run's result and each round adds one pair to each unresolved comparison
+            with lock:
+                total[0] += len(more)
+            echo(f"auto seeds: {len(more)} more run(s): seed {', '.join(sorted({str(run.seed) for run in more}))} "
+                 f"for {', '.join(run.name for run in more)}")
+            outcomes += list(pool.map(execute, more))
+            write_study_info(study)
     held = f", {counts['held']} held by other launchers" if counts["held"] else ""
-    echo(f"study {study.path.name}: {counts['done']}/{len(runs)} finished, {counts['failed']} failed{held}, "
+    echo(f"study {study.path.name}: {counts['done']}/{total[0]} finished, {counts['failed']} failed{held}, "
          f"{(time.monotonic() - started) / 60:.1f} min")
     return outcomes
 
@@ -574,7 +704,7 @@ def run_in_job(study_file: str, run_name: str, *, nproc_per_run: int = 1, python
     """What one cluster job runs (submitted by :func:`submit_study`): load the study, claim its run ``run_name``
     and train (or resume) it with every CPU the job has, as a local launcher would; returns the outcome."""
     study = load_study(study_file, check_configs=False)
-    runs = {run.name: run for run in study.runs()}
+    runs = {run.name: run for run in study.runs() + next_round(study)}
     if run_name not in runs:
         raise StudyError(f"{study_file}: no run {run_name!r}")
     threads = str(max(1, (os.cpu_count() or 1) // nproc_per_run))
@@ -590,6 +720,8 @@ def submit_study(study: Study, executor: Any, *, only: list[str] | None = None, 
     local launchers can share a study. Returns the submitit jobs."""
     write_study_info(study)
     todo = training_order(study, [run for run in study.runs(only) if run.state() != "finished"])
+    if not todo and not only:  # auto seeds: one round per submission
+        todo = [run for run in next_round(study) if run.state() != "finished"]
     with executor.batch():
         jobs = [executor.submit(run_in_job, str(study.path), run.name, nproc_per_run=nproc_per_run, python=python,
                                 claim_timeout=claim_timeout) for run in todo]

@@ -105,6 +105,12 @@ class Difference:
     n: int
     values: tuple[float, ...] = ()  # the paired differences, by seed
 
+    @classmethod
+    def of(cls, paired: list[float]) -> "Difference":
+        """The difference from its paired values (mean +- SE; nan where there are too few)."""
+        se = statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) >= 2 else math.nan
+        return cls(statistics.fmean(paired) if paired else math.nan, se, len(paired), tuple(paired))
+
     @property
     def sd(self) -> float:
         return self.se * math.sqrt(self.n) if self.n >= 2 else math.nan
@@ -145,7 +151,7 @@ def load_rows(study_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any
     info = json.loads((study_dir / STUDY_INFO).read_text())
     rows = []
     for variant in info["variants"]:
-        for seed in info["seeds"]:
+        for seed in seeds_of(info, variant):
             folder = study_dir / info.get("folders", {}).get(variant, variant) / f"seed={seed}"
             fields = dict(part.split("=", 1) for part in variant.split(","))
             row: dict[str, Any] = {"variant": variant, **fields, "seed": seed, "status": "missing", "folder": str(folder)}
@@ -166,6 +172,29 @@ def load_rows(study_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any
     return info, rows
 
 
+def seeds_of(info: dict[str, Any], variant: str) -> list[int]:
+    """A variant's seeds: the study's, or with auto seeds (``seeds: {auto: ...}``) those it was given."""
+    return info.get("variant_seeds", {}).get(variant, info["seeds"])
+
+
+def auto_seeds_markdown(info: dict[str, Any], summaries: list[VariantSummary]) -> str:
+    """What ``seeds: auto`` did: the rule, and per variant its seeds and whether its difference was resolved."""
+    auto = info["auto"]
+    metric = auto["metric"]
+    lines = [f"Seeds added automatically (`seeds: {{auto: {auto['first']}, cap: {auto['cap']}, metric: {metric}}}`): "
+             f"after the first {len(auto['first'])} seeds, one more at a time for each variant whose d{metric} was "
+             f"unresolved by the t-rule, with the baseline, up to {auto['cap']} seeds.", ""]
+    for s in summaries:
+        if s.diff is None:
+            continue
+        d = s.diff.get(metric)
+        state = ("resolved" if d is not None and d.within_noise is False
+                 else f"unresolved at the cap of {auto['cap']}" if len(seeds_of(info, s.name)) >= auto["cap"]
+                 else "unresolved (still adding seeds)")
+        lines.append(f"- {s.name}: {len(seeds_of(info, s.name))} seeds, {state}")
+    return "\n".join(lines) + "\n"
+
+
 def summarize(info: dict[str, Any], rows: list[dict[str, Any]],
               metrics: tuple[str, ...] = TABLE_METRICS) -> list[VariantSummary]:
     """Mean, std and the paired difference from the baseline, per variant (see the module docstring)."""
@@ -183,11 +212,9 @@ def summarize(info: dict[str, Any], rows: list[dict[str, Any]],
         if baseline is not None and variant != info.get("baseline"):
             diff = {}
             for metric in metrics:
-                paired = [runs[seed][metric] - baseline[seed][metric] for seed in runs if seed in baseline]
-                se = statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) >= 2 else math.nan
-                diff[metric] = Difference(statistics.fmean(paired) if paired else math.nan, se, len(paired),
-                                          tuple(paired))
-        missing = [seed for seed in info["seeds"] if seed not in runs]
+                diff[metric] = Difference.of([runs[seed][metric] - baseline[seed][metric]
+                                              for seed in runs if seed in baseline])
+        missing = [seed for seed in seeds_of(info, variant) if seed not in runs]
         summaries.append(VariantSummary(variant, len(runs), missing, mean, std, diff))
     return summaries
 
@@ -355,6 +382,8 @@ def write_report(study_dir: str | Path) -> list[Path]:
     write_csv(rows, study_dir / "results.csv")
     failed = [row for row in rows if row["status"] == "failed"]
     text = f"# {Path(info['study_file']).stem}\n\n" + markdown(info, summaries)
+    if info.get("auto"):
+        text += "\n" + auto_seeds_markdown(info, summarize(info, rows, metrics=(info["auto"]["metric"],)))
     mismatched = start_mismatches(rows)
     if mismatched:
         text += ("\nNot exactly paired: these seeds' runs started from different pretrained backbones (the same "
