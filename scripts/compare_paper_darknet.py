@@ -170,7 +170,12 @@ def main() -> None:
         fmt = (lambda v: " / ".join(f"{x:.3f}" for x in v))
         lines.append(f"| {term} | {fmt(magnitudes['darknet'][term])} | {fmt(magnitudes['paper'][term])} |")
     if args.study and (args.study / "results.md").is_file():
-        lines += ["", "## Training comparison", "", (args.study / "results.md").read_text().split("\n", 2)[2]]
+        lines += ["", "## Training comparison", "",
+                  f"`python scripts/ablate.py configs/ablations/paper_vs_darknet.yaml`, its results from `{args.study}"
+                  "/results.md`: the CPU study protocol (README, \"Study protocol\"), each variant against darknet's "
+                  "loss paired by seed. What it says about the papers' claims, and what a synthetic CPU proxy cannot "
+                  "tell about full scale: [findings.md](findings.md).", "",
+                  (args.study / "results.md").read_text().split("\n", 2)[2]]
     report = args.out / "paper_vs_darknet.md"
     report.write_text("\n".join(lines) + "\n")
     print(f"wrote {report}, {xy_png}, {wh_png}")
