@@ -86,7 +86,7 @@ def test_values_of_any_type_survive_the_command_line(tmp_path: Path) -> None:
     ({"seeds": {"auto": [0, 1, 2], "cap": 2}}, "seeds.cap: expected an integer of at least the 3 first seeds"),
     ({"seeds": {"auto": [0, 1], "cap": 5, "metric": "mAP"}}, "seeds.metric: 'mAP' is not one of AP, AP50"),
     ({"seeds": {"auto": [0, 1], "cap": 5}}, "seeds: auto adds seeds while a variant's difference from the "
-                                            "baseline is unresolved: the study needs a baseline"),
+                                            "baseline is unresolved: the study needs a baseline with a value"),
     ({"axis": {}}, "unknown key(s) axis"),
     ({"include": [{"xy": "huh", "cls": "bce"}]}, "include:"),
     ({"axes": {"x/y": {"a": {}}}}, "may not contain"),

@@ -307,9 +307,9 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
     study = Study(path=path, base=(path.parent / raw["base"]).resolve(), out=(path.parent / raw["out"]).resolve(),
                   combine=combine, seeds=seeds, axes=axes, baseline=baseline, include=include,
                   overrides=overrides, auto=auto)
-    if auto is not None and not baseline:
+    if auto is not None and set(baseline) != set(axes):
         raise StudyError(f"{path}: seeds: auto adds seeds while a variant's difference from the baseline is "
-                         "unresolved: the study needs a baseline")
+                         f"unresolved: the study needs a baseline with a value for every axis ({', '.join(axes)})")
     if not study.base.is_file():
         raise StudyError(f"{path}: base: {study.base} does not exist")
     if check_configs:
