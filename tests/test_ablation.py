@@ -329,7 +329,8 @@ def test_a_study_reuses_identical_runs_of_another(tmp_path: Path) -> None:
     with pytest.raises(StudyError, match=r"reuse.box=mse: its config differs from study.yaml's xy=bce at "
                                          r"train.epochs"):
         load_study(reusing)
-    data["seeds"] = [5]
+    data["overrides"], data["seeds"] = {"train.epochs": 2}, [1, 5]  # seed 5: not the owner's; trained in its folder
     reusing.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.raises(StudyError, match="does not run seed"):
-        load_study(reusing)
+    shared = [run for run in load_study(reusing).runs() if run.listed_as]
+    assert [run.folder for run in shared] == [tmp_path / "a" / "study" / "xy=bce" / f"seed={s}" for s in (1, 5)]
+    assert shared[1].overrides == ("train.epochs=2", "train.seed=5")

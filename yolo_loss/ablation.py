@@ -351,8 +351,9 @@ def _seeds(path: Path, raw: Any) -> tuple[list[int], AutoSeeds | None]:
 
 def _reused_runs(study: Study, raw: Any, check_configs: bool) -> dict[str, tuple[Study, str]]:
     """The ``reuse`` key: ``{variant: {study: other.yaml, variant: its variant}}``, each checked to name a variant
-    of both studies, with this study's seeds among the other's and, with ``check_configs``, the same resolved
-    config for every seed (so the runs are the same runs)."""
+    of both studies and, with ``check_configs``, the same resolved config for every seed (so the runs are the same
+    runs). A seed the other study does not list is trained in its folder all the same, as its variant at that seed
+    (its own report lists only its seeds)."""
     path = study.path
     if not isinstance(raw, dict):
         raise StudyError(f"{path}: reuse: expected a mapping of variant -> {{study: file, variant: name}}")
@@ -368,9 +369,6 @@ def _reused_runs(study: Study, raw: Any, check_configs: bool) -> dict[str, tuple
         owned = {variant.name: variant for variant in owner.variants()}
         if str(target["variant"]) not in owned:
             raise StudyError(f"{where}: {owner.path.name} has no variant {target['variant']!r}")
-        missing = sorted(set(study.seeds) - set(owner.seeds))
-        if missing:
-            raise StudyError(f"{where}: {owner.path.name} does not run seed(s) {', '.join(map(str, missing))}")
         if check_configs:
             for seed in study.seeds:
                 mine = config_to_dict(load_config(study.base, tuple(dotted(study.overrides))
