@@ -14,7 +14,8 @@ import yaml
 
 from yolo_loss.ablation import FAILED, StudyError, load_study, run_study, train_command
 from yolo_loss.config import load_config
-from yolo_loss.study_report import load_rows, markdown, summarize, t_quantile, write_report
+from yolo_loss.stats import t_quantile
+from yolo_loss.study_report import load_rows, markdown, summarize, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -284,8 +285,8 @@ def test_power_statistics_on_known_numbers() -> None:
     (3.182 + 0.978) * 0.01 / 2 = 0.0208 > 0.02, n = 5 gives (2.776 + 0.941) * 0.01 / sqrt(5) = 0.01662 <= 0.02: 5.
     Sign flips of (1, 2, 3): of the 8 patterns only +++ and --- reach |mean| 2, p = 2/8 = 0.25; of (1, -1, 1, -1)
     (mean 0) every pattern does, p = 1; five equal differences give the smallest p, 2/32 = 0.0625."""
-    from yolo_loss.study_report import (Difference, minimum_detectable_effect, seeds_for_power, sign_flip_p_value,
-                                        t_quantile_80)
+    from yolo_loss.stats import (Difference, minimum_detectable_effect, seeds_for_power, sign_flip_p_value,
+                                 t_quantile_80)
 
     assert minimum_detectable_effect(0.01, 3) == pytest.approx(4.303 * 0.01 / math.sqrt(3))
     assert math.isnan(minimum_detectable_effect(0.01, 1))

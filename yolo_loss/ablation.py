@@ -60,6 +60,7 @@ import yaml
 
 from yolo_loss import claims
 from yolo_loss.config import ConfigError, config_to_dict, load_config
+from yolo_loss.stats import METRICS, Difference
 
 STUDY_KEYS = {"base", "out", "combine", "baseline", "include", "seeds", "overrides", "axes", "reuse"}
 COMBINE_MODES = ("grid", "one_at_a_time")
@@ -326,8 +327,6 @@ def _seeds(path: Path, raw: Any) -> tuple[list[int], AutoSeeds | None]:
     """The ``seeds`` key: a list of distinct integers, or ``{auto: [...], cap: N, metric: M}``."""
     auto = None
     if isinstance(raw, dict):
-        from yolo_loss.study_report import METRICS  # here: study_report imports this module
-
         unknown = set(raw) - {"auto", "cap", "metric"}
         if unknown or "auto" not in raw or "cap" not in raw:
             raise StudyError(f"{path}: seeds: expected a list of seeds or {{auto: [first seeds], cap: most seeds "
@@ -574,8 +573,6 @@ def next_round(study: Study) -> list[Run]:
     resolved or at the cap."""
     if study.auto is None:
         return []
-    from yolo_loss.study_report import Difference  # here: study_report imports this module
-
     if any(run.state() in ("new", "interrupted") for run in study.runs()):
         return []
     seeds, pool = study.variant_seeds(), study.seed_pool()

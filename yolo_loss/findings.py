@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from yolo_loss.study_report import Difference, minimum_detectable_effect
+from yolo_loss.stats import Difference, minimum_detectable_effect
 
 DIRECTIONS = ("better", "worse", "same")
 CLAIM_KEYS = {"source", "claim", "published", "study", "variant", "reference", "metric", "direction"}
