@@ -226,6 +226,33 @@ def test_report_names_seeds_whose_runs_started_from_different_backbones(tmp_path
     assert "Not exactly paired" not in (folder / "results.md").read_text()
 
 
+def test_convergence_table_and_curves_on_known_numbers(tmp_path: Path) -> None:
+    """Runs evaluated after epochs 3, 6, 9 and 12 (``metrics.json`` ``evaluations``). Worked by hand: the baseline's
+    mean AP 0.11, 0.21, 0.28, 0.30 rises 0.02 over the last quarter (from epoch 9), 7% of 0.30: converged; v=x's
+    0.05, 0.11, 0.15, 0.21 rises 0.06, 29%: not. Paired by seed, v=x - baseline is (-0.05, -0.07) at epoch 3:
+    -0.060 +- 0.010 (sd 0.01414 / sqrt 2), (-0.10, -0.10) at 6, (-0.10, -0.08) at 12. A study evaluated once has no
+    convergence section."""
+    curves = {("v=base", 0): [0.10, 0.20, 0.28, 0.30], ("v=base", 1): [0.12, 0.22, 0.28, 0.30],
+              ("v=x", 0): [0.05, 0.10, 0.15, 0.20], ("v=x", 1): [0.05, 0.12, 0.15, 0.22]}
+    folder = fake_study(tmp_path / "s", {"v=base": {0: 0.6, 1: 0.6}, "v=x": {0: 0.4, 1: 0.44}, "v=once": {0: 0.5}},
+                        [0, 1], "v=base")
+    write_report(folder)
+    assert "## Convergence" not in (folder / "results.md").read_text()
+    assert not (folder / "ap_curves.png").exists()
+    for (variant, seed), values in curves.items():
+        path = folder / variant / f"seed={seed}" / "metrics.json"
+        evaluations = [{"step": 10 * epoch, "epoch": epoch, "AP": ap} for epoch, ap in zip((3, 6, 9, 12), values)]
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), evaluations=evaluations)))
+    written = write_report(folder)
+    text = (folder / "results.md").read_text()
+    assert ("| **v=base** (baseline) |" not in text.split("## Convergence")[1]
+            and "| v=base | 2 | 3: 0.110, 6: 0.210, 9: 0.280, 12: 0.300 | +0.020 since epoch 9 (+7%) | yes |  |" in text)
+    assert ("| v=x | 2 | 3: 0.050, 6: 0.110, 9: 0.150, 12: 0.210 | +0.060 since epoch 9 (+29%) | no | "
+            "3: -0.060 +- 0.010, 6: -0.100 +- 0.000, 9: -0.130 +- 0.000, 12: -0.090 +- 0.010 |") in text
+    assert "v=once" not in text.split("## Convergence")[1]  # evaluated once: no curve
+    assert folder / "ap_curves.png" in written and (folder / "ap_curves.png").stat().st_size > 0
+
+
 def test_a_run_stopped_by_a_signal_is_resumed_not_failed(tmp_path: Path) -> None:
     """A stand-in for train.py: saves last.pt in its --run-dir and exits 130, as train.py does after Ctrl-C."""
     fake = tmp_path / "fake_python"

@@ -106,7 +106,7 @@ def resume_config(tmp_path: Path) -> Path:
         "data": {"format": "shapes", "root": str(tmp_path / "data"), "img_size": 64, "cache": True, "workers": 0,
                  "shapes": {"num_train": 8 * STEPS_PER_EPOCH, "num_val": 4, "image_size": 64, "max_objects": 2},
                  "augment": {"jitter": 0.3, "multiscale": [64, 96]}},
-        "train": {"epochs": EPOCHS, "batch_size": 8, "burn_in": 2, "ema": True, "eval_points": 1,
+        "train": {"epochs": EPOCHS, "batch_size": 8, "burn_in": 2, "ema": True, "eval_points": EPOCHS,
                   "eval_at_start": False,
                   "log_interval": 1, "grad_terms_interval": 3, "checkpoint_interval": 2, "device": "cpu",
                   "log_images": 0},
@@ -176,6 +176,9 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
     saved, reference_saved = (json.loads((r / "metrics.json").read_text()) for r in (run, reference))
     assert saved["metrics"] == reference_saved["metrics"] and saved["final_terms"] == reference_saved["final_terms"]
+    # the validation curve, one evaluation an epoch: those before the interruption come back from the checkpoint
+    assert [e["epoch"] for e in saved["evaluations"]] == list(range(1, EPOCHS + 1))
+    assert saved["evaluations"] == reference_saved["evaluations"]
     assert torch.equal(final["criterion"]["iou_mean"], expected["criterion"]["iou_mean"])
 
 

@@ -124,6 +124,10 @@ def test_validation_shares_the_training_tags_and_metrics_are_in_range(run_dir: P
             assert found[tag][-1].value == pytest.approx(final[key])
         else:
             assert tag not in found
+    # metrics.json keeps the curve the events show, after each training step's evaluation (step 0 is not in it)
+    curve = json.loads((run_dir / "metrics.json").read_text())["evaluations"]
+    assert [(e["step"], e["epoch"]) for e in curve] == [(4, 1.0), (8, 2.0)]
+    assert [e["AP"] for e in curve] == pytest.approx([e.value for e in found["metrics/AP"]][-2:])
     per_class = {tag for tag in found if tag.startswith("metrics/AP50/")}
     assert per_class == {f"metrics/AP50/{name}" for name in ("ellipse", "rectangle", "triangle", "diamond", "star",
                                                              "cross")}

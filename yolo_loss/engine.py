@@ -172,6 +172,8 @@ class TrainState:
         train_seconds, images_seen: training time (no evaluation) and images, summed over resumes.
         progress: how far the unfinished epoch got (restored from a mid-epoch checkpoint, used once).
         metrics: the last evaluation's metrics; final_terms: the mean weighted terms of the last epoch trained.
+        evaluations: every evaluation after a step, ``{"step", "epoch" (fractional), AP, AP50, ...}``: the
+            validation curve that ``metrics.json`` keeps (the study report's convergence check reads it).
     """
 
     epoch: int = 0
@@ -183,6 +185,7 @@ class TrainState:
     progress: EpochProgress = field(default_factory=EpochProgress)
     metrics: dict[str, float] = field(default_factory=dict)
     final_terms: dict[str, float] = field(default_factory=dict)
+    evaluations: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -289,7 +292,8 @@ def restore(trainer: Trainer, path: Path, *, force: bool) -> TrainState:
     state = TrainState(epoch=saved["epoch"], step=saved["step"], best_ap=saved["best_ap"],
                        nonfinite_skipped=saved.get("nonfinite_skipped", 0),
                        train_seconds=saved.get("train_seconds", 0.0), images_seen=saved.get("images_seen", 0),
-                       progress=EpochProgress(**saved.get("epoch_progress", {})))
+                       progress=EpochProgress(**saved.get("epoch_progress", {})),
+                       evaluations=saved.get("evaluations", []))
     # skip the images the epoch's batches so far took, from all processes
     trainer.train_loader.sampler.start = state.progress.batches * cfg.train.batch_size * saved_world
     dist.on_main(tqdm.write)(f"resumed from {path} at epoch {state.epoch + 1}, batch {state.progress.batches}, "
@@ -314,7 +318,8 @@ def save(trainer: Trainer, state: TrainState, name: str, loader_state: torch.Ten
                      "criterion": trainer.criterion.state_dict(),
                      "epoch": state.epoch, "step": state.step, "best_ap": state.best_ap,
                      "nonfinite_skipped": state.nonfinite_skipped, "train_seconds": state.train_seconds,
-                     "images_seen": state.images_seen, "world_size": dist.world_size(),
+                     "images_seen": state.images_seen, "evaluations": state.evaluations,
+                     "world_size": dist.world_size(),
                      "rng": rng_state(), "loader_generator": loader_state,
                      "epoch_progress": dataclasses.asdict(state.progress),
                      "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
@@ -454,6 +459,8 @@ def evaluate_now(trainer: Trainer, state: TrainState) -> float:
                              + "  ".join(f"{k} {metrics[k]:.3f}" for k in METRIC_KEYS if k in metrics))
     if state.step:
         state.metrics = metrics
+        state.evaluations.append({"step": state.step, "epoch": round(state.step / trainer.steps_per_epoch, 4),
+                                  **{k: metrics[k] for k in METRIC_KEYS if k in metrics}})
         if metrics.get("AP", 0.0) > state.best_ap:
             state.best_ap = metrics["AP"]
             save(trainer, state, "best.pt", trainer.train_loader.generator.get_state())
@@ -495,7 +502,8 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
     summary = {"metrics": state.metrics, "steps": state.step, "final_terms": state.final_terms,
                "train_seconds": state.train_seconds,
                "images_per_sec": state.images_seen / state.train_seconds if state.train_seconds else 0.0,
-               "nonfinite_skipped": state.nonfinite_skipped, "world_size": dist.world_size(), "start": trainer.start}
+               "nonfinite_skipped": state.nonfinite_skipped, "world_size": dist.world_size(), "start": trainer.start,
+               "evaluations": state.evaluations}
     if dist.is_main():
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(run_dir, state.metrics, state.step)

@@ -21,6 +21,10 @@ Statistics (:func:`summarize`; the functions in :mod:`yolo_loss.stats`):
 
 A variant with a seed missing (failed or not run yet) is shown with its ``n`` and the missing seeds named, never
 averaged over fewer runs silently.
+
+Runs evaluated more than once (``train.eval_points``; ``metrics.json`` keeps every evaluation) add a convergence
+table (:func:`convergence_markdown`): each variant's mean AP at each evaluation and its rise over the last quarter of
+the schedule as a share of its final AP, the study protocol's 10% rule; and ``ap_curves.png``.
 """
 
 from __future__ import annotations
@@ -95,6 +99,69 @@ def auto_seeds_markdown(info: dict[str, Any], summaries: list[VariantSummary]) -
                  else f"unresolved at the cap of {auto['cap']}" if len(seeds_of(info, s.name)) >= auto["cap"]
                  else "unresolved (still adding seeds)")
         lines.append(f"- {s.name}: {len(seeds_of(info, s.name))} seeds, {state}")
+    return "\n".join(lines) + "\n"
+
+
+def evaluation_curves(rows: list[dict[str, Any]], metric: str = "AP") -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """``{variant: {seed: [(epoch, metric), ...]}}`` of the finished runs evaluated at least twice, from their
+    ``metrics.json`` ``evaluations`` (written since the validation curve was kept there)."""
+    curves: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for row in rows:
+        if row["status"] != "finished":
+            continue
+        evaluations = json.loads((Path(row["folder"]) / FINISHED).read_text()).get("evaluations", [])
+        points = [(e["epoch"], e[metric]) for e in evaluations if metric in e]
+        if len(points) >= 2:
+            curves.setdefault(row["variant"], {})[row["seed"]] = points
+    return curves
+
+
+def mean_curve(seeds: dict[int, list[tuple[float, float]]]) -> tuple[list[float], list[list[float]]]:
+    """The epochs every seed of a variant was evaluated at (the first seed's, cut to the shortest curve) and, per
+    epoch, the seeds' values."""
+    length = min(len(points) for points in seeds.values())
+    epochs = [epoch for epoch, _ in next(iter(seeds.values()))[:length]]
+    return epochs, [[points[k][1] for points in seeds.values()] for k in range(length)]
+
+
+CONVERGED_RISE = 0.10  # the study protocol's rule: AP rises by less than 10% of its final value over the last quarter
+
+
+def convergence_markdown(curves: dict[str, dict[int, list[tuple[float, float]]]], baseline: str | None = None,
+                         metric: str = "AP") -> str:
+    """Per variant: the mean ``metric`` at each evaluation, its rise from the last evaluation at or before 3/4 of
+    the schedule to the end as a share of the final value ("converged" when under :data:`CONVERGED_RISE`), and,
+    with a ``baseline`` among the curves, the difference from it at each evaluation, paired by seed."""
+    lines = ["## Convergence", "",
+             f"Mean {metric} over the seeds at each evaluation (epoch), and its rise over the last quarter of the "
+             f"schedule (from the last evaluation at or before 3/4 of it) as a share of the final {metric}: "
+             f"converged when under {CONVERGED_RISE:.0%}."
+             + (f" d{metric}: the difference from the baseline at each evaluation, paired by seed, +- SE."
+                if baseline in curves else ""), "",
+             f"| variant | n | {metric} by epoch | rise over the last quarter | converged |"
+             + (f" d{metric} by epoch |" if baseline in curves else ""),
+             "|---|---|---|---|---|" + ("---|" if baseline in curves else "")]
+    for variant, seeds in curves.items():
+        epochs, values = mean_curve(seeds)
+        means = [statistics.fmean(v) for v in values]
+        cells = [variant, str(len(seeds)), ", ".join(f"{e:g}: {m:.3f}" for e, m in zip(epochs, means))]
+        quarter = [k for k, e in enumerate(epochs) if e <= 0.75 * epochs[-1] + 1e-9]
+        if not quarter or means[-1] <= 0:
+            cells += ["-", "-"]
+        else:
+            k = quarter[-1]
+            rise = (means[-1] - means[k]) / means[-1]
+            cells += [f"{means[-1] - means[k]:+.3f} since epoch {epochs[k]:g} ({rise:+.0%})",
+                      "yes" if rise < CONVERGED_RISE else "no"]
+        if baseline in curves:
+            base = curves[baseline]
+            paired = [seed for seed in seeds if seed in base]
+            steps = min([len(seeds[seed]) for seed in paired] + [len(base[seed]) for seed in paired], default=0)
+            diffs = [Difference.of([seeds[seed][k][1] - base[seed][k][1] for seed in paired]) for k in range(steps)]
+            cells.append("" if variant == baseline else ", ".join(
+                f"{epochs[k]:g}: {d.mean:+.3f}" + ("" if math.isnan(d.se) else f" +- {d.se:.3f}")
+                for k, d in enumerate(diffs)))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -261,6 +328,33 @@ def plot(info: dict[str, Any], rows: list[dict[str, Any]], summaries: list[Varia
     return [metrics_png, curves_png]
 
 
+def plot_ap_curves(curves: dict[str, dict[int, list[tuple[float, float]]]], out: Path, metric: str = "AP") -> Path:
+    """``ap_curves.png``: each variant's validation ``metric`` against the epoch, mean over its seeds with a min-max
+    band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for variant, seeds in curves.items():
+        epochs, values = mean_curve(seeds)
+        values = np.array(values)
+        line, = ax.plot(epochs, values.mean(1), marker="o", label=f"{variant} (n={len(seeds)})")
+        ax.fill_between(epochs, values.min(1), values.max(1), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"validation {metric}: mean over seeds, band min-max")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "ap_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def start_mismatches(rows: list[dict[str, Any]]) -> list[str]:
     """One line per seed whose finished runs did not all start from the same pretrained backbone (its
     fingerprint, :func:`yolo_loss.pretrain.fingerprint`): the cache is keyed by its parameters, but another machine
@@ -278,7 +372,8 @@ def start_mismatches(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_report(study_dir: str | Path) -> list[Path]:
-    """Rebuild ``results.csv``, ``results.md``, ``metrics.png`` and ``loss_curves.png`` in ``study_dir``."""
+    """Rebuild ``results.csv``, ``results.md``, ``metrics.png``, ``loss_curves.png`` and (for runs evaluated more
+    than once) ``ap_curves.png`` in ``study_dir``."""
     study_dir = Path(study_dir)
     info, rows = load_rows(study_dir)
     summaries = summarize(info, rows)
@@ -287,6 +382,9 @@ def write_report(study_dir: str | Path) -> list[Path]:
     text = f"# {Path(info['study_file']).stem}\n\n" + markdown(info, summaries)
     if info.get("auto"):
         text += "\n" + auto_seeds_markdown(info, summarize(info, rows, metrics=(info["auto"]["metric"],)))
+    curves = evaluation_curves(rows)
+    if curves:
+        text += "\n" + convergence_markdown(curves, info.get("baseline"))
     mismatched = start_mismatches(rows)
     if mismatched:
         text += ("\nNot exactly paired: these seeds' runs started from different pretrained backbones (the same "
@@ -298,4 +396,6 @@ def write_report(study_dir: str | Path) -> list[Path]:
     written = [study_dir / "results.csv", study_dir / "results.md"]
     if any(row["status"] == "finished" for row in rows):
         written += plot(info, rows, summaries, study_dir)
+    if curves:
+        written.append(plot_ap_curves(curves, study_dir))
     return written
