@@ -3,8 +3,10 @@
     python scripts/findings.py                       # docs/claims.yaml + docs/ablations/*/results.csv
     python scripts/findings.py --claims C --studies DIR --out F
 
-Each claim names a study folder (under --studies), the variant it is about and the variant it is compared with;
-the paired difference, its MDE and the verdict come from that study's results.csv (yolo_loss/findings.py).
+Each claim (and each of the project's questions) names a study folder (under --studies), the variant it is about
+and the variant it is compared with; the paired difference, its p-values and the verdict come from the studies'
+results.csv, the claims judged as one family and the questions as another (yolo_loss/findings.py). Regenerate each
+study's results.csv first (scripts/report.py).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from yolo_loss.findings import ClaimsError, evaluate_claims, findings_markdown, load_claims
+from yolo_loss.stats import DEFAULT_MIN_EFFECT
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from yolo_loss.findings import ClaimsError, evaluate_claims, findings_markdown, load_claims  # noqa: E402
 
 
 def main() -> None:
@@ -26,14 +29,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "findings.md")
     args = parser.parse_args()
     try:
-        claims, meta = load_claims(args.claims)
+        claims, questions, meta = load_claims(args.claims)
+        judged_claims, judged_questions = evaluate_claims(claims, questions, args.studies,
+                                                          meta.get("min_effect", DEFAULT_MIN_EFFECT))
     except ClaimsError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    findings = evaluate_claims(claims, args.studies)
-    args.out.write_text(findings_markdown(findings, meta))
-    for finding in findings:
-        print(f"{finding.claim.study}: {finding.claim.variant} vs {finding.claim.reference}: {finding.verdict}")
+    args.out.write_text(findings_markdown(judged_claims, judged_questions, meta))
+    for finding in judged_claims + judged_questions:
+        c = finding.item.comparison
+        print(f"{c.study}: {c.variant} vs {c.reference} ({c.metric}): {finding.verdict}")
     print(f"wrote {args.out}")
 
 

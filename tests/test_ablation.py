@@ -14,7 +14,6 @@ import yaml
 
 from yolo_loss.ablation import FAILED, StudyError, load_study, run_study, train_command
 from yolo_loss.config import load_config
-from yolo_loss.stats import t_quantile
 from yolo_loss.study_report import load_rows, markdown, summarize, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +131,7 @@ def test_runner_finishes_skips_resumes_and_records_failures(tmp_path: Path) -> N
     assert failure["returncode"] == 2 and "nowhere" in failure["error"]
 
     written = write_report(study.out)
-    assert {p.name for p in written} == {"results.csv", "results.md", "metrics.png", "loss_curves.png"}
+    assert {p.name for p in written} == {"results.csv", "results.md", "metrics.png", "forest.png"}
     md = (study.out / "results.md").read_text()
     assert "xy=broken/seed=0" in md and "seed(s) 0, 1 missing" in md
     info, rows = load_rows(study.out)
@@ -174,35 +173,56 @@ def fake_study(folder: Path, results: dict[str, dict[int, float]], seeds: list[i
 
 
 def test_aggregation_on_known_numbers(tmp_path: Path) -> None:
-    results = {"v=base": {0: 0.50, 1: 0.52, 2: 0.54},
-               "v=better": {0: 0.60, 1: 0.64, 2: 0.62},   # differences 0.10, 0.12, 0.08
-               "v=same": {0: 0.51, 1: 0.51, 2: 0.55},     # differences 0.01, -0.01, 0.01
-               "v=partial": {0: 0.40}}                     # seeds 1 and 2 missing
-    info, rows = load_rows(fake_study(tmp_path / "s", results, [0, 1, 2], "v=base"))
+    """Five seeds: v=better differs by 0.10, 0.12, 0.08, 0.11, 0.09 (mean 0.10, SE 0.00707, Holm p over the family
+    of three < 0.05: better); v=same by 0.001, -0.002, 0.003, 0.0, 0.002 (inside +-0.01 by the equivalence test:
+    equivalent); v=partial has one seed (preliminary, no error estimate)."""
+    results = {"v=base": {0: 0.50, 1: 0.52, 2: 0.54, 3: 0.50, 4: 0.52},
+               "v=better": {0: 0.60, 1: 0.64, 2: 0.62, 3: 0.61, 4: 0.61},
+               "v=same": {0: 0.501, 1: 0.518, 2: 0.543, 3: 0.50, 4: 0.522},
+               "v=partial": {0: 0.40}}                     # seeds 1 to 4 missing
+    info, rows = load_rows(fake_study(tmp_path / "s", results, [0, 1, 2, 3, 4], "v=base"))
     summaries = {s.name: s for s in summarize(info, rows)}
 
     base = summaries["v=base"]
-    assert base.n == 3 and base.mean["AP50"] == pytest.approx(0.52) and base.std["AP50"] == pytest.approx(0.02)
-    assert base.diff is None
+    assert base.n == 5 and base.mean["AP50"] == pytest.approx(0.516) and base.diff is None
     better = summaries["v=better"].diff["AP50"]
-    assert better.mean == pytest.approx(0.10) and better.se == pytest.approx(0.02 / math.sqrt(3))
-    assert better.within_noise is False  # 0.10 > 4.303 * 0.01155
+    assert better.difference.mean == pytest.approx(0.10) and better.difference.se == pytest.approx(0.00707107)
+    assert better.verdict == "better" and better.p_holm < 0.05
     same = summaries["v=same"].diff["AP50"]
-    assert same.mean == pytest.approx(0.01 / 3) and same.within_noise is True
-    assert summaries["v=better"].diff["AP"].mean == pytest.approx(0.05)  # AP = AP50 / 2
+    assert same.difference.mean == pytest.approx(0.0008) and same.verdict == "equivalent"
+    assert summaries["v=better"].diff["AP"].difference.mean == pytest.approx(0.05)  # AP = AP50 / 2
     partial = summaries["v=partial"]
-    assert partial.n == 1 and partial.missing == [1, 2] and math.isnan(partial.std["AP50"])
-    assert partial.diff["AP50"].n == 1 and partial.diff["AP50"].within_noise is None
+    assert partial.n == 1 and partial.missing == [1, 2, 3, 4] and math.isnan(partial.std["AP50"])
+    assert partial.diff["AP50"].difference.n == 1 and partial.diff["AP50"].verdict == "preliminary"
 
     md = markdown(info, list(summaries.values()))
-    assert "| **v=base** (baseline) | 3/3 | 0.260 +- 0.010 | 0.520 +- 0.020 | 0.130 +- 0.005 |" in md
-    assert "+0.100 +- 0.012 |" in md and "(noise)" in md and "(no error estimate)" in md
-    assert "v=partial: seed(s) 1, 2 missing" in md and "| v=partial | 1/3 |" in md
-    assert t_quantile(2) == pytest.approx(4.303) and t_quantile(100) == 1.96
+    assert "| **v=base** (baseline) | 5/5 | 0.258 +- 0.008 | 0.516 +- 0.017 | 0.129 +- 0.004 |" in md
+    assert "| v=better | 5/5 |" in md and "| +0.050 +- 0.004 | better |" in md
+    assert "| Holm p | BH q | MDE (95%) | TOST p |" in md and "| preliminary |" in md
+    assert "v=partial: seed(s) 1, 2, 3, 4 missing" in md and "| v=partial | 1/5 |" in md
 
-    written = write_report(tmp_path / "s")  # no event files here: the loss plot is drawn without curves
-    assert (tmp_path / "s" / "results.csv").read_text().count("\n") == 1 + 12  # missing runs have rows too
-    assert all(path.exists() for path in written)
+    written = write_report(tmp_path / "s")
+    assert (tmp_path / "s" / "results.csv").read_text().count("\n") == 1 + 4 * 5  # missing runs have rows too
+    assert all(path.exists() for path in written) and (tmp_path / "s" / "forest.png") in written
+
+
+def test_report_refuses_to_pair_runs_of_different_precisions(tmp_path: Path) -> None:
+    """A bfloat16 run against a float32 baseline is refused, naming the variant and seeds; the same pair is read
+    when the variant's own overrides set train.amp (a study of the precision)."""
+    from yolo_loss.study_report import ReportError
+
+    results = {"v=base": {s: 0.5 for s in range(5)}, "v=x": {s: 0.5 + 0.01 * s for s in range(5)}}
+    folder = fake_study(tmp_path / "s", results, list(range(5)), "v=base")
+    for seed in range(5):
+        metrics = folder / "v=x" / f"seed={seed}" / "metrics.json"
+        metrics.write_text(json.dumps(json.loads(metrics.read_text()) | {"precision": "bfloat16"}))
+    with pytest.raises(ReportError, match=r"v=x: seed\(s\) 0, 1, 2, 3, 4 trained in bfloat16 against a baseline "
+                                          r"in float32"):
+        summarize(*load_rows(folder))
+    for seed in range(5):
+        (folder / "v=x" / f"seed={seed}" / "run.json").write_text(json.dumps({"overrides": ["train.amp=true"]}))
+    (summary,) = [s for s in summarize(*load_rows(folder)) if s.name == "v=x"]
+    assert summary.diff["AP"].difference.n == 5
 
 
 def test_report_names_seeds_whose_runs_started_from_different_backbones(tmp_path: Path) -> None:
@@ -304,31 +324,6 @@ def test_torchrun_runs_stopped_by_a_signal_are_resumed_and_others_failed(tmp_pat
     logs = [(run.folder / "train.log").read_text() for run in study.runs()]
     assert all("-m torch.distributed.run --standalone --nproc_per_node=2 " in log for log in logs)
     assert sorted(log.split("devices ")[1].split(" ")[0] for log in logs) == ["0,1", "2,3"]
-
-
-def test_power_statistics_on_known_numbers() -> None:
-    """Worked by hand. d = (0.01, 0.03, 0.02): mean 0.02, sd 0.01, n 3, t(0.975, 2) = 4.303, so
-    MDE = 4.303 * 0.01 / sqrt(3) = 0.024843. Seeds for 80% power at mean 0.02, sd 0.01: n = 4 gives
-    (3.182 + 0.978) * 0.01 / 2 = 0.0208 > 0.02, n = 5 gives (2.776 + 0.941) * 0.01 / sqrt(5) = 0.01662 <= 0.02: 5.
-    Sign flips of (1, 2, 3): of the 8 patterns only +++ and --- reach |mean| 2, p = 2/8 = 0.25; of (1, -1, 1, -1)
-    (mean 0) every pattern does, p = 1; five equal differences give the smallest p, 2/32 = 0.0625."""
-    from yolo_loss.stats import (Difference, minimum_detectable_effect, seeds_for_power, sign_flip_p_value,
-                                 t_quantile_80)
-
-    assert minimum_detectable_effect(0.01, 3) == pytest.approx(4.303 * 0.01 / math.sqrt(3))
-    assert math.isnan(minimum_detectable_effect(0.01, 1))
-    assert seeds_for_power(0.02, 0.01) == 5 and seeds_for_power(-0.02, 0.01) == 5
-    assert seeds_for_power(0.0, 0.01) is None and seeds_for_power(1e-6, 0.05) is None
-    assert seeds_for_power(0.5, 0.0) == 2
-    assert t_quantile_80(4) == pytest.approx(0.941) and t_quantile_80(500) == pytest.approx(0.842)
-    assert sign_flip_p_value([1.0, 2.0, 3.0]) == pytest.approx(0.25)
-    assert sign_flip_p_value([1.0, -1.0, 1.0, -1.0]) == 1.0
-    assert sign_flip_p_value([0.1] * 5) == pytest.approx(2 / 32)
-    many = sign_flip_p_value([0.1] * 20)  # Monte-Carlo above 16 differences: near 2 / 2^20, never 0
-    assert 0 < many < 1e-3
-    d = Difference(mean=0.02, se=0.01 / math.sqrt(3), n=3, values=(0.01, 0.03, 0.02))
-    assert d.sd == pytest.approx(0.01) and d.mde == pytest.approx(0.024843, abs=1e-6)
-    assert d.within_noise is True and d.p_permutation == pytest.approx(0.25) and d.seeds_for_power == 5
 
 
 def test_a_study_reuses_identical_runs_of_another(tmp_path: Path) -> None:

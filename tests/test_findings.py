@@ -1,73 +1,142 @@
-"""Findings: paired differences and verdicts of claims against a study's results.csv, on numbers worked by hand."""
+"""Findings: claims and questions judged against studies' results.csv, on numbers worked by hand."""
 
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 import pytest
+import yaml
 
-from yolo_loss.findings import Claim, ClaimsError, evaluate_claims, findings_markdown, load_claims
+from yolo_loss.findings import (Claim, ClaimsError, Comparison, Question, evaluate_claims, findings_markdown,
+                                load_claims)
 
-# AP per seed. better - base = (0.10, 0.12, 0.08): mean 0.10, sd 0.02, SE 0.01155, MDE 4.303 * 0.01155 = 0.0497.
-# same - base = (0.01, -0.01, 0.01): mean 0.0033, inside its interval.
-RESULTS = {"v=base": (0.50, 0.52, 0.54), "v=better": (0.60, 0.64, 0.62), "v=same": (0.51, 0.51, 0.55)}
+# AP per seed (5 seeds). better - base = 0.10, 0.12, 0.08, 0.11, 0.09 (mean 0.10); same - base = 0.001, -0.002,
+# 0.003, 0.0, 0.002 (mean 0.0008, equivalent within +-0.01); noisy - base = 0.02, -0.02, 0.01, -0.015, 0.004.
+BASE = (0.50, 0.52, 0.54, 0.50, 0.52)
+RESULTS = {"v=base": BASE,
+           "v=better": tuple(b + d for b, d in zip(BASE, (0.10, 0.12, 0.08, 0.11, 0.09))),
+           "v=same": tuple(b + d for b, d in zip(BASE, (0.001, -0.002, 0.003, 0.0, 0.002))),
+           "v=noisy": tuple(b + d for b, d in zip(BASE, (0.02, -0.02, 0.01, -0.015, 0.004))),
+           "v=three": BASE[:3]}
 
 
-def write_study(folder: Path) -> None:
+def write_study(folder: Path, results: dict = RESULTS, precision: str = "float32") -> None:
     folder.mkdir(parents=True)
     with (folder / "results.csv").open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=["variant", "seed", "status", "AP"])
+        writer = csv.DictWriter(stream, fieldnames=["variant", "seed", "status", "AP", "precision"])
         writer.writeheader()
-        for variant, values in RESULTS.items():
+        for variant, values in results.items():
             for seed, value in enumerate(values):
-                writer.writerow({"variant": variant, "seed": seed, "status": "finished", "AP": value})
-        writer.writerow({"variant": "v=base", "seed": 3, "status": "failed", "AP": ""})
+                writer.writerow({"variant": variant, "seed": seed, "status": "finished", "AP": value,
+                                 "precision": precision})
+        writer.writerow({"variant": "v=base", "seed": 9, "status": "failed", "AP": "", "precision": precision})
 
 
-def claim(variant: str, direction: str, study: str = "toy") -> Claim:
-    return Claim(source="a paper", claim="it helps", published="+1 AP", study=study, variant=variant,
-                 reference="v=base", metric="AP", direction=direction)
+def claim(variant: str, direction: str, study: str = "toy", effect: float | None = 0.05, **where) -> Claim:
+    return Claim(source="a paper", where="Table 1", claim="it helps", published="+5 AP", published_effect=effect,
+                 direction=direction, comparison=Comparison(study, variant, "v=base", "AP", **where))
 
 
 @pytest.mark.parametrize("variant, direction, verdict", [
-    ("v=better", "better", "reproduced (direction), resolved"),
-    ("v=better", "worse", "contradicted, resolved"),
-    ("v=better", "same", "contradicted, resolved"),
-    ("v=same", "better", "unresolved at MDE 0.029"),
-    ("v=same", "same", "consistent: no difference resolved at MDE 0.029"),
+    ("v=better", "better", "reproduced"),
+    ("v=better", "worse", "contradicted"),
+    ("v=better", "same", "contradicted"),
+    ("v=same", "better", "not reproduced: equivalent within +-0.01"),
+    ("v=same", "same", "reproduced"),
+    ("v=noisy", "better", "unresolved"),
+    ("v=three", "better", "preliminary"),
 ])
 def test_verdicts_on_known_numbers(tmp_path: Path, variant: str, direction: str, verdict: str) -> None:
     write_study(tmp_path / "toy")
-    (finding,) = evaluate_claims([claim(variant, direction)], tmp_path)
+    (finding,), _ = evaluate_claims([claim(variant, direction)], [], tmp_path)
     assert finding.verdict == verdict
     if variant == "v=better":
-        assert finding.difference.mean == pytest.approx(0.10) and finding.difference.n == 3
-        assert finding.difference.mde == pytest.approx(4.303 * 0.02 / math.sqrt(3))
+        assert finding.judged.difference.mean == pytest.approx(0.10) and finding.judged.difference.n == 5
+        assert finding.ratio == pytest.approx(2.0)  # 0.10 measured against 0.05 published
+
+
+def test_claims_are_one_family_and_questions_another(tmp_path: Path) -> None:
+    """Holm multiplies the smallest p by the family's size: the same comparison has a larger Holm p among three
+    claims than alone; the questions' family does not count the claims."""
+    write_study(tmp_path / "toy")
+    alone, _ = evaluate_claims([claim("v=better", "better")], [], tmp_path)
+    three, (question,) = evaluate_claims([claim("v=better", "better"), claim("v=noisy", "better"),
+                                          claim("v=same", "same")],
+                                         [Question("Does it?", Comparison("toy", "v=better", "v=base", "AP"))],
+                                         tmp_path)
+    assert three[0].judged.p_holm == pytest.approx(3 * alone[0].judged.p)
+    assert question.judged.p_holm == pytest.approx(alone[0].judged.p) and question.verdict == "better"
+
+
+def test_a_reference_in_another_study_is_paired_by_seed(tmp_path: Path) -> None:
+    write_study(tmp_path / "toy", {"v=better": RESULTS["v=better"]})
+    write_study(tmp_path / "other", {"v=base": RESULTS["v=base"]})
+    (finding,), _ = evaluate_claims([claim("v=better", "better", reference_study="other")], [], tmp_path)
+    assert finding.judged.difference.mean == pytest.approx(0.10) and finding.verdict == "reproduced"
+    text = findings_markdown([finding], [], {"title": "T"})
+    assert "toy: `v=better` vs other: `v=base`" in text
+
+
+def test_runs_of_different_precisions_are_not_paired(tmp_path: Path) -> None:
+    write_study(tmp_path / "toy", {"v=better": RESULTS["v=better"]}, precision="bfloat16")
+    write_study(tmp_path / "other", {"v=base": RESULTS["v=base"]})
+    with pytest.raises(ClaimsError, match="seed 0: bfloat16 against float32"):
+        evaluate_claims([claim("v=better", "better", reference_study="other")], [], tmp_path)
 
 
 def test_a_missing_study_is_not_run_and_the_table_says_so(tmp_path: Path) -> None:
-    findings = evaluate_claims([claim("v=better", "better", study="absent")], tmp_path)
+    findings, _ = evaluate_claims([claim("v=better", "better", study="absent")], [], tmp_path)
     assert findings[0].verdict == "not run"
-    text = findings_markdown(findings, {"title": "T", "intro": "I", "limits": "L"})
-    row = "| a paper | it helps (+1 AP) | absent: `v=better` vs `v=base` | AP | - | - | not run |"
+    text = findings_markdown(findings, [], {"title": "T", "intro": "I", "limits": "L"})
+    row = ("| a paper (Table 1) | it helps | +5 AP (+0.05) | absent: `v=better` vs `v=base` | AP | - | - | - | - | - "
+           "| - | not run |")
     assert text.startswith("# T\n\nI\n") and row in text and text.rstrip().endswith("L")
 
 
-def test_claims_file_errors_name_the_claim(tmp_path: Path) -> None:
+GOOD = {"source": "s", "where": "Table 2", "claim": "c", "published": "p", "published_effect": 0.01, "study": "x",
+        "variant": "a", "reference": "b", "metric": "AP", "direction": "better"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"direction": "up"}, "claims.0.direction: 'up' is not one of better, worse, same"),
+    ({"reference": None}, "missing \\['reference'\\]"),
+    ({"metric": None}, "missing \\['metric'\\]"),
+    ({"source": None}, "missing \\['source'\\]"),
+    ({"where": None}, "missing \\['where'\\]"),
+    ({"reference": ""}, "claims.0.reference: empty"),
+    ({"source": " "}, "claims.0.source: empty: a claim names its source"),
+    ({"metric": "mAP"}, "claims.0.metric: 'mAP' is not one of AP, AP50"),
+    ({"published_effect": "2 points"}, "claims.0.published_effect: expected a number"),
+    ({"colour": "red"}, "unknown \\['colour'\\]"),
+])
+def test_a_claim_without_its_reference_metric_or_source_is_refused(tmp_path: Path, change: dict,
+                                                                   message: str) -> None:
+    item = {key: value for key, value in (GOOD | change).items() if value is not None or key not in change}
     path = tmp_path / "claims.yaml"
-    path.write_text("claims:\n  - {source: s, claim: c, published: p, study: x, variant: a, reference: b, "
-                    "metric: AP, direction: up}\n")
-    with pytest.raises(ClaimsError, match="claims.0.direction: 'up' is not one of better, worse, same"):
+    path.write_text(yaml.safe_dump({"claims": [item]}))
+    with pytest.raises(ClaimsError, match=message):
         load_claims(path)
-    path.write_text("claims:\n  - {source: s}\n")
-    with pytest.raises(ClaimsError, match="claims.0: expected the keys"):
+
+
+def test_a_question_is_worded_as_a_question(tmp_path: Path) -> None:
+    path = tmp_path / "claims.yaml"
+    question = {"question": "the paper's loss is darknet's", "study": "x", "variant": "a", "reference": "b",
+                "metric": "AP"}
+    path.write_text(yaml.safe_dump({"claims": [GOOD], "questions": [question]}))
+    with pytest.raises(ClaimsError, match="questions.0.question: word it as a question"):
         load_claims(path)
 
 
 def test_the_shipped_claims_file_loads() -> None:
-    claims, meta = load_claims(Path(__file__).resolve().parents[1] / "docs" / "claims.yaml")
-    assert len(claims) >= 19 and meta["title"]
-    assert {claim.study for claim in claims} >= {"paper_vs_darknet", "box_losses", "cls_losses", "later_recipes"}
+    claims, questions, meta = load_claims(Path(__file__).resolve().parents[1] / "docs" / "claims.yaml")
+    assert len(claims) >= 18 and len(questions) >= 6 and meta["title"] and meta["min_effect"] == 0.01
+    assert {c.comparison.study for c in claims} >= {"paper_vs_darknet", "box_losses", "cls_losses", "later_recipes"}
     assert "source:" not in meta["limits"] and "source:" not in meta["intro"]  # no claim swallowed by a text block
+    varifocal = next(c for c in claims if "VarifocalNet" in c.source)
+    assert (varifocal.comparison.reference_study, varifocal.comparison.reference) == ("cls_losses",
+                                                                                      "cls=bce,obj=focal")
+    smoothing = {c.comparison.metric for c in claims if "Bag of Freebies" in c.source}
+    assert smoothing == {"AP50", "AP"}
+    assert sum("YOLOv3" in c.source and "focal" in c.where for c in claims) == 1  # one sentence, one row
+    assert not any("is darknet's" in c.claim or "trains as well as" in c.claim for c in claims)  # questions now

@@ -215,47 +215,48 @@ json.dump({{"metrics": {{"AP": ap, "AP50": 2 * ap, "AP75": ap / 2}}, "final_term
 '''
 
 
-def test_auto_seeds_add_rounds_until_resolved_or_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """seeds: {auto: [0, 1, 2], cap: 5}. Paired dAP by seed: v1 +0.05, +0.055, +0.05 (resolved at 3 seeds); v2
-    +-0.01, +-0.005, +0.002 (never resolved: to the cap); v3 0.02, 0.01, 0.03 (mean 0.020, SE 0.0058, t(2) SE 0.025:
-    unresolved), then 0.02 at seed 3 (mean 0.020, SE 0.0041, t(3) SE 0.013: resolved at 4 seeds). Rounds: seed 3
-    for v2, v3 and the baseline, then seed 4 for v2 and the baseline; relaunched, a started run that did not finish
-    is trained again and nothing else is added."""
+def test_auto_seeds_add_rounds_until_decided_or_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """seeds: {auto: [0, 1, 2, 3, 4], cap: 7}; the verdict rule over the family of three (Holm) decides. Paired dAP
+    by seed: v1 +0.05, +0.055, +0.05, +0.052, +0.048 (better at 5 seeds); v2 +0.02, -0.02, +0.01, -0.015, +0.004,
+    -0.01, +0.012 (never decided: to the cap); v3 0.02, 0.01, 0.03, 0.0, 0.025 (raw p 0.034, Holm p 0.069:
+    unresolved at 5), then 0.02 at seed 5 (raw p 0.011, Holm p 0.022: better at 6). Rounds: seed 5 for v2, v3 and the
+    baseline, then seed 6 for v2 and the baseline; relaunched, a started run that did not finish is trained again
+    and nothing else is added."""
     from yolo_loss.study_report import write_report
 
     fake = tmp_path / "fake_python"
     fake.write_text(FAKE_AP_TRAIN.format(python=sys.executable))
     fake.chmod(0o755)
-    base = [0.30, 0.32, 0.28, 0.31, 0.29]
-    diffs = {1: [0.0] * 5, 2: [0.05, 0.055, 0.05, 0.0, 0.0], 3: [0.01, -0.01, 0.005, -0.005, 0.002],
-             4: [0.02, 0.01, 0.03, 0.02, 0.0]}
-    table = {str(k): {str(s): base[s] + d[s] for s in range(5)} for k, d in diffs.items()}
+    base = [0.30, 0.32, 0.28, 0.31, 0.29, 0.30, 0.31]
+    diffs = {1: [0.0] * 7, 2: [0.05, 0.055, 0.05, 0.052, 0.048, 0.0, 0.0],
+             3: [0.02, -0.02, 0.01, -0.015, 0.004, -0.01, 0.012], 4: [0.02, 0.01, 0.03, 0.0, 0.025, 0.02, 0.0]}
+    table = {str(k): {str(s): base[s] + d[s] for s in range(7)} for k, d in diffs.items()}
     (tmp_path / "ap.json").write_text(json.dumps(table))
     monkeypatch.setenv("FAKE_AP", str(tmp_path / "ap.json"))
     monkeypatch.setenv("FAKE_STARTS", str(tmp_path / "starts.txt"))
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({
         "base": str(SHAPES_NANO), "out": str(tmp_path / "study"), "combine": "one_at_a_time",
-        "baseline": {"v": "v0"}, "seeds": {"auto": [0, 1, 2], "cap": 5},
+        "baseline": {"v": "v0"}, "seeds": {"auto": [0, 1, 2, 3, 4], "cap": 7},
         "axes": {"v": {f"v{k}": {"train.epochs": k + 1} for k in range(4)}}}, sort_keys=False))
     lines: list[str] = []
     run_study(load_study(path), python=str(fake), echo=lines.append)
 
     folder = tmp_path / "study"
-    first = [f"{folder}/v=v{k}/seed={s}" for s in range(3) for k in range(4)]
-    rounds = [f"{folder}/v=v{k}/seed=3" for k in (0, 2, 3)] + [f"{folder}/v=v{k}/seed=4" for k in (0, 2)]
+    first = [f"{folder}/v=v{k}/seed={s}" for s in range(5) for k in range(4)]
+    rounds = [f"{folder}/v=v{k}/seed=5" for k in (0, 2, 3)] + [f"{folder}/v=v{k}/seed=6" for k in (0, 2)]
     assert starts(tmp_path) == first + rounds
     assert sum("auto seeds: " in line for line in lines) == 2
     study = load_study(path)
-    assert study.variant_seeds() == {"v=v0": [0, 1, 2, 3, 4], "v=v1": [0, 1, 2], "v=v2": [0, 1, 2, 3, 4],
-                                     "v=v3": [0, 1, 2, 3]}
+    assert study.variant_seeds() == {"v=v0": list(range(7)), "v=v1": list(range(5)), "v=v2": list(range(7)),
+                                     "v=v3": list(range(6))}
     write_report(folder)
     results = (folder / "results.md").read_text()
-    assert "- v=v1: 3 seeds, resolved" in results and "- v=v3: 4 seeds, resolved" in results
-    assert "- v=v2: 5 seeds, unresolved at the cap of 5" in results and "missing" not in results
-    assert "| v=v1 | 3/3 |" in results and "| **v=v0** (baseline) | 5/5 |" in results
+    assert "- v=v1: 5 seeds, decided: better" in results and "- v=v3: 6 seeds, decided: better" in results
+    assert "- v=v2: 7 seeds, undecided at the cap of 7" in results and "missing" not in results
+    assert "| v=v1 | 5/5 |" in results and "| **v=v0** (baseline) | 7/7 |" in results
 
-    (folder / "v=v3" / "seed=3" / "metrics.json").unlink()  # started (run.json) but never finished
+    (folder / "v=v3" / "seed=5" / "metrics.json").unlink()  # started (run.json) but never finished
     assert next_round(load_study(path)) == []  # no round is planned while a listed run is still to train
     run_study(load_study(path), python=str(fake), echo=lines.append)
-    assert starts(tmp_path) == first + rounds + [f"{folder}/v=v3/seed=3"]
+    assert starts(tmp_path) == first + rounds + [f"{folder}/v=v3/seed=5"]

@@ -7,6 +7,8 @@ A study file (``configs/ablations/*.yaml``)::
     combine: one_at_a_time             # or grid
     baseline: {xy: bce, box: mse, cls: bce}   # one_at_a_time: the variant every other one differs from
     include: [{xy: mse, cls: focal}]   # optional: more combinations, after the ones ``combine`` gives
+    min_effect: 0.01                   # optional: the smallest difference of interest (the equivalence margin)
+    labels: {"xy=mse,box=mse,cls=bce": "paper's SSE on x, y"}  # optional: names for the plots
     seeds: [0, 1, 2]                   # train.seed of each repetition, or {auto: [0, 1, 2], cap: 8} (below)
     overrides: {train.epochs: 6}       # dotted overrides applied to every run, before the variant's
     axes:                              # axis -> variant name -> dotted overrides (applied in axis order)
@@ -21,9 +23,10 @@ is the same (checked), so they are trained once and reported by both. Every run'
 the study is expanded, so a bad variant stops the study before anything trains, with the variant and key named.
 
 ``seeds: {auto: [0, 1, 2, 3, 4], cap: 10, metric: AP}`` (:class:`AutoSeeds`) trains the listed seeds, then adds
-seeds in rounds: one more (the next integer) for every variant whose paired difference from the baseline in
-``metric`` is still unresolved (its 95% t-interval contains 0, the rule that marks "(noise)" in ``results.md``),
-with the baseline at that seed too, until each is resolved or has ``cap`` seeds. The seeds added are read back from
+seeds in rounds: one more (the next integer) for every variant whose comparison with the baseline in ``metric``
+is not yet decided by the verdict rule of :mod:`yolo_loss.stats` (better, worse or equivalent within
+``min_effect``, over the study's family, at least 5 seeds), with the baseline at that seed too, until each is decided
+or has ``cap`` seeds. The seeds added are read back from
 the run folders (a run that started has ``run.json``), so a stopped study resumes its round and plans the same
 next one from the same finished results.
 
@@ -60,9 +63,10 @@ import yaml
 
 from yolo_loss import claims
 from yolo_loss.config import ConfigError, config_to_dict, load_config
-from yolo_loss.stats import METRICS, Difference
+from yolo_loss.stats import DEFAULT_MIN_EFFECT, METRICS, Difference, judge_family
 
-STUDY_KEYS = {"base", "out", "combine", "baseline", "include", "seeds", "overrides", "axes", "reuse"}
+STUDY_KEYS = {"base", "out", "combine", "baseline", "include", "seeds", "overrides", "axes", "reuse", "min_effect",
+              "labels"}
 COMBINE_MODES = ("grid", "one_at_a_time")
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "train.py"
@@ -155,6 +159,8 @@ class Study:
     # variant name -> (the study that owns identical runs, its variant's name): those runs are not trained again
     reuse: dict[str, tuple["Study", str]] = field(default_factory=dict)
     auto: AutoSeeds | None = None  # seeds: {auto: ..., cap: ...}; ``seeds`` is then the first round's
+    min_effect: float = DEFAULT_MIN_EFFECT  # the smallest difference of interest: the equivalence margin
+    labels: dict[str, str] = field(default_factory=dict)  # variant name -> how the papers name it (the plots)
 
     @property
     def baseline_name(self) -> str | None:
@@ -305,9 +311,14 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
     overrides = raw.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise StudyError(f"{path}: overrides: expected a mapping of dotted keys to values")
+    min_effect = raw.get("min_effect", DEFAULT_MIN_EFFECT)
+    if not isinstance(min_effect, (int, float)) or isinstance(min_effect, bool) or not 0 < min_effect < 1:
+        raise StudyError(f"{path}: min_effect: expected the smallest difference of interest in the metric's units, "
+                         f"a number between 0 and 1 (e.g. 0.01 AP), got {min_effect!r}")
     study = Study(path=path, base=(path.parent / raw["base"]).resolve(), out=(path.parent / raw["out"]).resolve(),
                   combine=combine, seeds=seeds, axes=axes, baseline=baseline, include=include,
-                  overrides=overrides, auto=auto)
+                  overrides=overrides, auto=auto, min_effect=float(min_effect))
+    study.labels = _labels(study, raw.get("labels") or {})
     if auto is not None and set(baseline) != set(axes):
         raise StudyError(f"{path}: seeds: auto adds seeds while a variant's difference from the baseline is "
                          f"unresolved: the study needs a baseline with a value for every axis ({', '.join(axes)})")
@@ -321,6 +332,18 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
                 raise StudyError(f"{path}: variant {variant.name}: {err}") from None
     study.reuse = _reused_runs(study, raw.get("reuse") or {}, check_configs)
     return study
+
+
+def _labels(study: Study, raw: Any) -> dict[str, str]:
+    """The ``labels`` key: ``{variant name: label}``, how the papers name each variant, for the report's plots
+    (a variant without one is named by its axis values that differ from the baseline)."""
+    if not isinstance(raw, dict) or not all(isinstance(label, str) for label in raw.values()):
+        raise StudyError(f"{study.path}: labels: expected a mapping of variant name -> label")
+    names = [variant.name for variant in study.variants()]
+    unknown = sorted(set(map(str, raw)) - set(names))
+    if unknown:
+        raise StudyError(f"{study.path}: labels.{unknown[0]}: not a variant of this study ({', '.join(names)})")
+    return {str(name): label for name, label in raw.items()}
 
 
 def _seeds(path: Path, raw: Any) -> tuple[list[int], AutoSeeds | None]:
@@ -420,7 +443,8 @@ def write_study_info(study: Study) -> None:
     info = {"study_file": str(study.path), "base": str(study.base), "combine": study.combine,
             "seeds": [seed for seed in study.seed_pool() if any(seed in own for own in seeds.values())],
             "axes": list(study.axes), "baseline": study.baseline_name, "folders": study.folders(),
-            "variants": [variant.name for variant in study.variants()]}
+            "variants": [variant.name for variant in study.variants()], "min_effect": study.min_effect,
+            "labels": study.labels}
     if study.auto is not None:
         info["auto"] = {"first": study.seeds, "cap": study.auto.cap, "metric": study.auto.metric}
         info["variant_seeds"] = seeds
@@ -567,10 +591,10 @@ def training_order(study: Study, runs: list[Run]) -> list[Run]:
 
 def next_round(study: Study) -> list[Run]:
     """With auto seeds (:class:`AutoSeeds`), the runs of the next round once every listed run has finished or
-    failed: for each variant whose paired difference from the baseline in the study's metric is unresolved (fewer
-    than two pairs, or a 95% t-interval containing 0) and that has fewer than ``cap`` seeds, its next seed, with the
-    baseline at that seed. Empty without auto seeds, while a listed run is still to train, or when every variant is
-    resolved or at the cap."""
+    failed: for each variant whose comparison with the baseline in the study's metric is not decided by the verdict
+    rule (:func:`yolo_loss.stats.judge_family` over the study's family: neither better, worse nor equivalent, or
+    still preliminary) and that has fewer than ``cap`` seeds, its next seed, with the baseline at that seed. Empty
+    without auto seeds, while a listed run is still to train, or when every variant is decided or at the cap."""
     if study.auto is None:
         return []
     if any(run.state() in ("new", "interrupted") for run in study.runs()):
@@ -580,17 +604,18 @@ def next_round(study: Study) -> list[Run]:
     baseline = variants[study.baseline_name]
     reference = {seed: value for seed in seeds[baseline.name]
                  if (value := _finished_metric(study.run(baseline, seed), study.auto.metric)) is not None}
+    compared = [name for name in variants if name != baseline.name]
+    family = judge_family([Difference.of([value - reference[seed] for seed in seeds[name] if seed in reference
+                                          if (value := _finished_metric(study.run(variants[name], seed),
+                                                                        study.auto.metric)) is not None])
+                           for name in compared], study.min_effect)
     planned: list[Run] = []
     baseline_seeds: set[int] = set()
-    for name, variant in variants.items():
-        if name == baseline.name or len(seeds[name]) >= study.auto.cap:
+    for name, judged in zip(compared, family):
+        if judged.decided or len(seeds[name]) >= study.auto.cap:
             continue
-        paired = [value - reference[seed] for seed in seeds[name] if seed in reference
-                  if (value := _finished_metric(study.run(variant, seed), study.auto.metric)) is not None]
-        if Difference.of(paired).within_noise is False:
-            continue  # resolved
         seed = next(seed for seed in pool if seed not in seeds[name])
-        planned.append(study.run(variant, seed))
+        planned.append(study.run(variants[name], seed))
         if seed not in baseline_seeds:
             baseline_seeds.add(seed)
             planned.append(study.run(baseline, seed))

@@ -1,33 +1,41 @@
-"""Findings: published claims about the loss set against this project's studies.
+"""Findings: published claims about the loss, and this project's own questions, set against its studies.
 
-A claims file (``docs/claims.yaml``) lists, for each claim, its source, the claim in words, the published numbers,
-the study that tests it, the variant the claim is about and the variant it is compared with, the metric, and the
-direction the source reports (``better``, ``worse``, or ``same`` for a claim of no difference). From the studies'
-``results.csv`` each claim gets the paired difference ``variant - reference`` over the seeds both finished
-(:mod:`yolo_loss.study_report`: mean +- standard error, n, the MDE at 95%) and a verdict by the Student-t rule:
+A claims file (``docs/claims.yaml``) has two lists, each judged as one family by the verdict rule of
+:mod:`yolo_loss.stats` (Holm over the family, equivalence within ``min_effect``, at least 5 paired seeds):
 
-- ``reproduced (direction), resolved``: the 95% t-interval excludes 0 and the sign is the source's;
-- ``contradicted, resolved``: it excludes 0 with the other sign (or, for a ``same`` claim, at all);
-- ``consistent: no difference resolved at MDE x`` for a ``same`` claim whose interval contains 0;
-- ``unresolved at MDE x``: the interval contains 0, so a difference smaller than x cannot be told from noise;
-- ``not run`` when fewer than two paired seeds finished.
+- ``claims``: what a paper reports, fixed before the results. Each names the source and the line in it
+  (``where``: the table or section), the claim in words, the published numbers (``published``) and the published
+  effect as a number in the metric's units (``published_effect``, e.g. -0.02 for "about 2 points of mAP lower";
+  null where the paper gives none), the paper's own comparison as a ``variant`` and its ``reference`` (another
+  study's variant with ``reference_study``, paired by seed across the two studies), the ``metric`` the paper
+  reported, and the ``direction`` it reports (``better``, ``worse``, or ``same`` for no difference). The verdict:
+  **reproduced** (better/worse in the paper's direction; equivalent for ``same``), **contradicted** (better/worse
+  against it; better or worse for ``same``), **not reproduced: equivalent within +-m** (a claimed difference that is
+  smaller than the margin here), **unresolved**, **preliminary** (fewer than 5 paired seeds), or **not run**. The
+  ratio of the measured to the published effect is shown where the paper gives a number.
+- ``questions``: comparisons this project asks of itself (the paper's loss as written against darknet's code, the
+  A/A checks), worded as questions, never judged against a paper: their verdict is the statistical word itself
+  (better, worse, equivalent, unresolved, preliminary).
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from yolo_loss.stats import Difference, minimum_detectable_effect
+from yolo_loss.stats import DEFAULT_MIN_EFFECT, METRICS, Difference, Judged, format_p, judge_family
 
 DIRECTIONS = ("better", "worse", "same")
-CLAIM_KEYS = {"source", "claim", "published", "study", "variant", "reference", "metric", "direction"}
+CLAIM_KEYS = {"source", "where", "claim", "published", "published_effect", "study", "variant", "reference",
+              "metric", "direction"}
+QUESTION_KEYS = {"question", "study", "variant", "reference", "metric"}
+OPTIONAL_KEYS = {"reference_study"}
+FLOAT32 = "float32"
 
 
 class ClaimsError(ValueError):
@@ -35,61 +43,128 @@ class ClaimsError(ValueError):
 
 
 @dataclass(frozen=True)
-class Claim:
-    source: str
-    claim: str
-    published: str
+class Comparison:
+    """A variant of ``study`` against ``reference`` of ``reference_study`` (the same study unless named) in
+    ``metric``, paired by seed."""
+
     study: str
     variant: str
     reference: str
     metric: str
+    reference_study: str = ""
+
+    @property
+    def reference_in(self) -> str:
+        return self.reference_study or self.study
+
+
+@dataclass(frozen=True)
+class Claim:
+    source: str
+    where: str
+    claim: str
+    published: str
+    published_effect: float | None
     direction: str
+    comparison: Comparison
+
+
+@dataclass(frozen=True)
+class Question:
+    question: str
+    comparison: Comparison
 
 
 @dataclass(frozen=True)
 class Finding:
-    claim: Claim
-    difference: Difference
+    """A claim or a question with its judged comparison."""
+
+    item: Claim | Question
+    judged: Judged
 
     @property
     def verdict(self) -> str:
-        d = self.difference
-        if d.n < 2 or math.isnan(d.se):
-            return "not run" if d.n == 0 else f"not resolvable with {d.n} seed"
-        mde = minimum_detectable_effect(d.sd, d.n)
-        resolved = not d.within_noise
-        if self.claim.direction == "same":
-            return "contradicted, resolved" if resolved else f"consistent: no difference resolved at MDE {mde:.3f}"
-        if not resolved:
-            return f"unresolved at MDE {mde:.3f}"
-        agrees = (d.mean > 0) == (self.claim.direction == "better")
-        return "reproduced (direction), resolved" if agrees else "contradicted, resolved"
+        j, d = self.judged, self.judged.difference
+        if d.n == 0:
+            return "not run"
+        if isinstance(self.item, Question) or j.verdict in ("preliminary", "unresolved"):
+            return j.verdict
+        if self.item.direction == "same":
+            return "reproduced" if j.verdict == "equivalent" else "contradicted"
+        if j.verdict == "equivalent":
+            return f"not reproduced: equivalent within +-{j.min_effect:g}"
+        return "reproduced" if j.verdict == self.item.direction else "contradicted"
+
+    @property
+    def ratio(self) -> float:
+        """The measured effect over the published one (nan where the paper gives no number)."""
+        effect = self.item.published_effect if isinstance(self.item, Claim) else None
+        return self.judged.difference.mean / effect if effect else math.nan
 
 
-def load_claims(path: Path) -> tuple[list[Claim], dict[str, Any]]:
-    """The claims of a claims file and its other top-level keys (``title``, ``intro``, ``limits``).
+def _comparison(path: Path, where: str, item: dict[str, Any]) -> Comparison:
+    if item["metric"] not in METRICS:
+        raise ClaimsError(f"{path}: {where}.metric: {item['metric']!r} is not one of {', '.join(METRICS)}")
+    for key in ("study", "variant", "reference"):
+        if not str(item[key] or "").strip():
+            raise ClaimsError(f"{path}: {where}.{key}: empty")
+    return Comparison(str(item["study"]), str(item["variant"]), str(item["reference"]), str(item["metric"]),
+                      str(item.get("reference_study") or ""))
+
+
+def _check_keys(path: Path, where: str, item: Any, required: set[str]) -> dict[str, Any]:
+    keys = set(item) if isinstance(item, dict) else set()
+    if not required <= keys or keys - required - OPTIONAL_KEYS:
+        raise ClaimsError(f"{path}: {where}: expected the keys {', '.join(sorted(required))} (and optionally "
+                          f"{', '.join(sorted(OPTIONAL_KEYS))}); missing {sorted(required - keys)}, unknown "
+                          f"{sorted(keys - required - OPTIONAL_KEYS)}")
+    return item
+
+
+def load_claims(path: Path) -> tuple[list[Claim], list[Question], dict[str, Any]]:
+    """The claims and questions of a claims file and its other top-level keys (``title``, ``intro``, ``limits``,
+    ``min_effect``).
 
     Raises:
-        ClaimsError: not a mapping with a ``claims`` list, a claim with missing or unknown keys, or a direction
-            that is not one of :data:`DIRECTIONS`.
+        ClaimsError: not a mapping with a ``claims`` list; a claim without its source, the line in it, its
+            published numbers, its reference, metric or direction (or with an unknown key, a metric the studies do
+            not report, a direction not in :data:`DIRECTIONS`, a published effect that is not a number or null);
+            a question with missing or unknown keys.
     """
+    path = Path(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise ClaimsError(f"{path}: cannot read the claims file: {error}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("claims"), list):
-        raise ClaimsError(f"{path}: expected a mapping with a 'claims' list")
+        raise ClaimsError(f"{path}: expected a mapping with a 'claims' list (and optionally 'questions')")
     claims = []
     for index, item in enumerate(raw["claims"]):
-        keys = set(item) if isinstance(item, dict) else set()
-        if keys != CLAIM_KEYS:
-            raise ClaimsError(f"{path}: claims.{index}: expected the keys {', '.join(sorted(CLAIM_KEYS))}; "
-                              f"missing {sorted(CLAIM_KEYS - keys)}, unknown {sorted(keys - CLAIM_KEYS)}")
+        where = f"claims.{index}"
+        item = _check_keys(path, where, item, CLAIM_KEYS)
+        for key in ("source", "where", "claim", "published"):
+            if not str(item[key] or "").strip():
+                raise ClaimsError(f"{path}: {where}.{key}: empty: a claim names its source, the line in it, and "
+                                  "what it published")
         if item["direction"] not in DIRECTIONS:
-            raise ClaimsError(f"{path}: claims.{index}.direction: {item['direction']!r} is not one of "
+            raise ClaimsError(f"{path}: {where}.direction: {item['direction']!r} is not one of "
                               f"{', '.join(DIRECTIONS)}")
-        claims.append(Claim(**{key: str(value) for key, value in item.items()}))
-    return claims, {key: value for key, value in raw.items() if key != "claims"}
+        effect = item["published_effect"]
+        if effect is not None and (isinstance(effect, bool) or not isinstance(effect, (int, float))):
+            raise ClaimsError(f"{path}: {where}.published_effect: expected a number in the metric's units (e.g. "
+                              f"-0.02 for 2 points lower) or null, got {effect!r}")
+        claims.append(Claim(str(item["source"]), str(item["where"]), str(item["claim"]), str(item["published"]),
+                            None if effect is None else float(effect), str(item["direction"]),
+                            _comparison(path, where, item)))
+    questions = []
+    for index, item in enumerate(raw.get("questions") or []):
+        where = f"questions.{index}"
+        item = _check_keys(path, where, item, QUESTION_KEYS)
+        if not str(item["question"]).strip().endswith("?"):
+            raise ClaimsError(f"{path}: {where}.question: word it as a question (ending in '?'), not as a claim")
+        questions.append(Question(str(item["question"]), _comparison(path, where, item)))
+    meta = {key: value for key, value in raw.items() if key not in ("claims", "questions")}
+    return claims, questions, meta
 
 
 def study_rows(results_csv: Path) -> dict[tuple[str, int], dict[str, str]]:
@@ -99,46 +174,99 @@ def study_rows(results_csv: Path) -> dict[tuple[str, int], dict[str, str]]:
                 if row["status"] == "finished"}
 
 
-def paired_difference(rows: dict[tuple[str, int], dict[str, str]], variant: str, reference: str,
-                      metric: str) -> Difference:
-    """``variant - reference`` in ``metric``, paired by seed over the seeds both finished."""
-    def seeds_of(name: str) -> set[int]:
-        return {seed for variant_name, seed in rows if variant_name == name}
+def paired_difference(rows: dict[tuple[str, int], dict[str, str]], variant: str, reference: str, metric: str,
+                      reference_rows: dict[tuple[str, int], dict[str, str]] | None = None) -> Difference:
+    """``variant - reference`` in ``metric``, paired by seed over the seeds both finished (the reference's runs
+    from ``reference_rows`` when it is another study's).
 
-    seeds = sorted(seeds_of(variant) & seeds_of(reference))
-    values = [float(rows[variant, seed][metric]) - float(rows[reference, seed][metric]) for seed in seeds]
-    if not values:
-        return Difference(math.nan, math.nan, 0)
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) >= 2 else math.nan
-    return Difference(statistics.fmean(values), se, len(values), tuple(values))
+    Raises:
+        ClaimsError: a pair of runs trained at different precisions.
+    """
+    reference_rows = rows if reference_rows is None else reference_rows
+    mine = {seed: row for (name, seed), row in rows.items() if name == variant}
+    theirs = {seed: row for (name, seed), row in reference_rows.items() if name == reference}
+    seeds = sorted(set(mine) & set(theirs))
+    for seed in seeds:
+        ours, other = mine[seed].get("precision") or FLOAT32, theirs[seed].get("precision") or FLOAT32
+        if ours != other:
+            raise ClaimsError(f"{variant} vs {reference}, seed {seed}: {ours} against {other}: runs of different "
+                              "precisions are not paired")
+    return Difference.of([float(mine[seed][metric]) - float(theirs[seed][metric]) for seed in seeds])
 
 
-def evaluate_claims(claims: list[Claim], studies_dir: Path) -> list[Finding]:
-    """Each claim against ``studies_dir/<study>/results.csv`` (a missing study gives ``not run``)."""
+def evaluate(items: list[Claim] | list[Question], studies_dir: Path, min_effect: float) -> list[Finding]:
+    """Each claim or question against ``studies_dir/<study>/results.csv`` (a missing study gives ``not run``),
+    judged as one family."""
     cache: dict[str, dict] = {}
-    findings = []
-    for claim in claims:
-        path = Path(studies_dir) / claim.study / "results.csv"
-        if claim.study not in cache:
-            cache[claim.study] = study_rows(path) if path.is_file() else {}
-        findings.append(Finding(claim, paired_difference(cache[claim.study], claim.variant, claim.reference,
-                                                         claim.metric)))
-    return findings
+
+    def rows_of(study: str) -> dict:
+        if study not in cache:
+            path = Path(studies_dir) / study / "results.csv"
+            cache[study] = study_rows(path) if path.is_file() else {}
+        return cache[study]
+
+    differences = [paired_difference(rows_of(c.study), c.variant, c.reference, c.metric, rows_of(c.reference_in))
+                   for c in (item.comparison for item in items)]
+    return [Finding(item, judged) for item, judged in zip(items, judge_family(differences, min_effect))]
 
 
-def findings_markdown(findings: list[Finding], meta: dict[str, Any]) -> str:
-    """``docs/findings.md``: the claims file's title and introduction, one row per claim, then its limits."""
-    head = "| source | claim (published) | study: variant vs reference | metric | d +- SE (n) | MDE (95%) | verdict |"
-    lines = [f"# {meta.get('title', 'Findings')}", "", str(meta.get("intro", "")).strip(), "", head,
-             "|---|---|---|---|---|---|---|"]
-    for finding in findings:
-        c, d = finding.claim, finding.difference
-        measured = "-" if d.n == 0 else (f"{d.mean:+.4f}" + ("" if math.isnan(d.se) else f" +- {d.se:.4f}")
-                                         + f" ({d.n})")
-        mde = "-" if math.isnan(d.mde) else f"{d.mde:.4f}"
-        lines.append(f"| {c.source} | {c.claim} ({c.published}) | {c.study}: `{c.variant}` vs `{c.reference}` | "
-                     f"{c.metric} | {measured} | {mde} | {finding.verdict} |")
-    lines += ["", "d: the difference variant - reference paired by seed (mean +- standard error, n seeds); MDE: "
-              "t(0.975, n-1) sd(d) / sqrt(n); the verdict follows the 95% Student-t interval (yolo_loss/findings.py).",
+def evaluate_claims(claims: list[Claim], questions: list[Question], studies_dir: Path,
+                    min_effect: float = DEFAULT_MIN_EFFECT) -> tuple[list[Finding], list[Finding]]:
+    """The claims and the questions, each list judged as its own family."""
+    return evaluate(claims, studies_dir, min_effect), evaluate(questions, studies_dir, min_effect)
+
+
+def _measured(judged: Judged) -> str:
+    d = judged.difference
+    if d.n == 0:
+        return "-"
+    return f"{d.mean:+.4f}" + ("" if math.isnan(d.se) else f" +- {d.se:.4f}") + f" ({d.n})"
+
+
+def _stats_cells(judged: Judged) -> str:
+    mde = judged.difference.mde
+    return (f"{format_p(judged.p)} | {format_p(judged.p_holm)} | {format_p(judged.q_bh)} | "
+            f"{'-' if math.isnan(mde) else f'{mde:.4f}'}")
+
+
+def _where(comparison: Comparison) -> str:
+    reference = (f"{comparison.reference_study}: `{comparison.reference}`" if comparison.reference_study
+                 else f"`{comparison.reference}`")
+    return f"{comparison.study}: `{comparison.variant}` vs {reference}"
+
+
+def findings_markdown(claims: list[Finding], questions: list[Finding], meta: dict[str, Any]) -> str:
+    """``docs/findings.md``: the claims file's title and introduction, the claims table, the questions table, the
+    verdict rule, then its limits."""
+    min_effect = meta.get("min_effect", DEFAULT_MIN_EFFECT)
+    lines = [f"# {meta.get('title', 'Findings')}", "", str(meta.get("intro", "")).strip(), "",
+             f"## Published claims ({len(claims)} comparisons, one family)", "",
+             "| source (where) | claim | published | study: variant vs the paper's reference | metric | "
+             "d +- SE (n) | measured / published | p | Holm p | BH q | MDE | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for finding in claims:
+        c = finding.item
+        ratio = "-" if math.isnan(finding.ratio) else f"{finding.ratio:.2f}"
+        effect = "" if c.published_effect is None else f" ({c.published_effect:+g})"
+        lines.append(f"| {c.source} ({c.where}) | {c.claim} | {c.published}{effect} | {_where(c.comparison)} | "
+                     f"{c.comparison.metric} | {_measured(finding.judged)} | {ratio} | "
+                     f"{_stats_cells(finding.judged)} | {finding.verdict} |")
+    lines += ["", f"## This project's questions ({len(questions)} comparisons, one family)", "",
+              "Not claims of a paper: what this project asks of its own presets and of its noise floor. Their verdict is "
+              "the statistical word alone.", "",
+              "| question | study: variant vs reference | metric | d +- SE (n) | p | Holm p | BH q | MDE | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for finding in questions:
+        q = finding.item
+        lines.append(f"| {q.question} | {_where(q.comparison)} | {q.comparison.metric} | "
+                     f"{_measured(finding.judged)} | {_stats_cells(finding.judged)} | {finding.verdict} |")
+    lines += ["", f"d: the difference variant - reference paired by seed (mean +- standard error, n seeds); p: the "
+              f"paired t-test; Holm p: adjusted over the table's family; BH q: Benjamini-Hochberg (shown, not used); "
+              f"MDE: t(0.975, n-1) sd(d) / sqrt(n). A comparison reads better or worse when its Holm p < 0.05, "
+              f"equivalent when the Holm-adjusted equivalence test within +-{min_effect:g} passes, unresolved "
+              f"otherwise, and preliminary below 5 paired seeds (yolo_loss/stats.py). A claim is reproduced or "
+              f"contradicted only on a better, worse or equivalent comparison (yolo_loss/findings.py). Measured / "
+              f"published: the ratio of the two effects in the metric's units where the paper gives a number; the "
+              f"data sets differ, so it says how much of the effect transfers, not whether the paper is right.",
               "", str(meta.get("limits", "")).strip(), ""]
     return "\n".join(lines)

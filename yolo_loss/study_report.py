@@ -1,26 +1,20 @@
 """The results of a study, rebuilt from its folder alone: ``results.csv``, ``results.md`` and plots.
 
-Statistics (:func:`summarize`; the functions in :mod:`yolo_loss.stats`):
-
-- per variant and metric: the mean and the sample standard deviation (``ddof=1``) over its finished seeds;
-- the difference from the baseline, *paired by seed* (a seed fixes the initial weights and the data order, so the
-  seed-to-seed variation common to both variants cancels): ``d_s = variant_s - baseline_s`` over the seeds both
-  finished, reported as ``mean(d) +- SE`` with ``SE = std(d) / sqrt(n)``;
-- "within noise" when ``|mean(d)| < t * SE``, ``t`` the two-sided 95% quantile of Student's t with ``n - 1``
-  degrees of freedom: the 95% confidence interval of the difference contains 0. This Student-t rule alone marks
-  "(noise)". With one paired seed there is no error estimate and the table says so.
-- the **minimum detectable effect** at 95% with the study's own n, ``MDE = t(0.975, n - 1) * sd(d) / sqrt(n)``
-  (the half-width of that interval: a difference smaller than this cannot be told from 0 with these seeds);
-- the **seeds for 80% power**: the smallest n with ``(t(0.975, n - 1) + t(0.80, n - 1)) * sd(d) / sqrt(n) <=
-  |mean(d)|``, the usual approximation of a paired t-test's sample size with the observed mean and spread
-  taken as the truth (a large observed difference needs few seeds, one near 0 needs many);
-- a **sign-flip permutation p-value**, exact over all ``2^n`` sign patterns of the paired differences (under "no
-  effect" each difference is as likely to have either sign): the share of patterns whose ``|mean|`` is at least the
-  observed. Its smallest possible value is ``2 / 2^n``, 0.0625 for 5 seeds: it can reach 0.05 only from 6 seeds
-  on, and is reported beside the t-rule, not instead of it.
+Per variant and metric: the mean and the sample standard deviation (``ddof=1``) over its finished seeds. Each
+variant other than the baseline is one comparison with the baseline, paired by seed; the study's comparisons in one
+metric are one family, judged together by the verdict rule of :mod:`yolo_loss.stats` (its docstring defines every
+column: n, d +- SE, raw p, Holm p, BH q, MDE, the equivalence test within the study's ``min_effect``, the
+sign-flip p from 7 seeds on, the seeds for 80% power, and the verdict word: better, worse, equivalent, unresolved,
+or preliminary below 5 seeds).
 
 A variant with a seed missing (failed or not run yet) is shown with its ``n`` and the missing seeds named, never
-averaged over fewer runs silently.
+averaged over fewer runs silently. Runs trained at different precisions (``metrics.json`` ``precision``; runs
+written before it was recorded are float32) are never paired, except in a comparison whose variant sets
+``train.amp`` itself (a study of the precision): the report refuses with the runs named (:class:`ReportError`).
+
+Plots: ``forest.png``, each comparison's paired difference in AP with its 95% t-interval, coloured by verdict, the
+variants named as the papers name them (the study file's ``labels``); ``metrics.png``, each variant's AP, AP50 and
+AP75. Training-loss curves are not drawn: the totals of different loss definitions are not on one scale.
 
 Runs evaluated more than once (``train.eval_points``; ``metrics.json`` keeps every evaluation) add a convergence
 table (:func:`convergence_markdown`): each variant's mean AP at each evaluation and its rise over the last quarter of
@@ -38,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from yolo_loss.ablation import FAILED, FINISHED, RUN_INFO, STUDY_INFO
-from yolo_loss.stats import METRICS, TABLE_METRICS, Difference
+from yolo_loss.stats import (DEFAULT_MIN_EFFECT, METRICS, MIN_SEEDS, SIGN_FLIP_MIN_N, TABLE_METRICS, Difference,
+                             Judged, format_p, judge_family, t_quantile)
+
+FLOAT32 = "float32"  # the precision of a run whose metrics.json does not record one (written before it was)
+
+
+class ReportError(ValueError):
+    """A study folder whose runs cannot be compared as asked; the message names the runs."""
 
 
 @dataclass
@@ -48,7 +49,8 @@ class VariantSummary:
     missing: list[int]
     mean: dict[str, float]
     std: dict[str, float]
-    diff: dict[str, Difference] | None  # None for the baseline itself or a study without one
+    diff: dict[str, Judged] | None  # None for the baseline itself or a study without one
+    label: str = ""  # how the papers name it (the study's ``labels``), else its axis values that differ
 
 
 def load_rows(study_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -75,6 +77,7 @@ def load_rows(study_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any
                 row["train_seconds"] = summary.get("train_seconds", math.nan)
                 row["images_per_sec"] = summary.get("images_per_sec", math.nan)
                 row["backbone"] = summary.get("start", {}).get("backbone", "")
+                row["precision"] = summary.get("precision", FLOAT32)
             rows.append(row)
     return info, rows
 
@@ -85,19 +88,20 @@ def seeds_of(info: dict[str, Any], variant: str) -> list[int]:
 
 
 def auto_seeds_markdown(info: dict[str, Any], summaries: list[VariantSummary]) -> str:
-    """What ``seeds: auto`` did: the rule, and per variant its seeds and whether its difference was resolved."""
+    """What ``seeds: auto`` did: the rule, and per variant its seeds and whether its comparison was decided."""
     auto = info["auto"]
     metric = auto["metric"]
     lines = [f"Seeds added automatically (`seeds: {{auto: {auto['first']}, cap: {auto['cap']}, metric: {metric}}}`): "
              f"after the first {len(auto['first'])} seeds, one more at a time for each variant whose d{metric} was "
-             f"unresolved by the t-rule, with the baseline, up to {auto['cap']} seeds.", ""]
+             f"not yet decided by the verdict rule (better, worse or equivalent, at least {MIN_SEEDS} seeds), with "
+             f"the baseline, up to {auto['cap']} seeds.", ""]
     for s in summaries:
         if s.diff is None:
             continue
-        d = s.diff.get(metric)
-        state = ("resolved" if d is not None and d.within_noise is False
-                 else f"unresolved at the cap of {auto['cap']}" if len(seeds_of(info, s.name)) >= auto["cap"]
-                 else "unresolved (still adding seeds)")
+        judged = s.diff.get(metric)
+        state = (f"decided: {judged.verdict}" if judged is not None and judged.decided
+                 else f"undecided at the cap of {auto['cap']}" if len(seeds_of(info, s.name)) >= auto["cap"]
+                 else "undecided (still adding seeds)")
         lines.append(f"- {s.name}: {len(seeds_of(info, s.name))} seeds, {state}")
     return "\n".join(lines) + "\n"
 
@@ -165,27 +169,70 @@ def convergence_markdown(curves: dict[str, dict[int, list[tuple[float, float]]]]
     return "\n".join(lines) + "\n"
 
 
+def variant_label(info: dict[str, Any], variant: str) -> str:
+    """The study's label for ``variant`` (``labels`` in the study file), else its axis values that differ from
+    the baseline's (all of them for the baseline itself or a grid without one)."""
+    if variant in info.get("labels", {}):
+        return info["labels"][variant]
+    baseline = dict(part.split("=", 1) for part in (info.get("baseline") or "").split(",") if "=" in part)
+    fields = [part for part in variant.split(",") if baseline.get(part.split("=", 1)[0]) != part.split("=", 1)[1]]
+    return ",".join(fields) or variant
+
+
+def _sets_precision(row: dict[str, Any]) -> bool:
+    """Whether the run's own variant sets ``train.amp`` (its ``run.json`` overrides): a comparison of precisions."""
+    path = Path(row["folder"]) / RUN_INFO
+    overrides = json.loads(path.read_text()).get("overrides", []) if path.is_file() else []
+    return any(override.startswith("train.amp=") for override in overrides)
+
+
+def check_precisions(variant: str, runs: dict[int, dict[str, Any]], baseline: dict[int, dict[str, Any]]) -> None:
+    """Refuse to pair runs of different precisions unless ``variant`` itself sets ``train.amp``.
+
+    Raises:
+        ReportError: naming the variant, the seeds and both precisions.
+    """
+    mixed = [seed for seed in runs if seed in baseline and runs[seed]["precision"] != baseline[seed]["precision"]]
+    if mixed and not _sets_precision(runs[mixed[0]]):
+        seed = mixed[0]
+        raise ReportError(f"{variant}: seed(s) {', '.join(map(str, mixed))} trained in {runs[seed]['precision']} "
+                          f"against a baseline in {baseline[seed]['precision']} ({baseline[seed]['folder']}): runs of "
+                          "different precisions are not paired; train both at one precision (train.amp)")
+
+
 def summarize(info: dict[str, Any], rows: list[dict[str, Any]],
               metrics: tuple[str, ...] = TABLE_METRICS) -> list[VariantSummary]:
-    """Mean, std and the paired difference from the baseline, per variant (see the module docstring)."""
+    """Mean, std and, per metric, every variant's paired comparison with the baseline judged as one family by the
+    verdict rule (see the module docstring).
+
+    Raises:
+        ReportError: a comparison would pair runs of different precisions (:func:`check_precisions`).
+    """
     finished = [row for row in rows if row["status"] == "finished"]
     by_variant = {variant: {row["seed"]: row for row in finished if row["variant"] == variant}
                   for variant in info["variants"]}
     baseline = by_variant.get(info.get("baseline") or "")
+    min_effect = info.get("min_effect", DEFAULT_MIN_EFFECT)
+    compared = [variant for variant in by_variant if baseline is not None and variant != info.get("baseline")]
+    judged: dict[str, dict[str, Judged]] = {variant: {} for variant in compared}
+    for variant in compared:
+        check_precisions(variant, by_variant[variant], baseline)
+    for metric in metrics:
+        family = judge_family([Difference.of([by_variant[variant][seed][metric] - baseline[seed][metric]
+                                              for seed in by_variant[variant] if seed in baseline])
+                               for variant in compared], min_effect)
+        for variant, result in zip(compared, family):
+            judged[variant][metric] = result
     summaries = []
     for variant, runs in by_variant.items():
-        mean, std, diff = {}, {}, None
+        mean, std = {}, {}
         for metric in metrics:
             values = [run[metric] for run in runs.values()]
             mean[metric] = statistics.fmean(values) if values else math.nan
             std[metric] = statistics.stdev(values) if len(values) >= 2 else math.nan
-        if baseline is not None and variant != info.get("baseline"):
-            diff = {}
-            for metric in metrics:
-                diff[metric] = Difference.of([runs[seed][metric] - baseline[seed][metric]
-                                              for seed in runs if seed in baseline])
         missing = [seed for seed in seeds_of(info, variant) if seed not in runs]
-        summaries.append(VariantSummary(variant, len(runs), missing, mean, std, diff))
+        summaries.append(VariantSummary(variant, len(runs), missing, mean, std, judged.get(variant),
+                                        variant_label(info, variant)))
     return summaries
 
 
@@ -195,66 +242,73 @@ def _pm(mean: float, spread: float) -> str:
     return f"{mean:.3f}" if math.isnan(spread) else f"{mean:.3f} +- {spread:.3f}"
 
 
+def _difference_cell(d: Difference, digits: int = 3) -> str:
+    if math.isnan(d.mean):
+        return "-"
+    return f"{d.mean:+.{digits}f}" + ("" if math.isnan(d.se) else f" +- {d.se:.{digits}f}")
+
+
 def markdown(info: dict[str, Any], summaries: list[VariantSummary], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
+    """The means table (with each comparison's difference and verdict in AP), then the comparisons section."""
     baseline = info.get("baseline")
     head = ["variant", "n"] + [f"{m} (mean +- std)" for m in metrics]
     if baseline:
-        head += [f"d{m} vs baseline" for m in metrics]
+        head += [f"d{metrics[0]} vs baseline", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
     for s in summaries:
         label = f"**{s.name}** (baseline)" if s.name == baseline else s.name
         cells = [label, f"{s.n}/{s.n + len(s.missing)}"] + [_pm(s.mean[m], s.std[m]) for m in metrics]
         if baseline:
-            for m in metrics:
-                if s.diff is None:
-                    cells.append("")
-                    continue
-                d = s.diff[m]
-                mark = {True: " (noise)", False: "", None: " (no error estimate)"}[d.within_noise]
-                cells.append(f"{'-' if math.isnan(d.mean) else f'{d.mean:+.3f}'}"
-                             f"{'' if math.isnan(d.se) else f' +- {d.se:.3f}'}{mark}")
+            judged = s.diff[metrics[0]] if s.diff is not None else None
+            cells += ["", ""] if judged is None else [_difference_cell(judged.difference), judged.verdict]
         lines.append("| " + " | ".join(cells) + " |")
         if s.missing:
             notes.append(f"- {s.name}: seed(s) {', '.join(map(str, s.missing))} missing (failed or not run): "
                          f"its row averages {s.n} of {s.n + len(s.missing)} seeds.")
     text = "\n".join(lines) + "\n"
     if baseline:
-        text += ("\nd: the difference from the baseline paired by seed, mean +- standard error over the seeds both "
-                 "finished; (noise): its 95% t-interval contains 0.\n")
+        text += (f"\nd: the difference from the baseline paired by seed, mean +- standard error over the seeds both "
+                 f"finished. verdict (yolo_loss/stats.py): better / worse when its Holm-adjusted p < 0.05 over the "
+                 f"study's {len([s for s in summaries if s.diff is not None])} comparisons, equivalent when the "
+                 f"Holm-adjusted equivalence test (TOST) within +-{info.get('min_effect', DEFAULT_MIN_EFFECT):g} passes, "
+                 f"unresolved otherwise, preliminary below {MIN_SEEDS} paired seeds.\n")
     if notes:
         text += "\nIncomplete:\n" + "\n".join(notes) + "\n"
     if baseline:
-        text += "\n" + power_markdown(summaries, metrics)
+        text += "\n" + comparisons_markdown(info, summaries, metrics)
     return text
 
 
-def power_markdown(summaries: list[VariantSummary], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
-    """Per metric, each variant's paired difference with its MDE at 95%, the sign-flip permutation p-value and the
-    seeds that would resolve the observed difference at 80% power; then the median MDE over the variants."""
+def comparisons_markdown(info: dict[str, Any], summaries: list[VariantSummary],
+                         metrics: tuple[str, ...] = TABLE_METRICS) -> str:
+    """Per metric, one table of the study's family of comparisons: n, d +- SE, raw p, Holm p, BH q, MDE, the
+    Holm-adjusted TOST p, the sign-flip p (from 7 seeds on), the seeds for 80% power and the verdict; then the
+    median MDE."""
     compared = [s for s in summaries if s.diff is not None]
     if not compared:
         return ""
-    lines = ["## Power", "",
-             "MDE: the smallest paired difference the 95% t-interval tells from 0 with this study's seeds, "
-             "t(0.975, n-1) sd(d) / sqrt(n). p (sign flip): exact paired permutation test, two-sided (its "
-             "smallest value is 2 / 2^n). Seeds for 80% power: with the observed mean and sd of d taken as the truth "
-             "(\"-\": no difference observed, or more than 1000). The t-rule alone marks \"(noise)\" above.", ""]
+    min_effect = info.get("min_effect", DEFAULT_MIN_EFFECT)
+    lines = ["## Comparisons", "",
+             f"Each metric's comparisons with the baseline are one family of {len(compared)}. p: the two-sided paired "
+             f"t-test; Holm p: Holm-adjusted over the family (the verdict's test); BH q: the Benjamini-Hochberg "
+             f"q-value (shown, not used); MDE: the smallest difference the 95% t-interval tells from 0 with these "
+             f"seeds; TOST p: the Holm-adjusted equivalence test within +-{min_effect:g}; p (sign flip): the exact "
+             f"permutation test, shown from {SIGN_FLIP_MIN_N} seeds on (its floor 2 / 2^n); seeds for 80% power: "
+             f"with the observed mean and sd taken as the truth (\"-\": no difference observed, or over 1000).", ""]
     for m in metrics:
-        lines += [f"| d{m}: variant | n | d +- SE | MDE (95%) | p (sign flip) | seeds for 80% power |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"| d{m}: variant | n | d +- SE | p | Holm p | BH q | MDE (95%) | TOST p | p (sign flip) | "
+                  "seeds for 80% power | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in compared:
-            d = s.diff[m]
-            mean = "-" if math.isnan(d.mean) else f"{d.mean:+.4f}"
-            se = "" if math.isnan(d.se) else f" +- {d.se:.4f}"
+            j = s.diff[m]
+            d = j.difference
             mde = "-" if math.isnan(d.mde) else f"{d.mde:.4f}"
-            p = "-" if math.isnan(d.p_permutation) else f"{d.p_permutation:.3f}"
-            lines.append(f"| {s.name} | {d.n} | {mean}{se} | {mde} | {p} | {d.seeds_for_power or '-'} |")
-        mdes = [s.diff[m].mde for s in compared if not math.isnan(s.diff[m].mde)]
-        if mdes:
-            lines.append(f"\nMedian MDE of d{m} over the {len(mdes)} variants: {statistics.median(mdes):.4f}.\n")
-        else:
-            lines.append("")
+            lines.append(f"| {s.name} | {d.n} | {_difference_cell(d, 4)} | {format_p(j.p)} | {format_p(j.p_holm)} | "
+                         f"{format_p(j.q_bh)} | {mde} | {format_p(j.p_tost_holm)} | {format_p(d.p_sign_flip)} | "
+                         f"{d.seeds_for_power or '-'} | {j.verdict} |")
+        mdes = [s.diff[m].difference.mde for s in compared if not math.isnan(s.diff[m].difference.mde)]
+        lines.append(f"\nMedian MDE of d{m} over the {len(mdes)} variants: {statistics.median(mdes):.4f}.\n"
+                     if mdes else "")
     return "\n".join(lines) + "\n"
 
 
@@ -268,64 +322,80 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def loss_curve(run_folder: Path) -> tuple[list[int], list[float]]:
-    """The training loss (``loss/total``) of a run from its TensorBoard events: steps and values."""
-    from yolo_loss.tensorboard_log import read_scalars
-
-    return read_scalars(run_folder, "train", "loss/total")
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", "equivalent": "tab:blue", "unresolved": "tab:gray",
+                   "preliminary": "tab:orange"}
 
 
-def plot(info: dict[str, Any], rows: list[dict[str, Any]], summaries: list[VariantSummary], out: Path) -> list[Path]:
-    """``metrics.png`` (AP, AP50, AP75 per variant, mean with std error bars) and ``loss_curves.png`` (the training
-    loss of each variant, mean over its seeds with a min-max band; left out when no run has training events)."""
+def plot(info: dict[str, Any], summaries: list[VariantSummary], out: Path) -> list[Path]:
+    """``metrics.png`` (AP, AP50, AP75 per variant, mean with std error bars) and, with a baseline, ``forest.png``
+    (:func:`plot_forest`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = [s.name for s in summaries]
+    names = [s.label if s.name != info.get("baseline") else f"{s.label} (baseline)" for s in summaries]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.5))
     width = 0.8 / len(TABLE_METRICS)
     for k, metric in enumerate(TABLE_METRICS):
         means = [s.mean[metric] for s in summaries]
         errors = [0.0 if math.isnan(s.std[metric]) else s.std[metric] for s in summaries]
         ax.bar(np.arange(len(names)) + (k - 1) * width, means, width, yerr=errors, capsize=3, label=metric)
-    ax.set_xticks(np.arange(len(names)), [n.replace(",", "\n") for n in names], fontsize=8)
+    ax.set_xticks(np.arange(len(names)), [n.replace(",", "\n") for n in names], fontsize=8, rotation=30, ha="right")
     ax.set_ylabel("validation AP (mean +- std over seeds)")
-    ax.set_title(Path(info["study_file"]).stem)
+    ax.set_title(f"{Path(info['study_file']).stem}: n seeds per variant in results.md")
     ax.legend()
     fig.tight_layout()
     metrics_png = out / "metrics.png"
     fig.savefig(metrics_png, dpi=100)
     plt.close(fig)
+    written = [metrics_png]
+    if any(s.diff is not None for s in summaries):
+        written.append(plot_forest(info, summaries, out))
+    return written
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    drawn = 0
-    for variant in names:
-        curves = [curve for row in rows if row["variant"] == variant and row["status"] == "finished"
-                  if (curve := loss_curve(Path(row["folder"])))[0]]
-        if not curves:
+
+def plot_forest(info: dict[str, Any], summaries: list[VariantSummary], out: Path, metric: str = "AP") -> Path:
+    """``forest.png``: each comparison's paired difference from the baseline in ``metric``, its 95% t-interval
+    (mean +- t(0.975, n-1) SE), coloured by its verdict, the band +-min_effect shaded; the reference named."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    compared = [s for s in summaries if s.diff is not None]
+    reference = next((s for s in summaries if s.name == info.get("baseline")), None)
+    min_effect = info.get("min_effect", DEFAULT_MIN_EFFECT)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.42 * len(compared)))
+    ax.axvspan(-min_effect, min_effect, color="tab:blue", alpha=0.08)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    for row, s in enumerate(reversed(compared)):
+        j = s.diff[metric]
+        d = j.difference
+        if math.isnan(d.mean):
             continue
-        length = min(len(values) for _, values in curves)
-        steps = np.array(curves[0][0][:length])
-        values = np.array([v[:length] for _, v in curves])
-        line, = ax.plot(steps, values.mean(0), label=f"{variant} (n={len(curves)})")
-        ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-        drawn += 1
-    if not drawn:  # no run has training events (a study folder assembled by hand)
-        plt.close(fig)
-        return [metrics_png]
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (weighted total)")
-    ax.set_title("training loss: mean over seeds, band min-max")
-    ax.legend(fontsize=7)
+        half = 0.0 if math.isnan(d.se) else t_quantile(d.n - 1) * d.se
+        colour = VERDICT_COLOURS[j.verdict]
+        ax.errorbar(d.mean, row, xerr=half, fmt="o", color=colour, capsize=3,
+                    markerfacecolor="white" if j.verdict == "preliminary" else colour)
+    ax.set_yticks(range(len(compared)), [f"{s.label} (n={s.diff[metric].difference.n})" for s in reversed(compared)],
+                  fontsize=8)
+    reference_name = reference.label if reference is not None else info.get("baseline")
+    ax.set_xlabel(f"d{metric} = variant - {reference_name}, paired by seed: mean and 95% t-interval "
+                  "(uncorrected; the colour is the Holm-corrected verdict)", fontsize=9)
+    ax.set_title(f"{Path(info['study_file']).stem}: each variant against {reference_name}", fontsize=10)
+    handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=word,
+                      markerfacecolor="white" if word == "preliminary" else colour)
+               for word, colour in VERDICT_COLOURS.items()]
+    handles.append(plt.Rectangle((0, 0), 1, 1, color="tab:blue", alpha=0.15, label=f"+-{min_effect:g} (min_effect)"))
+    ax.legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
-    curves_png = out / "loss_curves.png"
-    fig.savefig(curves_png, dpi=100)
+    path = out / "forest.png"
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [metrics_png, curves_png]
+    return path
 
 
 def plot_ap_curves(curves: dict[str, dict[int, list[tuple[float, float]]]], out: Path, metric: str = "AP") -> Path:
@@ -372,8 +442,11 @@ def start_mismatches(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_report(study_dir: str | Path) -> list[Path]:
-    """Rebuild ``results.csv``, ``results.md``, ``metrics.png``, ``loss_curves.png`` and (for runs evaluated more
-    than once) ``ap_curves.png`` in ``study_dir``."""
+    """Rebuild ``results.csv``, ``results.md``, ``metrics.png``, ``forest.png`` and (for runs evaluated more than
+    once) ``ap_curves.png`` in ``study_dir``.
+
+    Raises:
+        ReportError: a comparison would pair runs of different precisions."""
     study_dir = Path(study_dir)
     info, rows = load_rows(study_dir)
     summaries = summarize(info, rows)
@@ -394,8 +467,9 @@ def write_report(study_dir: str | Path) -> list[Path]:
         text += "\nFailed runs:\n" + "".join(f"- {r['variant']}/seed={r['seed']}: {r['error']}\n" for r in failed)
     (study_dir / "results.md").write_text(text)
     written = [study_dir / "results.csv", study_dir / "results.md"]
+    (study_dir / "loss_curves.png").unlink(missing_ok=True)  # drawn before: totals of different losses on one axis
     if any(row["status"] == "finished" for row in rows):
-        written += plot(info, rows, summaries, study_dir)
+        written += plot(info, summaries, study_dir)
     if curves:
         written.append(plot_ap_curves(curves, study_dir))
     return written
