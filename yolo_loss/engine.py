@@ -2,8 +2,10 @@
 
 The training step reads top to bottom: learning rate, forward, loss, non-finite check, backward, clip, step, EMA,
 log, evaluation when due (``train.eval_points`` spread over the run, and before the first step); a checkpoint per
-epoch. Under ``torchrun`` the same loop runs in every process
-(:mod:`yolo_loss.distributed`: each its slice of the batch, gradients averaged, rank 0 alone writes).
+epoch. With ``train.amp`` the forward alone runs under autocast (:func:`amp_dtype`: float16 on CUDA, bfloat16 on
+the CPU); the loss, the logged statistics and the evaluation stay in float32. Under ``torchrun`` the same loop runs
+in every process (:mod:`yolo_loss.distributed`: each its slice of the batch, gradients averaged, rank 0 alone
+writes).
 """
 
 from __future__ import annotations
@@ -104,25 +106,29 @@ def evaluate(model: torch.nn.Module, loader, criterion: YoloCriterion | None, cf
     (:func:`~yolo_loss.head.build_head`): as the model was trained. Under ``torchrun`` every process runs its share
     of the batches (a loader built with its rank, see :func:`~yolo_loss.data.build_loader`) and gets every
     process's results, in single-process order, before the metrics: every process returns the metrics and losses
-    of one process evaluating the whole set."""
+    of one process evaluating the whole set.
+
+    The evaluation is in float32 whatever ``train.amp`` trained the model in: autocast is off around the model."""
     model.eval()
     dataset = loader.dataset
     evaluator = Evaluator(dataset.ground_truth_coco, dataset.category_ids)
     head = build_head(cfg, dataset.num_classes)
     per_batch = []  # (image ids, detections in original-image pixels, loss scalars) of each batch
-    for images, targets, metas in loader:
-        images = images.to(device, memory_format=memory_format(cfg), non_blocking=True)
-        preds = [p.float() for p in model(images)]
-        losses = {}
-        if criterion is not None:
-            losses = loss_scalars(criterion(preds, targets.to(device), images.shape[-2:], update_state=False),
-                                  images.shape[0])
-        detections = postprocess(preds, head, conf_thresh=cfg.eval.conf_thresh, nms_iou=cfg.eval.nms_iou,
-                                 max_det=cfg.eval.max_det, max_candidates=cfg.eval.max_candidates)
-        for det, meta in zip(detections, metas):
-            det.boxes_xyxy = unletterbox_boxes(det.boxes_xyxy.cpu(), meta["scale"], meta["pad"], meta["orig_size"])
-            det.scores, det.labels = det.scores.cpu(), det.labels.cpu()
-        per_batch.append(([m["image_id"] for m in metas], detections, losses))
+    with torch.autocast(device.type, enabled=False):  # float32, also when called inside an autocast region
+        for images, targets, metas in loader:
+            images = images.to(device, memory_format=memory_format(cfg), non_blocking=True)
+            preds = [p.float() for p in model(images)]
+            losses = {}
+            if criterion is not None:
+                losses = loss_scalars(criterion(preds, targets.to(device), images.shape[-2:], update_state=False),
+                                      images.shape[0])
+            detections = postprocess(preds, head, conf_thresh=cfg.eval.conf_thresh, nms_iou=cfg.eval.nms_iou,
+                                     max_det=cfg.eval.max_det, max_candidates=cfg.eval.max_candidates)
+            for det, meta in zip(detections, metas):
+                det.boxes_xyxy = unletterbox_boxes(det.boxes_xyxy.cpu(), meta["scale"], meta["pad"],
+                                                   meta["orig_size"])
+                det.scores, det.labels = det.scores.cpu(), det.labels.cpu()
+            per_batch.append(([m["image_id"] for m in metas], detections, losses))
     loss_sums: dict[str, float] = {}
     batches = 0
     for image_ids, detections, losses in dist.gather_batches(per_batch):
@@ -253,13 +259,33 @@ def build_trainer(cfg: Config, run_dir: Path, *, resume: Path | None) -> Trainer
     return Trainer(cfg, run_dir, device, train_set, val_set, train_loader, val_loader, head, model,
                    build_criterion(cfg.loss, head, img_size=cfg.data.img_size), build_optimizer(model, cfg.train),
                    ModelEMA(model, decay=cfg.train.ema_decay) if cfg.train.ema else None,
-                   torch.amp.GradScaler("cuda", enabled=use_amp(cfg, device)), total_steps,
+                   torch.amp.GradScaler("cuda", enabled=amp_dtype(cfg, device) == torch.float16), total_steps,
                    evaluation_steps(total_steps, cfg.train.eval_points), start=backbone_start(cfg, echo=write))
 
 
-def use_amp(cfg: Config, device: torch.device) -> bool:
-    """Mixed precision: when asked for, on CUDA only."""
-    return cfg.train.amp and device.type == "cuda"
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """The dtype of the model's forward under ``train.amp``: float16 on CUDA (with loss scaling, the trainer's
+    ``GradScaler``), bfloat16 on the CPU (float32's exponent range: no loss scaling); None when ``train.amp`` is off
+    (float32 throughout). Autocast wraps the model alone: the loss (assignment, ignore rule, terms), the decode of
+    the logged statistics and the evaluation run in float32 whatever this is."""
+    if not cfg.train.amp:
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``'float32'`` (no autocast), ``'bfloat16'`` or ``'float16'``: the ``precision`` of ``metrics.json``."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def precision_line(cfg: Config, device: torch.device) -> str:
+    """The console line that says in what precision a run trains."""
+    dtype = amp_dtype(cfg, device)
+    if dtype is None:
+        return "precision: float32 (train.amp off)"
+    where = "CUDA, with loss scaling" if dtype == torch.float16 else device.type.upper()
+    return (f"precision: {precision_name(dtype)} autocast around the model ({where}); "
+            "loss and evaluation in float32")
 
 
 def restore(trainer: Trainer, path: Path, *, force: bool) -> TrainState:
@@ -339,9 +365,10 @@ def train_step(trainer: Trainer, state: TrainState, images: torch.Tensor, target
     if cfg.data.augment.multiscale:  # darknet's 'random': one size per batch; targets are normalised, so unchanged
         size = random.Random(f"{cfg.train.seed}/{state.step}").choice(cfg.data.augment.multiscale)  # stateless
         images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp(cfg, device)):
+    dtype = amp_dtype(cfg, device)  # autocast around the model only; off (float32), the context does nothing
+    with torch.autocast(device.type, dtype=dtype or torch.float16, enabled=dtype is not None):
         preds = trainer.net(images)
-    preds = [p.float() for p in preds]
+    preds = [p.float() for p in preds]  # the loss and everything after it in float32, outside autocast
     result = trainer.criterion(preds, targets, images.shape[-2:])
 
     problem = first_nonfinite(result)
@@ -480,6 +507,7 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
     ``train.batch_size`` is then the batch of each process, and a step trains on ``batch_size`` x processes images.
     """
     trainer = build_trainer(cfg, run_dir, resume=resume)
+    dist.on_main(tqdm.write)(precision_line(cfg, trainer.device))
     state = restore(trainer, resume, force=force_resume) if resume is not None else TrainState()
     trainer.net = dist.data_parallel(trainer.model, trainer.device)
     trainer.logger = dist.on_main(RunLogger)(run_dir, cfg, trainer.head, trainer.train_set.class_names,
@@ -503,6 +531,7 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                "train_seconds": state.train_seconds,
                "images_per_sec": state.images_seen / state.train_seconds if state.train_seconds else 0.0,
                "nonfinite_skipped": state.nonfinite_skipped, "world_size": dist.world_size(), "start": trainer.start,
+               "precision": precision_name(amp_dtype(cfg, trainer.device)),
                "evaluations": state.evaluations}
     if dist.is_main():
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))

@@ -294,7 +294,7 @@ class TrainConfig:
     ema: bool = True
     ema_decay: float = bounded(0.999, 0.0, 1.0, low_open=True, high_open=True)
     grad_clip: float = bounded(10.0, 0.0, None)  # max gradient norm; 0 = off
-    amp: bool = False  # CUDA only
+    amp: bool = False  # autocast around the model: float16 on CUDA (loss scaling), bfloat16 on the CPU; loss in fp32
     channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN) and on CUDA tensor cores
     # Validation: at this many steps spread evenly over the run, the last at the end (1 = only at the end), and
     # before the first step (eval_at_start: the untrained model starts every validation curve).
