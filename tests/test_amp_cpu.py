@@ -126,7 +126,8 @@ def test_amp_on_the_cpu_autocasts_the_model_alone(shapes_root: Path, tmp_path: P
     state = load_checkpoint(run_dir / "last.pt")
     assert all(value.dtype == torch.float32 for value in state["model"].values() if value.is_floating_point())
     assert state["scaler"] == {}
-    assert json.loads((run_dir / "metrics.json").read_text())["precision"] == "bfloat16"
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["precision"] == "bfloat16" and summary["threads"] == torch.get_num_threads()
 
 
 def test_amp_off_trains_in_float32_throughout(shapes_root: Path, tmp_path: Path, monkeypatch,

@@ -532,6 +532,7 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                "images_per_sec": state.images_seen / state.train_seconds if state.train_seconds else 0.0,
                "nonfinite_skipped": state.nonfinite_skipped, "world_size": dist.world_size(), "start": trainer.start,
                "precision": precision_name(amp_dtype(cfg, trainer.device)),
+               "threads": torch.get_num_threads(),  # CPU rounding depends on it: a run is reproduced with as many
                "evaluations": state.evaluations}
     if dist.is_main():
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
