@@ -368,7 +368,7 @@ def plot_forest(info: dict[str, Any], summaries: list[VariantSummary], out: Path
     compared = [s for s in summaries if s.diff is not None]
     reference = next((s for s in summaries if s.name == info.get("baseline")), None)
     min_effect = info.get("min_effect", DEFAULT_MIN_EFFECT)
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.42 * len(compared)))
+    fig, ax = plt.subplots(figsize=(9.5, 1.6 + 0.42 * len(compared)))
     ax.axvspan(-min_effect, min_effect, color="tab:blue", alpha=0.08)
     ax.axvline(0.0, color="black", linewidth=0.8)
     for row, s in enumerate(reversed(compared)):
@@ -383,14 +383,14 @@ def plot_forest(info: dict[str, Any], summaries: list[VariantSummary], out: Path
     ax.set_yticks(range(len(compared)), [f"{s.label} (n={s.diff[metric].difference.n})" for s in reversed(compared)],
                   fontsize=8)
     reference_name = reference.label if reference is not None else info.get("baseline")
-    ax.set_xlabel(f"d{metric} = variant - {reference_name}, paired by seed: mean and 95% t-interval "
-                  "(uncorrected; the colour is the Holm-corrected verdict)", fontsize=9)
+    ax.set_xlabel(f"d{metric} = variant - {reference_name}, paired by seed\nmean and 95% t-interval (uncorrected; "
+                  "the colour is the Holm-corrected verdict)", fontsize=9)
     ax.set_title(f"{Path(info['study_file']).stem}: each variant against {reference_name}", fontsize=10)
     handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=word,
                       markerfacecolor="white" if word == "preliminary" else colour)
                for word, colour in VERDICT_COLOURS.items()]
     handles.append(plt.Rectangle((0, 0), 1, 1, color="tab:blue", alpha=0.15, label=f"+-{min_effect:g} (min_effect)"))
-    ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = out / "forest.png"
     fig.savefig(path, dpi=110)
@@ -465,6 +465,11 @@ def write_report(study_dir: str | Path) -> list[Path]:
                  "hold that noise too:\n" + "\n".join(mismatched) + "\n")
     if failed:
         text += "\nFailed runs:\n" + "".join(f"- {r['variant']}/seed={r['seed']}: {r['error']}\n" for r in failed)
+    text += ("\nPlots: `forest.png` (each comparison's dAP with its 95% t-interval, coloured by verdict) and "
+             "`metrics.png` (each variant's AP, AP50, AP75, every finished run of it, reused ones included)"
+             + (", `ap_curves.png` (validation AP by epoch)" if curves else "")
+             + ". Training-loss curves are not drawn: the totals of different loss definitions are not on one scale; "
+             "each run's terms are in its TensorBoard events where it was trained.\n")
     (study_dir / "results.md").write_text(text)
     written = [study_dir / "results.csv", study_dir / "results.md"]
     (study_dir / "loss_curves.png").unlink(missing_ok=True)  # drawn before: totals of different losses on one axis
