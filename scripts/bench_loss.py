@@ -1,11 +1,16 @@
 """Time the loss forward + backward against a floor that touches the same head tensors.
 
-    python scripts/bench_loss.py [--repeats 15] [--threads N]
+    python scripts/bench_loss.py [--repeats 15] [--threads N] [--default-malloc] [--only NAME ...] [--cpu-time]
 
 For batch 16 at 416 px with 80 classes and 6 boxes per image, and batch 64 with 20 boxes per image, prints the
 median time of: the floor (``sum(p).backward()`` over the three head maps), the darknet, yolov4 and yolov5
 presets (each with its decode), and the CIoU + focal variant; and each one's ratio to the floor. Target: at most
-2.5x the floor at both sizes.
+2.5x the floor at both sizes (darknet's loss at batch 64: at most 2.0x, with either allocator).
+
+The script re-executes itself with the entry points' glibc malloc settings (``yolo_loss.allocator``) unless
+``--default-malloc`` is given, which runs it with glibc's defaults (dropping those settings from the environment
+if they are there). ``--only`` times the named variants alone; ``--cpu-time`` times with the process's CPU clock
+rather than the wall clock (steadier while another job shares the cores; with ``--threads 1`` only).
 """
 
 from __future__ import annotations
@@ -18,10 +23,23 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from yolo_loss.allocator import reexec_with_allocator_settings  # noqa: E402
+from yolo_loss.allocator import ALLOCATOR_ENV, ALLOCATOR_OPT_OUT, reexec_with_allocator_settings  # noqa: E402
+
+
+def select_allocator() -> None:
+    """Re-execute with the allocator settings, or with ``--default-malloc`` without them (glibc reads them once,
+    at start-up, so this happens before torch is imported)."""
+    if "--default-malloc" not in sys.argv[1:]:
+        reexec_with_allocator_settings()
+    elif any(name in os.environ for name in ALLOCATOR_ENV):
+        env = {name: value for name, value in os.environ.items() if name not in ALLOCATOR_ENV}
+        env[ALLOCATOR_OPT_OUT] = "1"
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
 
 if __name__ == "__main__":
-    reexec_with_allocator_settings()  # before torch is imported: glibc reads its settings at start-up
+    select_allocator()
 
 import torch  # noqa: E402
 
@@ -31,6 +49,7 @@ from yolo_loss.losses.criterion import build_criterion  # noqa: E402
 from yolo_loss.schema import Config, LossConfig  # noqa: E402
 
 STRIDES = (8, 16, 32)
+VARIANTS = ("darknet", "yolov4", "yolov5", "ciou+focal")
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "presets"
 
 
@@ -46,15 +65,15 @@ def make_inputs(batch: int, boxes_per_image: int, img: int, num_classes: int, se
     return preds, targets
 
 
-def median_ms(fn, preds, repeats: int) -> float:
+def median_ms(fn, preds, repeats: int, clock=time.perf_counter) -> float:
     times = []
     for i in range(repeats + 2):
         for p in preds:
             p.grad = None
-        start = time.perf_counter()
+        start = clock()
         fn()
         if i >= 2:  # two warm-up runs
-            times.append((time.perf_counter() - start) * 1e3)
+            times.append((clock() - start) * 1e3)
     return statistics.median(times)
 
 
@@ -62,25 +81,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--default-malloc", action="store_true", help="glibc's malloc defaults (see above)")
+    parser.add_argument("--only", nargs="+", choices=VARIANTS, help="time these variants alone")
+    parser.add_argument("--cpu-time", action="store_true", help="the process's CPU time, not the wall clock")
     args = parser.parse_args()
+    if args.cpu_time and args.threads != 1:
+        parser.error("--cpu-time adds up the threads' time: use it with --threads 1")
     torch.set_num_threads(args.threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     img, num_classes = 416, 80
     variants = {name: load_config(PRESETS / f"{name}.yaml", (f"data.img_size={img}",))
                 for name in ("darknet", "yolov4", "yolov5")}
     variants["ciou+focal"] = Config(loss=LossConfig(xy="none", wh="none", box="ciou", cls="focal"))
-    malloc = {k: os.environ.get(k) for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
-    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, glibc malloc env {malloc}")
+    variants = {name: cfg for name, cfg in variants.items() if not args.only or name in args.only}
+    malloc = {k: os.environ.get(k) for k in ALLOCATOR_ENV}
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, glibc malloc env {malloc}, "
+          f"{'CPU' if args.cpu_time else 'wall'} time")
     print("| batch | boxes/img | floor ms | variant | loss ms | ratio |")
     print("|---|---|---|---|---|---|")
     for batch, boxes in ((16, 6), (64, 20)):
         preds, targets = make_inputs(batch, boxes, img, num_classes)
-        floor = median_ms(lambda: sum(p.sum() for p in preds).backward(), preds, args.repeats)
+        floor = median_ms(lambda: sum(p.sum() for p in preds).backward(), preds, args.repeats, clock)
         for name, cfg in variants.items():
             head = HeadSpec.from_anchors(anchors_per_level(cfg.model, img), strides=STRIDES, num_classes=num_classes,
                                          class_activation=class_activation(cfg.loss.cls), decode=cfg.model.decode,
                                          scale_x_y=tuple(cfg.model.scale_x_y))
             criterion = build_criterion(cfg.loss, head, img_size=img)
-            loss = median_ms(lambda: criterion(preds, targets, img).total.backward(), preds, args.repeats)
+            loss = median_ms(lambda: criterion(preds, targets, img).total.backward(), preds, args.repeats, clock)
             print(f"| {batch} | {boxes} | {floor:.1f} | {name} | {loss:.1f} | {loss / floor:.2f}x |")
 
 

@@ -447,7 +447,7 @@ def brute_force_ignore(boxes_cxcywh: torch.Tensor, truths_xyxy: torch.Tensor, th
 
 @pytest.mark.parametrize("thresh", [0.3, 0.5, 0.7, 0.95])
 def test_ignore_mask_equals_all_pairs(thresh: float) -> None:
-    """The ignore rule compares only the cells a truth covers (from 0.5 up); it must find what every pair finds:
+    """The ignore rule compares only the cells near a truth's centre (from 0.1 up); it must find what every pair finds:
     random predictions (some saturated onto a cell border, some copied onto a truth), truths on cell borders,
     partly outside the image, zero-size, and images with fewer truths than others (padding rows)."""
     gen = torch.Generator().manual_seed(int(thresh * 100))

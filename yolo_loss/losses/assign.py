@@ -240,12 +240,24 @@ def truths_per_image(targets: Tensor, batch_size: int, img_size: tuple[int, int]
     return padded
 
 
-# IoU > t >= 0.5 is only possible when the box's centre lies strictly inside the truth: a centre outside puts at
-# least half of the box outside the truth, so IoU <= |A & B| / |A| <= 1/2. Every box's centre lies within its own
-# cell widened by the decode's margin (darknet: bx = (i + sig(tx)) * stride, margin 0; scale_x_y s: (s - 1) / 2;
-# YOLOv5: 0.5; the prior rule's anchors sit at the cell centres), so from this threshold up only the cells whose
-# widened extent meets a truth can be ignored because of it.
-SPARSE_IGNORE_MIN_THRESH = 0.5
+# The ignore rule compares a box only with the truths it could pass the threshold with. In real arithmetic, for
+# boxes A and B (the truth) whose centres lie d apart in x, IoU(A, B) <= wB / (wB + 2d), so IoU > t needs
+# d < (1 - t) / (2t) * wB (the same in y): with the overlaps ox, oy and oy <= hA, hB, oy * (wA + wB - ox) <=
+# wA hA + wB hB - ox oy, so IoU = ox oy / (wA hA + wB hB - ox oy) <= ox / (wA + wB - ox); and ox <= (wA + wB) / 2 - d,
+# so wA + wB - ox >= ox + 2d and IoU <= ox / (ox + 2d) <= wB / (wB + 2d) (ox <= wB). The bound is tight (A: B widened
+# by 2d on one side). At darknet's 0.7 a box centre must lie in the middle 43% of the truth's width and height; at
+# 0.5 anywhere inside it. The float IoU differs from the real IoU of the same float corners by a few units in the
+# last place, and a box's float corners are centred on its decoded centre to within one: the window is widened by
+# IGNORE_WINDOW_SLACK of the coordinates' magnitude (at least 16 units in the last place of the dtype), far more
+# than that needs, so a pair outside it cannot pass the float comparison either. Every box's centre lies within its
+# own cell widened by the decode's margin (darknet: bx = (i + sig(tx)) * stride, margin 0; scale_x_y s: (s - 1) / 2;
+# YOLOv5: 0.5; the prior rule's anchors sit at the cell centres), so only the cells whose widened extent meets a
+# truth's window can hold a box that the truth makes ignored. Below SPARSE_IGNORE_MIN_THRESH the window spans more
+# than 4.5 truth widths either side and every pair is compared.
+SPARSE_IGNORE_MIN_THRESH = 0.1
+IGNORE_WINDOW_SLACK = 2.0 ** -10
+IGNORE_IOU_EPS = 1e-7  # box_iou_pairwise's default, which the all-pairs rule uses
+IGNORE_CHUNK = 32768  # (truth, cell) pairs at a time
 
 
 @torch.no_grad()
@@ -265,59 +277,126 @@ def ignore_mask(boxes_cxcywh: Tensor, truths_xyxy: Tensor, thresh: float, stride
     Returns:
         ``Tensor[B, A, H, W]`` bool.
 
-    For ``thresh >= 0.5`` (darknet's 0.5 and 0.7, the paper's 0.5) only the (box, truth) pairs whose cell the
-    truth covers are compared (see :data:`SPARSE_IGNORE_MIN_THRESH`), which gives the same mask as comparing all
-    ``B * A * H * W * T`` pairs at a fraction of the work; below 0.5, or with an unbounded margin, every pair is
-    compared.
+    From ``thresh >= 0.1`` (darknet's 0.5 and 0.7, the paper's 0.5) a truth is compared only with the boxes of
+    the cells that can hold a centre near enough to its own to pass the threshold (see
+    :data:`SPARSE_IGNORE_MIN_THRESH`), with the very arithmetic of :func:`_ignore_mask_all_pairs` (the IoU of
+    :func:`~yolo_loss.boxes.box_iou_pairwise`, strict ``>``): the same mask, bit for bit, as comparing all
+    ``B * A * H * W * T`` pairs, at a fraction of the work (boxes of non-negative size, as decoded ones are).
+    Below it, with an unbounded margin, or with a truth that is not finite or has a negative size (whose NaN IoU
+    would hide the other truths of its image from the all-pairs maximum), every pair is compared.
     """
     if boxes_cxcywh.dim() == 4:
         boxes_cxcywh = boxes_cxcywh.unsqueeze(0)
-    if thresh < SPARSE_IGNORE_MIN_THRESH or math.isinf(margin):  # the linear decode: a centre can be anywhere
+    truths = _upcast(truths_xyxy.reshape(-1, 4))
+    if (not thresh >= SPARSE_IGNORE_MIN_THRESH or math.isinf(margin)
+            or not bool((truths.isfinite().all() & (truths[:, 2:] >= truths[:, :2]).all()))):
         return _ignore_mask_all_pairs(boxes_cxcywh, truths_xyxy, thresh)
     batch, most = truths_xyxy.shape[:2]
     num_anchors, height, width = boxes_cxcywh.shape[1:4]
     mask = torch.zeros(batch, num_anchors, height, width, dtype=torch.bool, device=truths_xyxy.device)
-    if most == 0:
+    # A truth of no width or height overlaps nothing (IoU 0): padding rows and degenerate truths are skipped.
+    real = ((truths[:, 2] > truths[:, 0]) & (truths[:, 3] > truths[:, 1])).nonzero().squeeze(1)
+    if real.numel() == 0:
         return mask
-
-    # Per truth, the cells whose closed widened extent meets the open truth box: i from floor(x1 / s - m) to
-    # ceil(x2 / s + m) - 1.
-    truths = truths_xyxy.reshape(-1, 4)
-    image = torch.arange(batch, device=truths.device).repeat_interleave(most)
-    first = torch.floor(truths[:, :2] / stride - margin).long()
-    last = torch.ceil(truths[:, 2:] / stride + margin).long() - 1
-    first = torch.maximum(first, first.new_zeros(()))
-    last = torch.minimum(last, last.new_tensor([width - 1, height - 1]))
-    span = (last - first + 1).clamp(min=0)  # [T', 2] cells across, down; 0 for padding rows
-    cells = span[:, 0] * span[:, 1]
-    total = int(cells.sum())
-    if total == 0:
+    truths, image = truths.index_select(0, real), torch.div(real, most, rounding_mode="floor")
+    precision = max(_machine_epsilon(boxes_cxcywh.dtype), _machine_epsilon(truths_xyxy.dtype))
+    first, span = _candidate_cells(truths, thresh, stride, margin, (height, width), precision)
+    keep = (span > 0).all(1).nonzero().squeeze(1)  # truths whose window meets the grid
+    if keep.numel() == 0:
         return mask
-
-    # Enumerate every (truth, covered cell) pair without a Python loop, as flat indices into the [B, A, H, W]
-    # boxes; the anchors of a cell broadcast. index_select throughout: much faster on CPU than indexing with
-    # several index tensors.
-    truth = torch.repeat_interleave(torch.arange(truths.shape[0], device=truths.device), cells, output_size=total)
-    cell = torch.arange(total, device=truths.device) - (torch.cumsum(cells, 0) - cells).index_select(0, truth)
-    across = span[:, 0].index_select(0, truth)
-    cell_x = first[:, 0].index_select(0, truth) + cell % across
-    cell_y = first[:, 1].index_select(0, truth) + cell // across
-    plane = height * width
-    within_image = ((cell_y * width + cell_x)[:, None]
-                    + torch.arange(num_anchors, device=truths.device) * plane)  # [pairs, A]
-    flat = image.index_select(0, truth)[:, None] * (num_anchors * plane) + within_image
-    box_flat = flat if boxes_cxcywh.shape[0] == batch else within_image  # the prior rule's boxes have no batch
-    # Corners and area once per box, as planes [x1, y1, x2, y2, area] (each one contiguous, which the elementwise
-    # kernels below need to be fast), then gathered: a box is compared with every truth covering its cell.
-    box = _planes(box_cxcywh_to_xyxy(boxes_cxcywh).reshape(-1, 4)).index_select(1, box_flat.view(-1))
-    box = box.view(5, total, num_anchors)
-    truth_box = _planes(truths).index_select(1, truth)[:, :, None]  # [5, pairs, 1]
-    overlap_w = (torch.minimum(box[2], truth_box[2]) - torch.maximum(box[0], truth_box[0])).clamp_(min=0)
-    overlap_h = (torch.minimum(box[3], truth_box[3]) - torch.maximum(box[1], truth_box[1])).clamp_(min=0)
-    # IoU > t  <=>  inter > t * (area_a + area_b - inter)  <=>  inter * (1 + t) > t * (area_a + area_b)
-    hit = overlap_w.mul_(overlap_h).mul_(1.0 + thresh) > (box[4] + truth_box[4]).mul_(thresh)
-    mask.view(-1)[flat[hit]] = True
+    truths, image, first, span = (t.index_select(0, keep) for t in (truths, image, first, span))
+    shared = boxes_cxcywh.shape[0] != batch  # the prior rule's boxes have no batch
+    pair_box, pair_truth = _candidate_pairs(first, span, None if shared else image, num_anchors, height, width)
+    _mark_hits(mask, boxes_cxcywh, truths, pair_box, pair_truth, image if shared else None, thresh)
     return mask
+
+
+def _candidate_cells(truths: Tensor, thresh: float, stride: int, margin: float, grid: tuple[int, int],
+                     precision: float) -> tuple[Tensor, Tensor]:
+    """Each truth's window of candidate centres, (centre - reach, centre + reach) per axis, and the cells whose
+    closed widened extent meets it, i from floor(lo / s - m) to ceil(hi / s + m) - 1, clipped to the grid:
+    ``first`` ``Tensor[T', 2]`` (x, y) and ``span`` ``Tensor[T', 2]`` (cells across, down; 0 off the grid).
+    In float64: the truths are few."""
+    height, width = grid
+    lo, hi = truths[:, :2].double(), truths[:, 2:].double()
+    centre, size = (lo + hi) * 0.5, hi - lo
+    slack = max(IGNORE_WINDOW_SLACK, 16.0 * precision) * (stride + lo.abs() + hi.abs() + size / thresh)
+    reach = (size * ((1.0 - thresh) / (2.0 * thresh))).clamp(min=0.0) + slack
+    limit = centre.new_tensor([width, height])
+    first = torch.floor((centre - reach) / stride - margin).clamp(min=0.0).minimum(limit).long()
+    last = torch.ceil((centre + reach) / stride + margin).clamp(min=0.0).minimum(limit).long() - 1
+    return first, (last - first + 1).clamp(min=0)
+
+
+def _candidate_pairs(first: Tensor, span: Tensor, image: Tensor | None, num_anchors: int, height: int,
+                     width: int) -> tuple[Tensor, Tensor]:
+    """Every (truth, cell) pair of the truths' cell ranges (each at least one cell across and down), without a
+    Python loop: ``Tensor[pairs]`` flat index of the cell's box of anchor 0 (into ``[B, A, H, W]``, or ``[A, H, W]``
+    with ``image`` None) and ``Tensor[pairs]`` the truth. First the (truth, row) pairs, few, then the cells of each
+    row, a run of consecutive flat indices: a cumulative sum of ones that jumps at each row's first cell (much
+    cheaper than repeat_interleave on the many pairs)."""
+    device = first.device
+    rows_truth = torch.repeat_interleave(torch.arange(first.shape[0], device=device), span[:, 1])  # [R]
+    row_start = (torch.cumsum(span[:, 1], 0) - span[:, 1]).index_select(0, rows_truth)
+    row_y = first[:, 1].index_select(0, rows_truth) + torch.arange(rows_truth.numel(), device=device) - row_start
+    row_box = row_y * width + first[:, 0].index_select(0, rows_truth)  # the row's first box (anchor 0)
+    if image is not None:
+        row_box += image.index_select(0, rows_truth) * (num_anchors * height * width)
+    across = span[:, 0].index_select(0, rows_truth)  # [R], all >= 1
+    pair_start = torch.cumsum(across, 0) - across
+    total = int(pair_start[-1] + across[-1])
+    pair_box = torch.ones(total, dtype=torch.long, device=device)
+    pair_box[pair_start] = torch.cat((row_box[:1], row_box[1:] - (row_box[:-1] + across[:-1] - 1)))
+    pair_truth = torch.zeros(total, dtype=torch.long, device=device)
+    pair_truth[pair_start] = torch.cat((rows_truth[:1], rows_truth[1:] - rows_truth[:-1]))
+    return torch.cumsum(pair_box, 0), torch.cumsum(pair_truth, 0)
+
+
+def _mark_hits(mask: Tensor, boxes_cxcywh: Tensor, truths: Tensor, pair_box: Tensor, pair_truth: Tensor,
+               image: Tensor | None, thresh: float) -> None:
+    """Set ``mask`` where a (box, truth) pair's IoU passes ``thresh``, for the boxes of all anchors of each pair's
+    cell; ``image`` (the truths' images) where the boxes are the prior rule's, shared by the batch.
+
+    The IoU exactly as :func:`_ignore_mask_all_pairs` computes it (box_cxcywh_to_xyxy, then the IoU of
+    box_iou_pairwise), chunk by chunk so that the temporaries stay in the cache, laid out ``[A, pairs]`` so that
+    the truth broadcasts along the outer dimension."""
+    num_anchors, height, width = boxes_cxcywh.shape[1:4]
+    plane, device, total = height * width, pair_box.device, pair_box.numel()
+    box_rows = _packed_rows(boxes_cxcywh.reshape(-1, 4))
+    x1, y1, x2, y2 = truths.unbind(1)
+    truth_planes = torch.stack((x1, y1, x2, y2, (x2 - x1) * (y2 - y1)))  # [5, T'], the area as box_iou_pairwise's
+    anchor_offset = torch.arange(num_anchors, device=device)[:, None] * plane
+    chunk = IGNORE_CHUNK if device.type == "cpu" else total  # on an accelerator, one launch per operation
+    for start in range(0, total, chunk):
+        chunk_box = pair_box[start:start + chunk]
+        box_index = (chunk_box[None, :] + anchor_offset).view(-1)  # [A * pairs]
+        box = box_rows.index_select(0, box_index).view(boxes_cxcywh.dtype).view(num_anchors, -1, 4)
+        x1, y1, x2, y2 = _corners(box)  # [A, pairs] each
+        truth = truth_planes.index_select(1, pair_truth[start:start + chunk])  # [5, pairs]
+        overlap_w = torch.minimum(x2, truth[2]).sub_(torch.maximum(x1, truth[0])).clamp_(min=0)
+        overlap_h = torch.minimum(y2, truth[3]).sub_(torch.maximum(y1, truth[1])).clamp_(min=0)
+        inter = overlap_w.mul_(overlap_h)
+        union = torch.add((x2 - x1).mul_(y2 - y1), truth[4]).sub_(inter).add_(IGNORE_IOU_EPS)
+        hit = (inter.div_(union) > thresh).view(-1).nonzero().squeeze(1)
+        if hit.numel():
+            flat = box_index.index_select(0, hit)
+            if image is not None:
+                pair = start + hit % chunk_box.numel()
+                flat += image.index_select(0, pair_truth.index_select(0, pair)) * (num_anchors * plane)
+            mask.view(-1)[flat] = True
+
+
+def _packed_rows(rows: Tensor) -> Tensor:
+    """``Tensor[N, 4]`` float32 rows on the CPU as ``Tensor[N]`` complex128, the same bytes: ``index_select`` copies
+    one 16-byte element about twice as fast as a row of four floats (a copy: bit for bit). Other rows as they are."""
+    if rows.dtype == torch.float32 and rows.is_contiguous() and rows.device.type == "cpu":
+        return rows.view(torch.complex128).view(-1)
+    return rows
+
+
+def _machine_epsilon(dtype: torch.dtype) -> float:
+    """The machine epsilon of a floating dtype; integer boxes become float32 corners."""
+    return torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps
 
 
 def _ignore_mask_all_pairs(boxes_cxcywh: Tensor, truths_xyxy: Tensor, thresh: float) -> Tensor:
@@ -327,14 +406,22 @@ def _ignore_mask_all_pairs(boxes_cxcywh: Tensor, truths_xyxy: Tensor, thresh: fl
     if most == 0:
         return torch.zeros(batch, *spatial, dtype=torch.bool, device=truths_xyxy.device)
     boxes = box_cxcywh_to_xyxy(boxes_cxcywh).reshape(boxes_cxcywh.shape[0], -1, 1, 4)
-    best = box_iou_pairwise(boxes, truths_xyxy[:, None]).amax(-1)  # [B, A*H*W]
+    best = box_iou_pairwise(boxes, truths_xyxy[:, None], eps=IGNORE_IOU_EPS).amax(-1)  # [B, A*H*W]
     return (best > thresh).view(batch, *spatial)
 
 
-def _planes(boxes_xyxy: Tensor) -> Tensor:
-    """``Tensor[N, 4]`` xyxy -> ``Tensor[5, N]``: x1, y1, x2, y2 and the area, one contiguous row each."""
-    x1, y1, x2, y2 = boxes_xyxy.unbind(1)
-    return torch.stack((x1, y1, x2, y2, (x2 - x1) * (y2 - y1)))
+def _upcast(tensor: Tensor) -> Tensor:
+    """Half-precision boxes in float32, as :func:`~yolo_loss.boxes.box_iou_pairwise` computes their IoU."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
+def _corners(boxes_cxcywh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``Tensor[..., 4]`` cxcywh -> x1, y1, x2, y2, each ``Tensor[...]``, with the arithmetic of
+    :func:`~yolo_loss.boxes.box_cxcywh_to_xyxy` (in the boxes' dtype), half precision then upcast as
+    :func:`~yolo_loss.boxes.box_iou_pairwise` does."""
+    cx, cy, w, h = boxes_cxcywh.unbind(-1)
+    half_w, half_h = 0.5 * w, 0.5 * h
+    return tuple(_upcast(corner) for corner in (cx - half_w, cy - half_h, cx + half_w, cy + half_h))
 
 
 def anchor_boxes_at_cells(anchors_wh: Tensor, stride: int, height: int, width: int) -> Tensor:
