@@ -51,6 +51,8 @@ def main() -> None:
             cfg = load_config(args.config)
         cfg = apply_overrides(cfg, ["data.on_bad=error", *args.set])  # the user's --set comes last and wins
         dataset = build_dataset(cfg.data, "val", train=False)
+        if args.checkpoint:
+            check_class_names(state.get("class_names"), dataset.class_names, args.checkpoint)
         device = select_device(cfg.train.device)
         model = build_model(cfg.model, dataset.num_classes).to(device, memory_format=memory_format(cfg))
         if args.checkpoint:
@@ -67,7 +69,29 @@ def main() -> None:
     (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
     write_results_json(evaluator.results(), out / "detections.json")
     print(format_metrics(metrics))
+    print(format_per_class(evaluator.per_class_ap50(), dataset))
     print(f"wrote {out / 'eval_metrics.json'} and {out / 'detections.json'}")
+
+
+def check_class_names(trained: list[str] | None, evaluated: list[str], checkpoint: Path) -> None:
+    """Refuse to score a model on classes other than those it was trained on (same count, other names or order:
+    the class outputs would be read as the wrong classes)."""
+    if trained is not None and list(trained) != list(evaluated):
+        raise DataError(f"{checkpoint} was trained on the classes {', '.join(trained)}; the evaluation set is read "
+                        f"with {', '.join(evaluated)}: evaluate on data with the training's classes (data.classes)")
+
+
+def format_per_class(per_class: dict[str | int, float], dataset) -> str:
+    """VOC AP50 of each class that has boxes in the evaluation set, by name, and the number of its boxes."""
+    boxes = [0] * dataset.num_classes
+    for record in dataset.records:
+        for label in record.labels[~record.difficult].tolist():
+            boxes[label] += 1
+    rows = []
+    for name, category_id, count in zip(dataset.class_names, dataset.category_ids, boxes):
+        ap = per_class.get(name, per_class.get(category_id))  # keyed by id where names repeat
+        rows.append(f"| {name} | {'-' if ap is None else f'{ap:.3f}'} | {count} |")
+    return "| class | VOC_AP50 | boxes |\n|---|---|---|\n" + "\n".join(rows)
 
 
 def load_complete_darknet_weights(model: YOLOv3, cfg: Config) -> None:

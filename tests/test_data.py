@@ -252,19 +252,28 @@ def test_clipping_is_never_an_error(tmp_path: Path) -> None:
 
 
 def test_voc_bad_input(tmp_path: Path) -> None:
-    """Unreadable XML and a listed stem without XML drop the image; an unknown class, an unreadable coordinate
-    and xmax < xmin drop the object (xmax = xmin is a valid one-pixel box in VOC's inclusive corners); ids keep
-    the list positions (c is 3 although b was dropped)."""
+    """Unreadable XML and a listed stem without XML drop the image; an unknown class, an unreadable coordinate,
+    xmax < xmin and a zero-size box as written (xmin = xmax, ymin = ymax: BCCD's two) drop the object, while
+    xmax = xmin + 1 is the smallest box kept, two pixels wide; ids keep the list positions (c is 3 although b was
+    dropped)."""
     root = write_voc(tmp_path / "VOCdevkit", {
-        "a": (40, 30, voc_xml(40, 30, [("dog", 0, (2, 2, 2, 9)), ("unicorn", 0, (1, 1, 5, 5)),
-                                        ("cat", 0, ("x", 1, 5, 5)), ("cat", 0, (4, 3, 3, 9))])),
+        "a": (40, 30, voc_xml(40, 30, [("dog", 0, (2, 2, 3, 9)), ("unicorn", 0, (1, 1, 5, 5)),
+                                        ("cat", 0, ("x", 1, 5, 5)), ("cat", 0, (4, 3, 3, 9)),
+                                        ("cat", 0, (7, 8, 7, 8)), ("cat", 0, (7, 8, 12, 8))])),
         "b": (40, 30, "<annotation><size><width>40</width>"),
         "c": (40, 30, voc_xml(40, 30, [])),
+        "d": (40, 30, voc_xml(40, 30, [("cat", 0, (2, 2, 9, 9)), ("cat", 0, (7, 8, 7, 8))])),
     })
     (root / "VOC2007" / "ImageSets" / "Main" / "trainval.txt").write_text("a\nb\nc\nmissing\n")
     result = read_voc(root, ["VOC2007/trainval"])
-    assert result.bad_input.counts == {"unknown_class": 1, "bad_box": 2, "unreadable_annotation": 2}
+    assert result.bad_input.counts == {"unknown_class": 1, "bad_box": 4, "unreadable_annotation": 2}
     assert [(r.image_id, r.name, r.num_boxes) for r in result.records] == [(1, "VOC2007/a", 1), (3, "VOC2007/c", 0)]
+    np.testing.assert_array_equal(result.records[0].boxes_xyxy, [[1, 1, 3, 9]])
+    assert result.objects_read == 6 and result.unknown_classes == {"unicorn": 1}
+    (root / "VOC2007" / "ImageSets" / "Main" / "d.txt").write_text("d\n")
+    with pytest.raises(DataError, match=r"d\.xml: object 2 \('cat', 1-based <bndbox> 7 8 7 8\): zero width or "
+                                        r"height \(xmin = xmax or ymin = ymax: a point or a line, not an object\)"):
+        read_voc(root, ["VOC2007/d"], on_bad="error")
     with pytest.raises(DataError, match=r"a\.xml: object 2 \('unicorn'\): not one of the 20 VOC classes"):
         read_voc(root, ["VOC2007/trainval"], on_bad="error")
     (root / "VOC2007" / "ImageSets" / "Main" / "trainval.txt").write_text("b\n")

@@ -136,9 +136,19 @@ class DataConfig:
     train_annotations: str = "annotations/instances_train2017.json"
     val_images: str = "images/val2017"
     val_annotations: str = "annotations/instances_val2017.json"
-    # voc: "<year folder>/<split>" pairs under root (the VOCdevkit folder)
+    # voc: "<year folder>/<split>" pairs under root (the VOCdevkit folder, or any folder holding VOC-layout
+    # folders: root: ../data/bccd, train_sets: [BCCD/train])
     train_sets: list[str] = field(default_factory=lambda: ["VOC2007/trainval", "VOC2012/trainval"])
     val_sets: list[str] = field(default_factory=lambda: ["VOC2007/test"])
+    # The class names, in the order of the model's class outputs; [] = the format's own: the 20 VOC classes (voc),
+    # the JSON's categories in id order (coco). voc: the names read, an object of any other name is bad input
+    # (data.on_bad); coco: the categories kept, by name, the other categories' annotations left out.
+    classes: list[str] = field(default_factory=list)
+    # Stop when more than this fraction of a split's objects were dropped for their class (a VOC name not in
+    # data.classes, a COCO category id not in the JSON): the sign of a class list that does not fit the data,
+    # which would train on a fraction of it, or on nothing. 1 = never (a deliberate subset of a VOC set's
+    # classes). A split left with no box at all stops whatever this is.
+    max_unknown: float = bounded(0.5, 0.0, 1.0)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     img_size: int = bounded(160, 32, None)  # network input (square, letterboxed); a multiple of 32
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -152,7 +162,26 @@ class DataConfig:
             errors.append(("img_size", f"must be a multiple of 32, got {self.img_size}"))
         if any(s % 32 or s < 32 for s in self.augment.multiscale):
             errors.append(("augment.multiscale", "every size must be a positive multiple of 32"))
+        errors.extend(("classes", message) for message in self.class_list_problems())
         return errors
+
+    def class_list_problems(self) -> list[str]:
+        """What is wrong with ``classes``: empty or padded names, duplicates, a format without class names."""
+        if not self.classes:
+            return []
+        if self.format == "shapes":
+            return ["the synthetic shapes have their own classes (data.shapes.num_classes); data.classes is for "
+                    "data.format voc or coco"]
+        problems = []
+        padded = [name for name in self.classes if not name.strip() or name != name.strip()]
+        if padded:
+            problems.append(f"class names must be non-empty, without leading or trailing spaces, got "
+                            f"{', '.join(repr(name) for name in padded)}")
+        duplicated = sorted({name for name in self.classes if self.classes.count(name) > 1})
+        if duplicated:
+            problems.append(f"each class must be listed once; listed more than once: "
+                            f"{', '.join(repr(n) for n in duplicated)}")
+        return problems
 
 
 @dataclass

@@ -4,7 +4,8 @@ One concern a module: ``bad_input.py`` (what is bad and the ``data.on_bad`` poli
 record form), ``images.py`` (checking and decoding image files), ``cache.py`` (decoded images in memory),
 ``coco.py``, ``voc.py`` and ``shapes.py`` (the sources), ``transforms.py`` (letterbox and darknet's augmentation),
 ``dataset.py`` (records to network inputs), ``loader.py`` (batches, the training order) and ``build.py`` (the data
-set a config describes). ``build_dataset(cfg.data, split, train=...)`` and ``build_loader(...)`` are what the
+set a config describes, with ``data.classes``, and the checks that refuse a split left with no box or most of its
+objects dropped for their class). ``build_dataset(cfg.data, split, train=...)`` and ``build_loader(...)`` are what the
 recipes call; the rest is exported for tests and tools.
 """
 

@@ -37,7 +37,7 @@ BAD_INPUT_KINDS: dict[str, str] = {
     UNREADABLE_ANNOTATION: "annotation missing, unparsable or without an image size; image dropped",
     BAD_BOX: "box with NaN, non-positive size or outside the image; box dropped",
     CLIPPED_BOX: "box partly outside the image; clipped to it",
-    UNKNOWN_CLASS: "VOC class name not among the 20 classes; box dropped",
+    UNKNOWN_CLASS: "VOC class name not in data.classes (unset: the 20 VOC classes); box dropped",
     UNKNOWN_CATEGORY: "COCO category id not in the categories list; box dropped",
     DUPLICATE_IMAGE_ID: "COCO image id used by several images, whose boxes cannot be told apart; all dropped",
 }

@@ -3,14 +3,18 @@
 COCO boxes are ``[x, y, w, h]`` with ``(x, y)`` the top-left corner in continuous 0-based pixels (pixel ``j``
 spans ``[j, j + 1)``), so the corners are ``x1 = x, x2 = x + w``, without the VOC ``-1``. Category ids are
 not contiguous (1..90 for the 80 COCO classes); class index ``i`` is the ``i``-th id in increasing order, and
-``category_ids[i]`` maps it back for the results file.
+``category_ids[i]`` maps it back for the results file. With ``data.classes`` the classes are those categories,
+found by name, in that order; the annotations of the other categories are left out (a chosen subset, not bad
+input).
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,11 +59,38 @@ def _drop_duplicate_image_ids(dataset: dict[str, Any], annotation_file: Path, im
                             if not isinstance(a, dict) or a.get("image_id") not in duplicated]}
 
 
-def read_coco(annotation_file: Path, image_folder: Path, *, report: BadInputReport | None = None,
-              on_bad: str = "skip") -> AnnotationSet:
+def _select_categories(categories: list[dict[str, Any]], classes: Sequence[str], annotation_file: Path
+                       ) -> list[dict[str, Any]]:
+    """The category of each name of ``classes`` (``data.classes``), in that order.
+
+    Raises:
+        DataError: a name that no category, or several, of the file has (under both policies: the class list
+            and the file disagree, nothing is bad input).
+    """
+    names = [str(c["name"]) for c in categories]
+    chosen = []
+    for name in classes:
+        matches = [c for c in categories if str(c["name"]) == name]
+        if len(matches) == 1:
+            chosen.append(matches[0])
+            continue
+        if matches:
+            raise DataError(f"{annotation_file}: data.classes names {name!r}, which several categories of the file "
+                            f"have (ids {', '.join(str(c['id']) for c in matches)}): the class is ambiguous")
+        close = [n for n in names if n.casefold() == name.casefold()] or difflib.get_close_matches(name, names, n=1)
+        shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+        raise DataError(f"{annotation_file}: data.classes names {name!r}, which is not a category of the file"
+                        + (f"; did you mean {close[0]!r}?" if close else "") + f" (its categories: {shown or 'none'})")
+    return chosen
+
+
+def read_coco(annotation_file: Path, image_folder: Path, *, classes: Sequence[str] | None = None,
+              report: BadInputReport | None = None, on_bad: str = "skip") -> AnnotationSet:
     """Read a COCO instances JSON into :class:`~yolo_loss.data.records.ImageRecord` s, sorted by image id.
 
-    - Class index ``i`` is the ``i``-th category id in increasing order; the names come with it.
+    - Class index ``i`` is the ``i``-th category id in increasing order; the names come with it. With
+      ``classes`` (``data.classes``), class index ``i`` is the category named ``classes[i]``, and the
+      annotations of the other categories are left out (counted in ``left_out``, not bad input).
     - ``iscrowd`` boxes are kept with ``difficult=True``: not trained on, ignored by the evaluation.
     - Images without boxes are kept (negatives).
     - ``area`` is kept for the evaluation's size ranges.
@@ -75,7 +106,8 @@ def read_coco(annotation_file: Path, image_folder: Path, *, report: BadInputRepo
 
     Raises:
         DataError: the file or the folder does not exist, the JSON does not parse or is not a COCO instances
-            file (these are errors under both policies: nothing of the file can be used).
+            file, a name of ``classes`` is not (or not one) category of the file (these are errors under both
+            policies: nothing of the file can be used).
     """
     report = report if report is not None else BadInputReport(on_bad)
     annotation_file, image_folder = Path(annotation_file), Path(image_folder)
@@ -98,11 +130,16 @@ def read_coco(annotation_file: Path, image_folder: Path, *, report: BadInputRepo
         raise DataError(f"{annotation_file}: not a COCO instances file (an entry lacks {error})") from None
 
     categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+    file_category_ids = {c["id"] for c in categories}
+    if classes:
+        categories = _select_categories(categories, classes, annotation_file)
     category_ids = [int(c["id"]) for c in categories]
     class_names = [str(c["name"]) for c in categories]
     index_of_category = {category_id: index for index, category_id in enumerate(category_ids)}
 
     records = []
+    unknown: Counter[str] = Counter()
+    objects_read = left_out = 0
     for image_id in sorted(coco.getImgIds()):
         image = coco.imgs[image_id]
         path = image_folder / str(image.get("file_name", ""))
@@ -116,9 +153,15 @@ def read_coco(annotation_file: Path, image_folder: Path, *, report: BadInputRepo
         for annotation in coco.imgToAnns.get(image_id, []):
             what = f"annotation {annotation.get('id')} (category {annotation.get('category_id')})"
             if annotation.get("category_id") not in index_of_category:
+                if annotation.get("category_id") in file_category_ids:
+                    left_out += 1  # a category that data.classes does not list
+                    continue
+                objects_read += 1
                 report.reject(UNKNOWN_CATEGORY, path, f"{what}: category id not in the categories of "
                                                       f"{annotation_file.name}")
+                unknown[f"category {annotation.get('category_id')}"] += 1
                 continue
+            objects_read += 1
             bbox = annotation.get("bbox")
             try:
                 x, y, w, h = (float(v) for v in bbox)
@@ -136,7 +179,8 @@ def read_coco(annotation_file: Path, image_folder: Path, *, report: BadInputRepo
             boxes_xyxy=np.array(boxes, dtype=np.float32).reshape(-1, 4),
             labels=np.array(labels, dtype=np.int64), difficult=np.array(crowd, dtype=bool),
             name=str(image.get("file_name", "")), areas=np.array(areas, dtype=np.float32)))
-    return AnnotationSet(records, class_names, category_ids, report)
+    return AnnotationSet(records, class_names, category_ids, report, objects_read=objects_read,
+                         unknown_classes=dict(unknown), left_out=left_out)
 
 
 def to_coco_gt(records: Sequence[ImageRecord], class_names: Sequence[str], category_ids: Sequence[int]) -> COCO:

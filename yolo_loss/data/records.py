@@ -3,7 +3,7 @@ contiguous class indices) and the :class:`AnnotationSet` of a split."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +47,25 @@ class ImageRecord:
 @dataclass
 class AnnotationSet:
     """What a reader returns: the records, ``class_names[i]`` and ``category_ids[i]`` of class index ``i``
-    (the original COCO id; 1..20 for VOC), and the report of what was dropped."""
+    (the original COCO id; ``1 .. C`` for VOC), and the report of what was dropped.
+
+    Attributes:
+        objects_read: the objects (VOC ``<object>`` s, COCO annotations) of the images read, before any was
+            dropped; COCO annotations left out by ``data.classes`` are not counted.
+        unknown_classes: the objects dropped for their class, by what named it: a VOC class name
+            (``'widget'``) or a COCO category id (``'category 99'``).
+        left_out: COCO annotations of categories that ``data.classes`` leaves out (not bad input).
+    """
 
     records: list[ImageRecord]
     class_names: list[str]
     category_ids: list[int]
     bad_input: BadInputReport
+    objects_read: int = 0
+    unknown_classes: dict[str, int] = field(default_factory=dict)
+    left_out: int = 0
+
+    @property
+    def unknown_total(self) -> int:
+        """Objects dropped for their class."""
+        return sum(self.unknown_classes.values())

@@ -6,17 +6,26 @@ Layout, under the ``VOCdevkit`` folder ``root``::
                          JPEGImages/<stem>.jpg
                          ImageSets/Main/<split>.txt     one stem per line
 
-A set is named ``"<year folder>/<split>"`` (``"VOC2007/trainval"``); several sets are read in order.
+A set is named ``"<year folder>/<split>"`` (``"VOC2007/trainval"``); several sets are read in order. Any folder
+in this layout is read, whatever its name (``root = bccd``, set ``"BCCD/train"``).
+
+Classes: the names of ``data.classes`` in that order (class index ``i``, category id ``i + 1``), by default the 20
+VOC classes. An object of another name is bad input (``unknown_class``): dropped and counted under
+``data.on_bad=skip``, an error naming the file, the object and the name under ``error``.
 
 Box convention: VOC corners are 1-based pixel indices, inclusive at both ends (``xmin = 1, xmax = W`` is the
 whole width). In the continuous 0-based coordinates used everywhere else (pixel ``j`` spans ``[j, j + 1)``)
 the box covering pixel indices ``xmin .. xmax`` is ``x1 = xmin - 1, x2 = xmax`` (and ``y`` alike): only the
-minimum corner moves. A one-pixel box ``xmin = xmax = 5`` becomes ``[4, 5]``, one pixel wide.
+minimum corner moves. A box with ``xmin = xmax`` or ``ymin = ymax`` as written is a zero-size box, dropped as a
+bad box: read as inclusive indices it would be one pixel wide, but a point or a line is what a click without a
+drag leaves in a labelling tool (BCCD has two such boxes), and darknet's ``voc_label.py`` converts it to
+``w = xmax - xmin = 0``. The smallest box kept, ``xmin = 5, xmax = 6``, becomes ``[4, 6]``, two pixels wide.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,9 +64,21 @@ def _text(element: ElementTree.Element, path: str) -> str | None:
     return found.text.strip() if found is not None and found.text is not None else None
 
 
-def _parse_objects(xml_path: Path, report: BadInputReport
-                   ) -> tuple[int, int, list[tuple[float, float, float, float]], list[int], list[bool]] | None:
-    """Size and objects of one XML, boxes converted to 0-based xyxy and clipped; ``None`` if unreadable."""
+def _unknown_class_reason(name: str, classes: Sequence[str] | None) -> str:
+    """Why an object of class ``name`` is not read, with a close listed name when the case alone differs."""
+    close = [c for c in (classes or VOC_CLASSES) if c.casefold() == name.casefold()]
+    hint = f"; did you mean {close[0]!r}? (names are case-sensitive)" if close else ""
+    if classes is None:
+        return ("not one of the 20 VOC classes (data.classes is not set, so the VOC classes are read; list the data "
+                f"set's class names in data.classes){hint}")
+    return f"not in data.classes ({', '.join(classes)}){hint}"
+
+
+def _parse_objects(xml_path: Path, report: BadInputReport, classes: Sequence[str] | None, unknown: Counter[str]
+                   ) -> tuple[int, int, list[tuple[float, float, float, float]], list[int], list[bool], int] | None:
+    """Size and objects of one XML, boxes converted to 0-based xyxy and clipped, and the number of objects in the
+    file; ``None`` if unreadable. ``classes``: the names read (``None``: the VOC classes); the objects dropped for
+    their name are counted in ``unknown``."""
     try:
         tree = ElementTree.parse(xml_path).getroot()
     except FileNotFoundError:
@@ -75,12 +96,15 @@ def _parse_objects(xml_path: Path, report: BadInputReport
                                                        f"height={_text(tree, 'size/height')})")
         return None
 
+    index_of = {name: index for index, name in enumerate(classes if classes is not None else VOC_CLASSES)}
     boxes, labels, difficult = [], [], []
+    number = 0
     for number, obj in enumerate(tree.iterfind("object"), start=1):
         name = _text(obj, "name") or ""
         what = f"object {number} ({name!r})"
-        if name not in VOC_CLASSES:
-            report.reject(UNKNOWN_CLASS, xml_path, f"{what}: not one of the 20 VOC classes")
+        if name not in index_of:
+            report.reject(UNKNOWN_CLASS, xml_path, f"{what}: {_unknown_class_reason(name, classes)}")
+            unknown[name] += 1
             continue
         try:
             xmin, ymin, xmax, ymax = (float(_text(obj, f"bndbox/{corner}") or "nan")
@@ -90,17 +114,24 @@ def _parse_objects(xml_path: Path, report: BadInputReport
             continue
         # 1-based inclusive pixel indices -> 0-based continuous corners (module docstring). Messages show both.
         what = f"object {number} ({name!r}, 1-based <bndbox> {xmin:g} {ymin:g} {xmax:g} {ymax:g})"
+        if xmax < xmin or ymax < ymin:
+            report.reject(BAD_BOX, xml_path, f"{what}: negative width or height (xmax < xmin or ymax < ymin)")
+            continue
+        if xmax == xmin or ymax == ymin:
+            report.reject(BAD_BOX, xml_path, f"{what}: zero width or height (xmin = xmax or ymin = ymax: a point "
+                                             f"or a line, not an object)")
+            continue
         box = clip_box_xyxy(report, xml_path, what, (xmin - 1.0, ymin - 1.0, xmax, ymax), width, height)
         if box is None:
             continue
         boxes.append(box)
-        labels.append(VOC_CLASSES.index(name))
+        labels.append(index_of[name])
         difficult.append((_text(obj, "difficult") or "0") not in ("0", ""))
-    return width, height, boxes, labels, difficult
+    return width, height, boxes, labels, difficult, number
 
 
-def read_voc(root: Path, image_sets: Sequence[str], *, report: BadInputReport | None = None,
-             on_bad: str = "skip") -> AnnotationSet:
+def read_voc(root: Path, image_sets: Sequence[str], *, classes: Sequence[str] | None = None,
+             report: BadInputReport | None = None, on_bad: str = "skip") -> AnnotationSet:
     """Read VOC sets into :class:`~yolo_loss.data.records.ImageRecord` s.
 
     - Image ids are ``1, 2, ...``: the position in the concatenated lists (a stem listed twice is read once,
@@ -108,13 +139,16 @@ def read_voc(root: Path, image_sets: Sequence[str], *, report: BadInputReport | 
       ``name`` keeps ``"<year folder>/<stem>"``.
     - ``difficult`` objects are kept with ``difficult=True``: not trained on, ignored by the evaluation.
     - Images without objects (after dropping bad ones) are kept as negatives.
-    - Bad input: an unreadable or missing XML or one without a size drops the image; an unknown class name
-      or a bad box (non-finite, non-positive size, outside the image) drops the object; a box partly outside
-      is clipped and counted. Image files are checked later, by the dataset.
+    - Class index ``i`` is ``classes[i]`` (category id ``i + 1``); the 20 VOC classes when ``classes`` is
+      ``None`` or empty.
+    - Bad input: an unreadable or missing XML or one without a size drops the image; a class name not among
+      ``classes`` or a bad box (non-finite, zero or negative size as written, outside the image) drops the
+      object; a box partly outside is clipped and counted. Image files are checked later, by the dataset.
 
     Args:
-        root: the ``VOCdevkit`` folder.
+        root: the ``VOCdevkit`` folder (any folder holding VOC-layout folders).
         image_sets: ``"<year folder>/<split>"`` names, e.g. ``["VOC2007/trainval", "VOC2012/trainval"]``.
+        classes: the class names to read, in class-index order (``data.classes``); ``None``: the VOC classes.
         report: where to record bad input (its ``on_bad`` applies); a new one with ``on_bad`` when ``None``.
 
     Raises:
@@ -125,7 +159,10 @@ def read_voc(root: Path, image_sets: Sequence[str], *, report: BadInputReport | 
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: VOC root folder (VOCdevkit) does not exist")
+    classes = list(classes) if classes else None
     records = []
+    unknown: Counter[str] = Counter()
+    objects_read = 0
     seen: set[tuple[str, str]] = set()
     for image_set in image_sets:
         year_folder, stems = _set_stems(root, image_set)
@@ -134,13 +171,16 @@ def read_voc(root: Path, image_sets: Sequence[str], *, report: BadInputReport | 
                 continue
             seen.add((year_folder.name, stem))
             image_path = year_folder / "JPEGImages" / f"{stem}.jpg"
-            parsed = _parse_objects(year_folder / "Annotations" / f"{stem}.xml", report)
+            parsed = _parse_objects(year_folder / "Annotations" / f"{stem}.xml", report, classes, unknown)
             if parsed is None:
                 continue
-            width, height, boxes, labels, difficult = parsed
+            width, height, boxes, labels, difficult, objects = parsed
+            objects_read += objects
             records.append(ImageRecord(
                 image_id=len(seen), path=image_path, width=width, height=height,
                 boxes_xyxy=np.array(boxes, dtype=np.float32).reshape(-1, 4),
                 labels=np.array(labels, dtype=np.int64), difficult=np.array(difficult, dtype=bool),
                 name=f"{year_folder.name}/{stem}"))
-    return AnnotationSet(records, list(VOC_CLASSES), list(VOC_CATEGORY_IDS), report)
+    class_names = classes if classes is not None else list(VOC_CLASSES)
+    return AnnotationSet(records, class_names, list(range(1, len(class_names) + 1)), report,
+                         objects_read=objects_read, unknown_classes=dict(unknown))
