@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -44,12 +45,13 @@ def aa_rows() -> dict:
 
 
 def test_the_noise_floor_is_the_median_aa_mde() -> None:
-    floor = precision_check.aa_noise_floor(aa_rows())
+    floor, source = precision_check.aa_noise_floor(aa_rows())
+    assert "aa_family's 3 A/A comparisons" in source
     assert floor == pytest.approx(2.7764451 * 1.5 * 0.004722 / 5 ** 0.5, rel=1e-3)  # the middle of 1x, 2x, 1.5x
 
 
 def test_a_precision_that_changes_nothing_passes_and_one_that_shifts_the_answers_fails() -> None:
-    floor = precision_check.aa_noise_floor(aa_rows())
+    floor, _ = precision_check.aa_noise_floor(aa_rows())
     assert all(passed for *_, passed in precision_check.checks(rows(0.0, 0.0), floor))
     shifted = precision_check.checks(rows(0.03, 0.0), floor)  # bfloat16 lifts the baseline by 0.03
     assert [passed for *_, passed in shifted] == [False, True, True]
@@ -57,3 +59,16 @@ def test_a_precision_that_changes_nothing_passes_and_one_that_shifts_the_answers
     assert [passed for *_, passed in interacting] == [True, False, True]
     assert "new studies may train in it" in precision_check.verdict_markdown(rows(0.0, 0.0), aa_rows())
     assert "studies stay in float32" in precision_check.verdict_markdown(rows(0.0, 0.02), aa_rows())
+
+
+def test_the_floor_falls_back_to_paper_vs_darknets_aa_until_aa_family_has_five_seeds() -> None:
+    few = {key: row for key, row in aa_rows().items() if key[1] < 2}  # two seeds only
+    variant, reference = precision_check.PAPER_AA
+    paper = {}
+    for seed, base in enumerate(BASE):
+        paper[reference, seed] = {"AP": str(base)}
+        paper[variant, seed] = {"AP": str(base + NOISE[seed])}
+    floor, source = precision_check.aa_noise_floor(few, "AP", paper)
+    assert "paper_vs_darknet" in source and floor == pytest.approx(2.7764451 * 0.004722 / 5 ** 0.5, rel=1e-3)
+    floor, source = precision_check.aa_noise_floor(few, "AP", None)
+    assert math.isnan(floor) and source == "no A/A comparison at 5 seeds"
