@@ -388,10 +388,14 @@ def test_the_schema_names_are_the_registry():
         allowed = set(fields[term].metadata["choices"])
         assert allowed == entries | ({"none"} if term in registry.OPTIONAL_TERMS else set()), term
     for entry in COMPONENTS:
-        for param in entry.params:
+        for param in registry.all_params(entry):
             assert fields[param.field].default == param.default
-            assert fields[param.field].metadata["range"] == (param.low, param.high, param.low_open, param.high_open)
-    declared = {p.field for e in COMPONENTS for p in (*e.params, *([e.running_mean] if e.running_mean else []))}
+            if param.choices:  # a named option: a string field with those choices
+                assert fields[param.field].metadata["choices"] == param.choices and param.default in param.choices
+            else:
+                assert fields[param.field].metadata["range"] == (param.low, param.high, param.low_open,
+                                                                 param.high_open)
+    declared = {p.field for e in COMPONENTS for p in registry.all_params(e)}
     assert declared == {p.field for p in registry.hyperparameters()}
     assert declared <= set(fields)
 
@@ -504,6 +508,129 @@ def test_wise_iou_running_mean_is_criterion_state():
     fresh.load_state_dict(saved)
     assert fresh.state_dict()["iou_mean"].item() == pytest.approx(expected)
     assert make_criterion(LossConfig(), num_classes).state_dict() == {}  # stateless losses carry no state
+
+
+# Wise-IoU's update rule, by hand: one truth per level at a cell centre, zero head outputs (the decoded box is the
+# anchor at the cell centre), the truth the anchor widened by k: the IoU is 1/k (the anchor inside the truth), and the
+# truth's best anchor is that one (shape IoUs checked in the test). 1 - IoU is 1/2, 1/4 and 1/5 on levels 0, 1, 2.
+WIOU_TRUTHS = ((0, 3, 5, 2.0), (3, 2, 4, 4 / 3), (6, 1, 2, 5 / 4))  # (anchor of the 9, cell x, cell y, k)
+
+
+def wiou_hand_case() -> tuple[list[torch.Tensor], torch.Tensor, list[float]]:
+    """Zero head maps, the three truths of WIOU_TRUTHS, and each level's 1 - IoU (1 - 1/k)."""
+    all_anchors = torch.cat(ANCHORS)
+    preds = [torch.zeros(1, 3 * (5 + 3), IMG // s, IMG // s, dtype=torch.float64, requires_grad=True)
+             for s in STRIDES]
+    rows = []
+    for level, (anchor, cell_x, cell_y, k) in enumerate(WIOU_TRUTHS):
+        a_w, a_h = all_anchors[anchor].tolist()
+        ious = [shape_iou(k * a_w, a_h, w, h) for w, h in all_anchors.tolist()]
+        assert max(range(9), key=ious.__getitem__) == anchor and anchor // 3 == level
+        stride = STRIDES[level]
+        rows.append([0, level, (cell_x + 0.5) * stride / IMG, (cell_y + 0.5) * stride / IMG, k * a_w / IMG, a_h / IMG])
+    return preds, torch.tensor(rows, dtype=torch.float64), [1 - 1 / k for *_, k in WIOU_TRUTHS]
+
+
+def wiou_box_term(l_iou: float, iou_mean: float, truth_row: torch.Tensor, alpha: float = 1.9,
+                  delta: float = 3.0) -> float:
+    """A level's box term for one concentric positive (R = 1) under sum_per_image with B = 1, two_minus_wh."""
+    beta = l_iou / iou_mean
+    scale = 2 - float(truth_row[4] * truth_row[5])
+    return scale * beta / (delta * alpha ** (beta - delta)) * l_iou
+
+
+@pytest.mark.parametrize("momentum", [0.5, 0.01])
+def test_wise_iou_running_mean_per_level_by_hand(momentum):
+    """wiou_update: level (the authors' code, once per call of its loss, one call per level): before each level's
+    loss, in level order, iou_mean <- (1 - m) iou_mean + m * (that level's mean of 1 - IoU), and that level's loss
+    uses the updated mean. With m = 0.5: 1 -> 0.75 -> 0.5 -> 0.35."""
+    preds, targets, l_iou = wiou_hand_case()
+    cfg = LossConfig(xy="none", wh="none", box="wiou", wiou_momentum=momentum, wiou_update="level")
+    criterion = make_criterion(cfg, 3)
+    result = criterion(preds, targets, IMG)
+    assert [pos.num_positives for pos in result.positives] == [1, 1, 1]
+    ious = [box_iou_pairwise(*pair).item() for pair in positive_boxes(result, preds, criterion)]
+    assert [1 - iou for iou in ious] == pytest.approx(l_iou, rel=1e-6)
+    means, mean = [], 1.0
+    for level_mean in l_iou:
+        mean = (1 - momentum) * mean + momentum * level_mean
+        means.append(mean)
+    if momentum == 0.5:
+        assert means == pytest.approx([0.75, 0.5, 0.35])
+    assert criterion.state_dict()["iou_mean"].item() == pytest.approx(means[-1], rel=1e-6)
+    for level in range(3):  # each level's loss used the mean as updated by that level (and not yet by the next)
+        expected = wiou_box_term(l_iou[level], means[level], targets[level])
+        assert result.terms["box"][level].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_wise_iou_running_mean_per_step_by_hand():
+    """wiou_update: step (the default, the committed runs'): once per call, with the mean over all levels'
+    positives, then every level uses it. m = 0.5: 1 -> 0.5 + 0.5 * (1/2 + 1/4 + 1/5) / 3. The key left out and
+    set to step give the same losses and state, bit for bit."""
+    preds, targets, l_iou = wiou_hand_case()
+    results, states = [], []
+    for extra in ({}, {"wiou_update": "step"}):
+        criterion = make_criterion(LossConfig(xy="none", wh="none", box="wiou", wiou_momentum=0.5, **extra), 3)
+        results.append(criterion(preds, targets, IMG))
+        states.append(criterion.state_dict()["iou_mean"])
+    mean = 0.5 + 0.5 * sum(l_iou) / 3
+    assert states[0].item() == pytest.approx(mean, rel=1e-6)
+    for level in range(3):
+        assert results[0].terms["box"][level].item() == pytest.approx(
+            wiou_box_term(l_iou[level], mean, targets[level]), rel=1e-6)
+    assert torch.equal(states[0], states[1])
+    assert all(torch.equal(results[0].terms[t], results[1].terms[t]) for t in results[0].terms)
+
+
+def test_wise_iou_level_updates_skip_levels_without_positives_and_spare_evaluation():
+    """A level without positives leaves the mean alone (the authors' YOLOv5 loop calls the loss only where a level
+    has positives); update_state=False (evaluation) uses the mean without updating it."""
+    preds, targets, l_iou = wiou_hand_case()
+    criterion = make_criterion(LossConfig(xy="none", wh="none", box="wiou", wiou_momentum=0.5,
+                                          wiou_update="level"), 3)
+    criterion(preds, targets[[0, 2]], IMG)  # levels 0 and 2 only
+    after = 0.5 * (0.5 * 1.0 + 0.5 * l_iou[0]) + 0.5 * l_iou[2]
+    assert criterion.state_dict()["iou_mean"].item() == pytest.approx(after, rel=1e-6)
+    result = criterion(preds, targets, IMG, update_state=False)
+    assert criterion.state_dict()["iou_mean"].item() == pytest.approx(after, rel=1e-6)
+    for level in range(3):
+        assert result.terms["box"][level].item() == pytest.approx(
+            wiou_box_term(l_iou[level], after, targets[level]), rel=1e-6)
+
+
+def test_wise_iou_level_state_survives_state_dict():
+    """wiou_update: level: the state saved after a step and loaded into a fresh criterion continues exactly (float32
+    head maps, as in training: the state stays float32; float64 maps would make it float64, and loading casts it to
+    the fresh criterion's float32)."""
+    num_classes = 3
+    preds = [p.detach().float().requires_grad_() for p in head_maps(2, num_classes, seed=8)]
+    targets = torch.tensor([[0, 1, 0.4, 0.4, 0.3, 0.2], [1, 0, 0.6, 0.5, 0.1, 0.1], [1, 2, 0.2, 0.7, 0.05, 0.08],
+                            [0, 0, 0.7, 0.3, 0.7, 0.6]], dtype=torch.float64)
+    cfg = LossConfig(xy="none", wh="none", box="wiou", wiou_momentum=0.2, wiou_update="level")
+    criterion = make_criterion(cfg, num_classes)
+    first = criterion(preds, targets, IMG)
+    assert all(pos.num_positives for pos in first.positives)  # every level updates
+    saved = criterion.state_dict()
+    fresh = make_criterion(cfg, num_classes)
+    fresh.load_state_dict(saved)
+    assert torch.equal(fresh.state_dict()["iou_mean"], saved["iou_mean"])
+    again, resumed = criterion(preds, targets, IMG), fresh(preds, targets, IMG)
+    assert torch.equal(again.total, resumed.total)
+    assert torch.equal(criterion.state_dict()["iou_mean"], fresh.state_dict()["iou_mean"])
+    # and the per-level rule is not the per-step one on the same batch
+    step = make_criterion(dataclasses.replace(cfg, wiou_update="step"), num_classes)
+    step(preds, targets, IMG)
+    assert step.state_dict()["iou_mean"].item() != pytest.approx(saved["iou_mean"].item())
+
+
+def test_wise_iou_update_is_a_checked_config_key():
+    loss = {"xy": "none", "wh": "none", "box": "wiou"}
+    assert config_from_dict({"loss": {**loss, "wiou_update": "level"}}).loss.wiou_update == "level"
+    assert config_from_dict({"loss": loss}).loss.wiou_update == "step"
+    with pytest.raises(ConfigError, match="wiou_update"):
+        config_from_dict({"loss": {**loss, "wiou_update": "epoch"}})
+    with pytest.raises(ValueError, match="wiou_update"):
+        make_criterion(LossConfig(xy="none", wh="none", box="wiou", wiou_update="epoch"), 3)
 
 
 def positive_boxes(result, preds, criterion):

@@ -111,17 +111,22 @@ def giou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, eps: float = 1e-7) -> T
     return 1.0 - (iou - (enclosing_area - union) / (enclosing_area + eps))
 
 
-def _diou_loss_and_iou(pred_xyxy: Tensor, target_xyxy: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """``(1 - IoU + rho^2 / c^2, IoU)``: CIoU needs the IoU again for its trade-off weight."""
-    inter, union = _inter_union(pred_xyxy, target_xyxy)
-    iou = inter / (union + eps)
+def _distance_ratio(pred_xyxy: Tensor, target_xyxy: Tensor, eps: float) -> Tensor:
+    """DIoU's penalty ``rho^2 / (c^2 + eps)``, in [0, 1): ``Tensor[...]``, never negative."""
     # c^2: squared diagonal of the enclosing box; eps keeps two identical points finite.
     diagonal_sq = _enclosing_wh(pred_xyxy, target_xyxy).square().sum(-1) + eps
     pred_xyxy, target_xyxy = _upcast(pred_xyxy), _upcast(target_xyxy)
     # rho^2: squared distance between the centres; (x1 + x2)/2 differences, the halves taken once.
     centre_dist_sq = (0.5 * (pred_xyxy[..., :2] + pred_xyxy[..., 2:]
                              - target_xyxy[..., :2] - target_xyxy[..., 2:])).square().sum(-1)
-    return 1.0 - iou + centre_dist_sq / diagonal_sq, iou
+    return centre_dist_sq / diagonal_sq
+
+
+def _diou_loss_and_iou(pred_xyxy: Tensor, target_xyxy: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(1 - IoU + rho^2 / c^2, IoU)``: CIoU needs the IoU again for its trade-off weight."""
+    inter, union = _inter_union(pred_xyxy, target_xyxy)
+    iou = inter / (union + eps)
+    return 1.0 - iou + _distance_ratio(pred_xyxy, target_xyxy, eps), iou
 
 
 def diou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, eps: float = 1e-7) -> Tensor:
@@ -166,6 +171,28 @@ def ciou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, eps: float = 1e-7) -> T
     return diou + alpha * v
 
 
+# Alpha-IoU's powers below 1: a base below this keeps its value but has no gradient (see _power).
+POWER_GRADIENT_FLOOR = 1e-20
+
+
+def _power(base: Tensor, power: float) -> Tensor:
+    """``base^power`` for a ``base`` in [0, 1] (negatives read as 0), with a finite gradient for every ``power > 0``.
+
+    ``power >= 1``: ``base.clamp(min=0).pow(power)``, whose derivative ``power * base^(power - 1)`` is finite on
+    [0, 1]. ``power < 1``: that derivative is infinite at 0, and ``inf * 0`` (the base's own zero derivative there,
+    as for IoU = 0 of disjoint boxes, rho = 0 of concentric ones or v = 0 of equal aspect ratios) is NaN; so a base
+    below :data:`POWER_GRADIENT_FLOOR` (1e-20) keeps its exact value ``base^power`` but has no gradient, and one at or
+    above it has its derivative, below ``1e20`` (finite in float32 even times an AMP loss scale). What lies between 0
+    and the floor is negligible: rho^2 / c^2 = 1e-20 is a centre offset of 1e-10 of the enclosing diagonal, beta v =
+    1e-20 an aspect-angle difference under 2e-5 rad, and an IoU of 1e-20 does not come out of float32 pixel boxes.
+    Unlike adding a small number to the base (as the authors' code does), the value is never moved.
+    """
+    if power >= 1.0:
+        return base.clamp(min=0).pow(power)
+    kept = base >= POWER_GRADIENT_FLOOR
+    return torch.where(kept, base.clamp(min=POWER_GRADIENT_FLOOR).pow(power), base.detach().clamp(min=0).pow(power))
+
+
 def alpha_ciou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, power: float = 3.0, eps: float = 1e-7) -> Tensor:
     """Alpha-CIoU (He et al., "Alpha-IoU: A Family of Power Intersection over Union Losses", NeurIPS 2021):
     ``1 - IoU^a + (rho^2 / c^2)^a + (beta v)^a`` with ``beta = v / (1 - IoU + v)`` (no gradient), ``a = power``.
@@ -175,14 +202,23 @@ def alpha_ciou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, power: float = 3.
     the x and y distances to ``2a`` separately, which differs for ``a != 1``. ``power = 1`` is :func:`ciou_loss`
     exactly. Example: a = (0, 0, 2, 2), b = (1, 1, 3, 3) (square boxes: v = 0), a = 3:
     ``1 - (1/7)^3 + (2/18)^3 = 0.99846``.
+
+    Every base is in [0, 1] and computed as such: ``rho^2 / c^2`` directly (recovering it as ``DIoU - 1 + IoU`` can
+    give -3e-8 by float32 cancellation, and a negative number to a non-integer power is NaN). Value and gradient
+    are finite for every ``power > 0``: below 1, a base under 1e-20 (IoU of disjoint boxes, the distance of concentric
+    ones, v of equal aspect ratios) keeps its exact value with no gradient (:func:`_power`). The authors'
+    code (Jacobi93/Alpha-IoU, ``bbox_alpha_iou``) instead adds 1e-9 to the IoU and aspect bases, which moves the
+    value (by 3e-5 at IoU = 0, ``a = 0.5``). For ``power >= 1`` the operations are those of before apart from the
+    distance, which only loses its cancellation error: at ``power = 3`` value and gradient agree to float rounding.
     """
     pred_xyxy, target_xyxy = _upcast(pred_xyxy), _upcast(target_xyxy)
-    diou, iou = _diou_loss_and_iou(pred_xyxy, target_xyxy, eps)
-    distance = diou - 1.0 + iou  # rho^2 / c^2
+    inter, union = _inter_union(pred_xyxy, target_xyxy)
+    iou = inter / (union + eps)
+    distance = _distance_ratio(pred_xyxy, target_xyxy, eps)  # rho^2 / c^2, >= 0
     v = _aspect_term(pred_xyxy, target_xyxy, eps)
     with torch.no_grad():
         beta = v / (1.0 - iou + v + eps)
-    return 1.0 - iou.clamp(min=0).pow(power) + distance.pow(power) + (beta * v).pow(power)
+    return 1.0 - _power(iou, power) + _power(distance, power) + _power(beta * v, power)
 
 
 def eiou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, eps: float = 1e-7) -> Tensor:
@@ -250,8 +286,10 @@ def wiou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, iou_mean: Tensor | floa
         beta  = L_IoU* / iou_mean                        the outlier degree (no gradient)
         r     = beta / (delta * alpha^(beta - delta))    non-monotonic focusing: most weight to ordinary boxes
 
-    ``iou_mean`` is the running mean of ``L_IoU``, which the criterion keeps as its state (updated with momentum
-    ``wiou_momentum`` before each training step's loss, as the authors' code does). ``Tensor[..., 4]`` x
+    ``iou_mean`` is the running mean of ``L_IoU``, which the criterion keeps as its state, updated with momentum
+    ``wiou_momentum`` and the current mean before it is used, as the authors' code does: once per training step over
+    all levels (``wiou_update: step``, the default) or, as the authors' code called per level by a YOLOv5 loss, before
+    each level's loss with that level's mean (``wiou_update: level``). ``Tensor[..., 4]`` x
     ``Tensor[..., 4]`` -> ``Tensor[...]``. Example: a = (0, 0, 2, 2), b = (1, 1, 3, 3), iou_mean 6/7: L_IoU 6/7,
     R = exp(2/18), beta = 1, r = 1 / (3 * 1.9^-2) = 1.2033: the loss is ``1.2033 * 1.1175 * 0.8571 = 1.1527``.
     """

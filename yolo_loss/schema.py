@@ -219,7 +219,9 @@ def component_choice(term: str, default: str) -> Any:
 
 def hyperparameter_field(param: HyperParam) -> Any:
     """A ``loss.<param.field>`` field with the registry's default and bounds; values in ``param.also`` are allowed
-    outside them."""
+    outside them. A named option (``param.choices``) is a string field with those choices."""
+    if param.choices:
+        return choice(param.default, *param.choices)
     return field(default=param.default, metadata={"range": (param.low, param.high, param.low_open, param.high_open),
                                                   "also": param.also})
 
@@ -291,14 +293,15 @@ class LossTerms:
                                  f"loss.xy={self.xy} with model.decode={model.decode}"))
         return errors
 
-    def hyperparameter_values(self) -> dict[str, float]:
+    def hyperparameter_values(self) -> dict[str, float | str]:
         """``{field: value}`` of every component hyper-parameter (what :func:`registry.bind` takes)."""
         return {param.field: getattr(self, param.field) for param in hyperparameters()}
 
 
 # The loss section: the terms above, then one field per component hyper-parameter of the registry (focal_alpha,
-# focal_gamma, poly1_eps, smooth_l1_beta, ...), with its default and bounds.
-LossConfig = make_dataclass("LossConfig", [(param.field, float, hyperparameter_field(param))
+# focal_gamma, poly1_eps, smooth_l1_beta, ...), with its default and bounds (a string with its choices for a named
+# option such as wiou_update).
+LossConfig = make_dataclass("LossConfig", [(param.field, str if param.choices else float, hyperparameter_field(param))
                                            for param in hyperparameters()], bases=(LossTerms,))
 LossConfig.__module__ = __name__
 LossConfig.__doc__ = LossTerms.__doc__ + " Hyper-parameter fields: " + ", ".join(p.field for p in hyperparameters())

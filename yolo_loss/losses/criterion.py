@@ -17,6 +17,7 @@ box and class sums by the level's positives (at least 1) and the objectness sums
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -93,7 +94,7 @@ class YoloCriterion:
                  ignore: str = "prediction", ignore_thresh: float = 0.7,
                  reduction: str = "sum_per_image", weights: dict[str, float] | None = None,
                  level_weights: dict[str, list[float]] | None = None,
-                 hyperparameters: dict[str, float] | None = None):
+                 hyperparameters: dict[str, float | str] | None = None):
         names = {"xy": xy, "wh": wh, "box": box, "obj": obj, "cls": cls}
         unknown = set(hyperparameters or {}) - {param.field for param in registry.hyperparameters()}
         if unknown:
@@ -131,6 +132,11 @@ class YoloCriterion:
         self.running_mean = box_entry.running_mean if box_entry is not None else None
         self.running_mean_momentum = float((hyperparameters or {}).get(
             self.running_mean.field, self.running_mean.default)) if self.running_mean is not None else 0.0
+        # When the running mean is updated (registry.WIOU_UPDATE): "step" (once per call, over all levels) or "level".
+        update = box_entry.running_mean_update if box_entry is not None else None
+        self.running_mean_update = str((hyperparameters or {}).get(update.field, update.default)) if update else "step"
+        if update is not None and self.running_mean_update not in update.choices:
+            raise ValueError(f"{update.field} {self.running_mean_update!r}; valid: {', '.join(update.choices)}")
         self.state: dict[str, Tensor] = {"iou_mean": torch.tensor(1.0)} if self.running_mean is not None else {}
         weights = weights or {}
         level_weights = level_weights or {}
@@ -154,13 +160,22 @@ class YoloCriterion:
         truths_xyxy = truths_per_image(targets, batch, img_size) if self.ignore != "none" else None
         box_keywords = {"img_wh": (img_size[1], img_size[0])} if "box" in self.terms and self.components[
             "box"].raw_box else {}
-        if self.running_mean is not None:  # Wise-IoU: the running mean of 1 - IoU, updated before it is used
+        # Wise-IoU: the running mean of 1 - IoU, updated before it is used (the authors' order): once here over all
+        # levels (wiou_update: step), or before each level's terms with that level's mean (wiou_update: level).
+        per_step = self.running_mean is not None and self.running_mean_update == "step"
+        per_level_update = self.running_mean is not None and self.running_mean_update == "level"
+        if per_step:
             if update_state:
-                self._update_iou_mean(preds, positives, anchors)
+                self._update_iou_mean(preds, positives, anchors, range(len(preds)))
             box_keywords["iou_mean"] = self.state["iou_mean"].to(preds[0])
 
-        per_level = [self._level_terms(pred, pos, level_anchors, level, truths_xyxy, box_keywords)
-                     for level, (pred, pos, level_anchors) in enumerate(zip(preds, positives, anchors))]
+        per_level = []
+        for level, (pred, pos, level_anchors) in enumerate(zip(preds, positives, anchors)):
+            if per_level_update:
+                if update_state:
+                    self._update_iou_mean(preds, positives, anchors, (level,))
+                box_keywords = {**box_keywords, "iou_mean": self.state["iou_mean"].to(preds[0])}
+            per_level.append(self._level_terms(pred, pos, level_anchors, level, truths_xyxy, box_keywords))
         terms = {t: torch.stack([lv[0][t] for lv in per_level]) for t in self.terms}
         diagnostics = {d: torch.stack([lv[1][d] for lv in per_level]) for d in DIAGNOSTICS}
         weighted = {t: terms[t] * (self.weights[t] * terms[t].new_tensor(self.level_weights[t])) for t in self.terms}
@@ -177,11 +192,14 @@ class YoloCriterion:
             self.state[name] = value.detach().clone().to(self.state[name])
 
     @torch.no_grad()
-    def _update_iou_mean(self, preds: list[Tensor], positives: list[LevelTargets], anchors: list[Tensor]) -> None:
-        """``iou_mean <- (1 - m) iou_mean + m mean(1 - IoU)`` over this batch's positives of all levels; under DDP the
-        mean is over every process's positives, so that all processes keep the same state."""
+    def _update_iou_mean(self, preds: list[Tensor], positives: list[LevelTargets], anchors: list[Tensor],
+                         levels: Iterable[int]) -> None:
+        """``iou_mean <- (1 - m) iou_mean + m mean(1 - IoU)`` over this batch's positives of ``levels`` (all of them
+        for ``wiou_update: step``, one for ``level``); no change where they have none. Under DDP the mean is over
+        every process's positives, so that all processes keep the same state."""
         total, count = preds[0].new_zeros(()), preds[0].new_zeros(())
-        for level, (pred, pos, level_anchors) in enumerate(zip(preds, positives, anchors)):
+        for level in levels:
+            pred, pos, level_anchors = preds[level], positives[level], anchors[level]
             rows = per_anchor_view(pred, level_anchors.shape[0])[pos.image, pos.anchor, :4, pos.cell_y, pos.cell_x]
             box = self.head.decode_box(rows, torch.stack((pos.cell_x, pos.cell_y), -1).to(rows), pos.anchor_wh, level)
             iou = box_iou_pairwise(box_cxcywh_to_xyxy(box), box_cxcywh_to_xyxy(pos.target_box_cxcywh))

@@ -4,7 +4,7 @@
 
 - the schema (``yolo_loss/schema.py``): the allowed names of ``loss.xy``, ``loss.wh``, ``loss.box``, ``loss.obj``
   and ``loss.cls`` (:func:`component_names`), and one ``loss.<field>`` key per hyper-parameter with its default and
-  bounds (:func:`hyperparameters`);
+  bounds, or its allowed values for a named option (:func:`hyperparameters`);
 - the criterion (``criterion.py``): the function of each configured term, with its hyper-parameters bound from the
   config's values (:func:`bind`), and how to reduce what it returns (``per_row``);
 - the head description (``yolo_loss/head.py``): a class component with ``softmax`` makes inference score
@@ -37,17 +37,19 @@ NONE = "none"
 class HyperParam:
     """A hyper-parameter of one or more components: the config key ``loss.<field>``, the keyword of the component
     function it is passed as, its default and its bounds (``None``: unbounded; ``*_open``: the bound itself is not
-    allowed; ``also``: values allowed outside the bounds, such as focal alpha's -1 for "no alpha weighting")."""
+    allowed; ``also``: values allowed outside the bounds, such as focal alpha's -1 for "no alpha weighting").
+    With ``choices`` it is a named option instead of a number: a string ``default`` among ``choices``, no bounds."""
 
     field: str
     keyword: str
-    default: float
+    default: float | str
     low: float | None = None
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
     also: tuple[float, ...] = ()
     doc: str = ""
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Component:
         running_mean: a hyper-parameter (its momentum) of a running mean of ``1 - IoU`` over training steps that the
             criterion keeps as its state and passes to the function as ``iou_mean`` (Wise-IoU's outlier degree):
             the one component property that is state, not a field of a pure function.
+        running_mean_update: a hyper-parameter (a named option) saying when the criterion updates that running mean.
         source: the paper or code it follows.
     """
 
@@ -79,6 +82,7 @@ class Component:
     decoded_box: bool = False
     raw_box: bool = False
     running_mean: HyperParam | None = None
+    running_mean_update: HyperParam | None = None
     source: str = ""
 
 
@@ -95,6 +99,17 @@ WIOU_ALPHA = HyperParam("wiou_alpha", "alpha", 1.9, 1.0, None, low_open=True, do
 WIOU_DELTA = HyperParam("wiou_delta", "delta", 3.0, 0.0, None, low_open=True, doc="Wise-IoU v3 delta")
 WIOU_MOMENTUM = HyperParam("wiou_momentum", "", 0.01, 0.0, 1.0, low_open=True,
                            doc="momentum of Wise-IoU's running mean of 1 - IoU (the criterion's state)")
+# When the criterion updates Wise-IoU's running mean, each time with the current batch's mean of 1 - IoU and before
+# that mean is used (as the authors' IouLoss.__call__ does: update, then scale the loss):
+# - step (the default): once per training step, with the mean over the positives of all levels, then used by every
+#   level. The default because the committed runs were trained with it: they reproduce unchanged.
+# - level: the authors' convention (Instinct323/wiou iou.py, called once per level by a YOLOv5/v7 ComputeLoss): once
+#   per level in level order (strides 8, 16, 32), with that level's mean, before that level's loss. A level without
+#   positives leaves it alone (YOLOv5 calls the loss only where a level has positives).
+WIOU_UPDATE = HyperParam("wiou_update", "", "step", choices=("step", "level"),
+                         doc="when Wise-IoU's running mean is updated: once per step over all levels (step, the "
+                             "default: the committed runs), or before each level's loss with its mean (level: the "
+                             "authors' code)")
 VARIFOCAL_ALPHA = HyperParam("varifocal_alpha", "alpha", 0.75, 0.0, 1.0, doc="varifocal alpha (negatives' weight)")
 VARIFOCAL_GAMMA = HyperParam("varifocal_gamma", "gamma", 2.0, 0.0, None, doc="varifocal gamma")
 QFL_BETA = HyperParam("qfl_beta", "beta", 2.0, 0.0, None, doc="quality focal loss beta")
@@ -122,7 +137,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("box", "alpha_ciou", boxes.alpha_ciou_loss, (ALPHA_IOU_POWER,), decoded_box=True,
               source="He et al., Alpha-IoU, NeurIPS 2021"),
     Component("box", "wiou", boxes.wiou_loss, (WIOU_ALPHA, WIOU_DELTA), decoded_box=True, running_mean=WIOU_MOMENTUM,
-              source="Tong et al., Wise-IoU v3, 2023"),
+              running_mean_update=WIOU_UPDATE, source="Tong et al., Wise-IoU v3, 2023"),
     Component("obj", "bce", c.bce_with_logits, source="darknet and the YOLOv3 paper"),
     Component("obj", "focal", c.sigmoid_focal, (FOCAL_ALPHA, FOCAL_GAMMA), source="Lin et al., focal loss, 2017"),
     Component("obj", "mse", c.mse_on_sigmoid, source="YOLOv1/v2-style squared error"),
@@ -162,10 +177,15 @@ def hyperparameters() -> tuple[HyperParam, ...]:
     """Every hyper-parameter of every component, once each (shared ones, such as focal alpha, once), in order."""
     seen: dict[str, HyperParam] = {}
     for entry in COMPONENTS:
-        for param in (*entry.params, *([entry.running_mean] if entry.running_mean else [])):
+        for param in all_params(entry):
             if seen.setdefault(param.field, param) != param:
                 raise ValueError(f"loss.{param.field} is declared twice with different settings")
     return tuple(seen.values())
+
+
+def all_params(entry: Component) -> tuple[HyperParam, ...]:
+    """Every hyper-parameter of ``entry``: its function's (``params``), then those of the criterion's state."""
+    return (*entry.params, *(p for p in (entry.running_mean, entry.running_mean_update) if p is not None))
 
 
 def bind(term: str, name: str, values: dict[str, Any]) -> Callable[..., Tensor] | None:
