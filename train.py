@@ -21,7 +21,7 @@ from yolo_loss.config import add_config_arguments, config_from_args, dump_config
 from yolo_loss.darknet_weights import DarknetWeightsError
 from yolo_loss.data import DataError
 from yolo_loss.engine import NonFiniteLoss, ResumeError, format_metrics, train
-from yolo_loss.runtime import make_run_dir, write_run_info
+from yolo_loss.runtime import make_run_dir, remove_unstarted_run_dir, write_config_and_command
 from yolo_loss.schema import Config
 from yolo_loss.tensorboard_tags import tensorboard_url
 
@@ -53,20 +53,27 @@ def main() -> None:
     dist.setup(cfg.train.device)  # under torchrun: join the other processes (README, "Distributed training")
     is_main = dist.is_main()  # rank 0 writes the run's files and prints
     # Rank 0 picks (and creates) the run folder; under torchrun the other processes get its answer.
-    run_dir, error = dist.broadcast_object(prepare_run_dir(args, cfg) if is_main else (None, None))
+    run_dir, created, error = dist.broadcast_object(prepare_run_dir(args, cfg) if is_main else (None, False, None))
     if error:
         dist.on_main(print)(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
     if is_main:
-        write_run_info(run_dir, dump_config(cfg), sys.argv)
+        write_config_and_command(run_dir, dump_config(cfg), sys.argv)
         print(f"run folder: {run_dir}")
-    with exit_on_config_error(DataError, CheckpointError, ResumeError, DarknetWeightsError):
-        try:
-            result = train(cfg, run_dir, resume=args.resume, force_resume=args.force_resume, label=args.label,
-                           varied=tuple(args.varied))
-        except NonFiniteLoss as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(1) from None
+    try:
+        with exit_on_config_error(DataError, CheckpointError, ResumeError, DarknetWeightsError):
+            try:
+                result = train(cfg, run_dir, resume=args.resume, force_resume=args.force_resume, label=args.label,
+                               varied=tuple(args.varied))
+            except NonFiniteLoss as error:
+                print(f"error: {error}", file=sys.stderr)
+                raise SystemExit(1) from None
+    except BaseException:
+        # Stopped before training (a config or data error): the folder this invocation created holds only its
+        # config.yaml and command.txt, and goes, so the next run gets its name rather than <name>-1.
+        if is_main and created and remove_unstarted_run_dir(run_dir):
+            print(f"(removed the run folder {run_dir}: nothing was trained in it)", file=sys.stderr)
+        raise
     dist.teardown()
     if result.stopped:  # the engine has said where it stopped and how to resume
         raise SystemExit(EXIT_INTERRUPTED)
@@ -79,18 +86,20 @@ def main() -> None:
     print(f"                then open {tensorboard_url()} (smoothing off; the loss and the metrics pinned)")
 
 
-def prepare_run_dir(args: argparse.Namespace, cfg: Config) -> tuple[Path | None, str | None]:
-    """The run folder (created) and None, or None and why it cannot be used: the folder of ``--resume``, the
-    ``--run-dir`` if it holds no run yet, else a new ``<train.out_dir>/<name>[-N]``."""
+def prepare_run_dir(args: argparse.Namespace, cfg: Config) -> tuple[Path | None, bool, str | None]:
+    """The run folder, whether this call created it, and None; or None, False and why it cannot be used. The
+    folder is that of ``--resume`` (not created), the ``--run-dir`` if it holds no run yet (created if it did not
+    exist), else a new ``<train.out_dir>/<name>[-N]`` (created)."""
     if args.resume is not None:
-        return args.resume.resolve().parent, None
+        return args.resume.resolve().parent, False, None
     if args.run_dir is not None:
         run_dir = args.run_dir
         if (run_dir / "last.pt").exists() or (run_dir / "metrics.json").exists():
-            return None, f"{run_dir} holds a run already; continue it with --resume {run_dir / 'last.pt'}"
+            return None, False, f"{run_dir} holds a run already; continue it with --resume {run_dir / 'last.pt'}"
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-        return run_dir, None
-    return make_run_dir(Path(cfg.train.out_dir), cfg.name or Path(args.config).stem), None
+        return run_dir, created, None
+    return make_run_dir(Path(cfg.train.out_dir), cfg.name or Path(args.config).stem), True, None
 
 
 if __name__ == "__main__":

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from yolo_loss.allocator import reexec_with_allocator_settings  # noqa: E402
+from yolo_loss.allocator import reexec_with_allocator_settings
 
 if __name__ == "__main__":
     reexec_with_allocator_settings()  # before torch is imported: glibc reads its settings at start-up

@@ -22,8 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from yolo_loss.allocator import ALLOCATOR_ENV, ALLOCATOR_OPT_OUT, reexec_with_allocator_settings  # noqa: E402
+from yolo_loss.allocator import ALLOCATOR_ENV, ALLOCATOR_OPT_OUT, reexec_with_allocator_settings
 
 
 def select_allocator() -> None:

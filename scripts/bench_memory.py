@@ -18,8 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from yolo_loss.tensorboard_log import read_scalars  # noqa: E402
+from yolo_loss.tensorboard_log import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 

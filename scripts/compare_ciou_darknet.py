@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from yolo_loss.boxes import box_cxcywh_to_xyxy, ciou_loss  # noqa: E402
-from yolo_loss.decode import decode_cxcywh  # noqa: E402
-from yolo_loss.losses.ciou_darknet import darknet_ciou_delta  # noqa: E402
-from yolo_loss.schema import YOLOV3_ANCHORS  # noqa: E402
+from yolo_loss.boxes import box_cxcywh_to_xyxy, ciou_loss
+from yolo_loss.decode import decode_cxcywh
+from yolo_loss.losses.ciou_darknet import darknet_ciou_delta
+from yolo_loss.schema import YOLOV3_ANCHORS
 
 IMG = 416
 STRIDES = (8, 16, 32)

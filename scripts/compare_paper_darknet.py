@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +16,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from yolo_loss.config import load_config  # noqa: E402
 from yolo_loss.data import build_dataset, collate  # noqa: E402
 from yolo_loss.losses.assign import assign_targets  # noqa: E402

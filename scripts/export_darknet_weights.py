@@ -14,12 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from yolo_loss.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from yolo_loss.config import config_from_dict  # noqa: E402
-from yolo_loss.darknet_weights import save_darknet_weights  # noqa: E402
-from yolo_loss.head import build_head  # noqa: E402
-from yolo_loss.model import build_model  # noqa: E402
+from yolo_loss.checkpoint import CheckpointError, load_checkpoint
+from yolo_loss.config import config_from_dict
+from yolo_loss.darknet_weights import save_darknet_weights
+from yolo_loss.head import build_head
+from yolo_loss.model import build_model
 
 
 BACKBONE_CONVOLUTIONS = 52  # Darknet-53 without its classifier: darknet53.conv.74

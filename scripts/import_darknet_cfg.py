@@ -12,8 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from yolo_loss.darknet_cfg import DarknetCfgError, import_cfg_file  # noqa: E402
+from yolo_loss.darknet_cfg import DarknetCfgError, import_cfg_file
 
 
 def main() -> None:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from yolo_loss.config import add_config_arguments, config_from_args, exit_on_config_error  # noqa: E402
-from yolo_loss.pretrain import cache_path, pretrained_backbone  # noqa: E402
+from yolo_loss.config import add_config_arguments, config_from_args, exit_on_config_error
+from yolo_loss.pretrain import cache_path, pretrained_backbone
 
 
 def main() -> None:

@@ -106,6 +106,26 @@ def test_invalid_variant_names_the_key_from_the_command_line(tmp_path: Path) -> 
     assert "Traceback" not in done.stderr
 
 
+def test_a_bad_key_or_value_is_named_where_the_study_file_sets_it(tmp_path: Path) -> None:
+    """The runs get their overrides as --set, but a bad one is reported at its place in the study file: the
+    variant's axis value, or the study's overrides (no variant then: every variant has them)."""
+    def error(**study: object) -> str:
+        with pytest.raises(StudyError) as err:
+            load_study(write_study(tmp_path, SHAPES_NANO, combine="grid", **study))
+        assert "--set" not in str(err.value)
+        return str(err.value)
+
+    path = tmp_path / "study.yaml"
+    assert error(axes={"xy": {"bce": {}, "typo": {"loss.xyy": "mse"}}}).startswith(
+        f"{path}: variant xy=typo: axes.xy.typo: loss.xyy: unknown key; did you mean 'loss.xy'? (valid keys: xy, ")
+    assert error(axes={"xy": {"bce": {}, "typo": {"loss.xy": "bec"}}}).startswith(
+        f"{path}: variant xy=typo: loss.xy: 'bec' is not one of bce, ")
+    assert error(axes={"xy": {"bce": {}, "typo": {"loss.xy": "bec"}}}).endswith(" (set in axes.xy.typo)")
+    assert error(axes=AXES, overrides={"trian.epochs": 2}) == (
+        f"{path}: overrides: trian: unknown key; did you mean 'train'? (valid keys: model, data, loss, train, eval, "
+        "name)")
+
+
 @pytest.mark.slow
 def test_runner_finishes_skips_resumes_and_records_failures(tmp_path: Path) -> None:
     base = tmp_path / "tiny.yaml"

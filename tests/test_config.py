@@ -185,6 +185,18 @@ def test_unknown_override_key_suggests_the_same_name_in_another_section(plain_co
         f"--set: train.ignore_thresh: unknown key; did you mean 'loss.ignore_thresh'? (valid keys: {TRAIN_KEYS})")
 
 
+def test_overrides_are_named_by_their_source_when_given(plain_config: Path) -> None:
+    """A caller that knows where its overrides come from (a study file) names that rather than --set."""
+    with pytest.raises(ConfigError) as info:
+        load_config(plain_config, ["train.epochs=2", "loss.xyy=mse"], override_sources=["overrides", "axes.xy.a"])
+    assert str(info.value).startswith("axes.xy.a: loss.xyy: unknown key; did you mean 'loss.xy'?")
+    with pytest.raises(ConfigError) as info:
+        load_config(plain_config, ["train.epochs=0"], override_sources=["overrides"])
+    assert str(info.value).endswith("(set in overrides)") and "--set" not in str(info.value)
+    with pytest.raises(ValueError, match="2 overrides but 1 override sources"):
+        load_config(plain_config, ["train.epochs=2", "train.lr=0.1"], override_sources=["overrides"])
+
+
 def test_bad_override_syntax_and_keys(plain_config: Path) -> None:
     assert set_error(plain_config, "train.epochs") == "--set: expected KEY=VALUE, got 'train.epochs'"
     assert set_error(plain_config, "loss..xy=mse") == "--set: loss..xy: not a dotted key (an empty part between dots)"

@@ -258,6 +258,34 @@ def test_train_command_line_names_a_missing_data_folder(tmp_path: Path) -> None:
                    f"train.out_dir={tmp_path}")
     assert done.returncode == 2
     assert "nowhere" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "coco128").exists() and not list(tmp_path.iterdir())  # no stub folder left
+
+
+def test_a_run_that_fails_before_training_leaves_no_folder(shapes_root: Path, tmp_path: Path) -> None:
+    """A missing data folder stops train.py before its first step: the folder it created goes, so the next run
+    gets the name (not tiny-1); a --run-dir that existed before, or a study's folder, is never removed."""
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(config_to_dict(tiny_config(shapes_root, tmp_path / "runs", epochs=1))))
+    missing = ("--set", "data.format=coco", f"data.root={tmp_path / 'nowhere'}")
+    for _ in range(2):
+        done = run_cli("train.py", "--config", str(config_file), *missing)
+        assert done.returncode == 2 and "nowhere" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert f"run folder: {tmp_path / 'runs' / 'tiny'}\n" in done.stdout  # the name again, not tiny-1
+        assert not list((tmp_path / "runs").iterdir())
+    given = tmp_path / "given"  # --run-dir: removed if train.py created it, kept if it existed
+    done = run_cli("train.py", "--config", str(config_file), "--run-dir", str(given), *missing)
+    assert done.returncode == 2 and not given.exists()
+    given.mkdir()
+    done = run_cli("train.py", "--config", str(config_file), "--run-dir", str(given), *missing)
+    assert done.returncode == 2 and sorted(path.name for path in given.iterdir()) == ["command.txt", "config.yaml"]
+
+    done = run_cli("train.py", "--config", str(config_file), "--set", "train.max_steps=1")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "runs" / "tiny" / "metrics.json").exists() and not (tmp_path / "runs" / "tiny-1").exists()
+    # a resumed run that fails keeps its folder, though train.py's config.yaml and command.txt are all it wrote
+    done = run_cli("train.py", "--config", str(config_file), "--resume", str(tmp_path / "runs" / "tiny" / "last.pt"),
+                   *missing)
+    assert done.returncode == 2 and (tmp_path / "runs" / "tiny" / "last.pt").exists()
 
 
 def test_eval_command_line_names_a_broken_checkpoint(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Studies shared by several launchers: claims (yolo_loss/claims.py), two launchers at once, a local launcher beside
+"""Studies shared by several launchers: claims (yolo_loss/run_locks.py), two launchers at once, a local launcher beside
 submitit's local executor, a launcher killed mid-run and relaunched, a stale claim taken over. train.py is stood in
 for by a small program with its command line and its behaviour (a checkpoint half-way, metrics.json at the end,
 SIGTERM -> last.pt and exit 130), so the runner is tested, not the training."""
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolo_loss import claims
+from yolo_loss import run_locks
 from yolo_loss.ablation import claim_path, load_study, next_round, run_state, run_study, submit_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,8 +91,25 @@ def test_two_launchers_train_every_run_once(tmp_path: Path, fake: Path) -> None:
     started = starts(tmp_path)
     assert len(started) == 6 and len(set(started)) == 6, started  # each of the 6 runs started exactly once
     assert all(line.endswith(" new") for line in started)
-    assert all("held elsewhere" in output for output in outputs)  # both saw the other's claims
+    said = [progress_lines(output) for output in outputs]
+    assert all(said_about(lines, "not started here") for lines in said), outputs  # both saw the other's claims
+    for lines in said:  # a launcher says "starting" only for the runs it starts, never for one held elsewhere
+        assert not set(said_about(lines, "starting")) & set(said_about(lines, "not started here")), lines
+        assert all(line.startswith(f"{run}: claimed by ") or line.startswith(f"{run}: finished by another launcher")
+                   for line in lines for run in said_about([line], "not started here")), lines
+    starting = [run for lines in said for run in said_about(lines, "starting")]
+    assert len(starting) == 6 and len(set(starting)) == 6, outputs  # one "starting" a run, in all
     assert_complete(tmp_path, path)
+
+
+def progress_lines(output: str) -> list[str]:
+    """The run lines of a launcher's progress (``[counts] run: what``), without the counts."""
+    return [line.split("] ", 1)[1] for line in output.splitlines() if line.startswith("[")]
+
+
+def said_about(lines: list[str], what: str) -> list[str]:
+    """The runs whose progress line ends with ``what``."""
+    return [line.split(": ", 1)[0] for line in lines if line.endswith(what)]
 
 
 def test_one_launcher_trains_seed_by_seed(tmp_path: Path, fake: Path) -> None:
@@ -166,11 +183,11 @@ def test_claims_held_and_taken_over(tmp_path: Path, fake: Path) -> None:
     another host whose heartbeat is older than the timeout, is taken over; another host's fresh claim is not."""
     path = study_file(tmp_path, variants=1, seeds=(0, 1, 2))
     live, stale, remote = load_study(path).runs()
-    for run, claim in ((live, claims.Claim(socket.gethostname(), os.getpid(), "someone", time.time())),
-                       (stale, claims.Claim(socket.gethostname(), dead_pid(), "dead", time.time() - 5))):
+    for run, claim in ((live, run_locks.Claim(socket.gethostname(), os.getpid(), "someone", time.time())),
+                       (stale, run_locks.Claim(socket.gethostname(), dead_pid(), "dead", time.time() - 5))):
         claim_path(run).parent.mkdir(parents=True, exist_ok=True)
         claim_path(run).write_text(json.dumps(asdict(claim)))
-    claim_path(remote).write_text(json.dumps(asdict(claims.Claim("elsewhere", 1, "remote", time.time()))))
+    claim_path(remote).write_text(json.dumps(asdict(run_locks.Claim("elsewhere", 1, "remote", time.time()))))
     old = time.time() - 3600
     os.utime(claim_path(remote), (old, old))
     assert run_state(live).startswith("running on") and "dead owner" in run_state(stale)
@@ -181,23 +198,23 @@ def test_claims_held_and_taken_over(tmp_path: Path, fake: Path) -> None:
     assert live.state() == "new" and json.loads(claim_path(live).read_text())["launcher"] == "someone"
     assert stale.state() == remote.state() == "finished" and not claim_path(stale).exists()
 
-    fresh = claims.Claim("elsewhere", 1, "remote", time.time())
+    fresh = run_locks.Claim("elsewhere", 1, "remote", time.time())
     claim_path(remote).write_text(json.dumps(asdict(fresh)))
     (remote.folder / "metrics.json").unlink()
-    assert claims.try_claim(claim_path(remote)) == (None, fresh)  # a fresh claim of another host is left alone
+    assert run_locks.try_claim(claim_path(remote)) == (None, fresh)  # a fresh claim of another host is left alone
 
 
 def test_one_takeover_at_a_time(tmp_path: Path) -> None:
     """While a takeover lock is held (another launcher is taking the dead claim over), a second taker backs off."""
     path = tmp_path / "seed=0.claim"
-    path.write_text(json.dumps(asdict(claims.Claim(socket.gethostname(), dead_pid(), "dead", time.time()))))
-    path.with_name(path.name + claims.TAKEOVER_SUFFIX).touch()
-    mine, other = claims.try_claim(path)
+    path.write_text(json.dumps(asdict(run_locks.Claim(socket.gethostname(), dead_pid(), "dead", time.time()))))
+    path.with_name(path.name + run_locks.TAKEOVER_SUFFIX).touch()
+    mine, other = run_locks.try_claim(path)
     assert mine is None and other.launcher == "dead"
-    path.with_name(path.name + claims.TAKEOVER_SUFFIX).unlink()
-    mine, other = claims.try_claim(path)
-    assert mine is not None and mine.launcher == claims.LAUNCHER_ID and other.launcher == "dead"
-    claims.release(path, mine)
+    path.with_name(path.name + run_locks.TAKEOVER_SUFFIX).unlink()
+    mine, other = run_locks.try_claim(path)
+    assert mine is not None and mine.launcher == run_locks.LAUNCHER_ID and other.launcher == "dead"
+    run_locks.release(path, mine)
     assert not path.exists()
 
 

@@ -24,7 +24,7 @@ from yolo_loss.runtime import (
     seed_everything,
     select_device,
     set_rng_state,
-    write_run_info,
+    write_config_and_command,
 )
 
 
@@ -144,11 +144,11 @@ def test_make_run_dir_rejects_names_that_are_not_one_folder(tmp_path: Path, name
         make_run_dir(tmp_path, name)
 
 
-def test_write_run_info_records_each_invocation(tmp_path: Path) -> None:
+def test_write_config_and_command_records_each_invocation(tmp_path: Path) -> None:
     first_argv = ["train.py", "--config", "configs/my config.yaml", "--set", "name='quoted run'", "train.epochs=3"]
     resume_argv = ["train.py", "--resume", str(tmp_path / "last.pt")]
-    write_run_info(tmp_path, "train:\n  epochs: 3\n", first_argv)
-    write_run_info(tmp_path, "train:\n  epochs: 4\n", resume_argv)
+    write_config_and_command(tmp_path, "train:\n  epochs: 3\n", first_argv)
+    write_config_and_command(tmp_path, "train:\n  epochs: 4\n", resume_argv)
 
     assert (tmp_path / "config.yaml").read_text() == "train:\n  epochs: 4\n"
     text = (tmp_path / "command.txt").read_text()

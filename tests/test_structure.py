@@ -1,13 +1,24 @@
 """The house rules that keep each part in one room, checked on the source: no function of the package longer than
-100 lines, no module reading another object's underscore attributes, no import circle in the package."""
+100 lines, no module reading another object's underscore attributes, no import circle in the package, one meaning
+per public name; entry points that import the installed package (no ``sys.path`` edits) and re-execute for the
+allocator settings before anything imports torch."""
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
+from collections import defaultdict
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "yolo_loss"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "yolo_loss"
+ENTRY_POINTS = sorted(REPO.glob("scripts/*.py")) + [REPO / "train.py", REPO / "eval.py"]
 MAX_FUNCTION_LINES = 100
+# Public names that two modules define today, each for a different thing; a new one should get a name of its own.
+SHARED_NAMES = {"evaluate": {"yolo_loss.engine", "yolo_loss.findings"},  # a model on a loader / claims on studies
+                "Claim": {"yolo_loss.findings", "yolo_loss.run_locks"}}  # a published claim / a launcher's lock
 
 
 def modules() -> dict[str, ast.Module]:
@@ -70,3 +81,53 @@ def test_the_package_has_no_import_circle():
         visit(start, [start])
     assert not [c for c in circles if "yolo_loss.data" in c], sorted(c for c in circles if "yolo_loss.data" in c)[:5]
     assert not circles, sorted(circles)[:5]
+
+
+def test_no_two_modules_define_the_same_public_name():
+    """Two ``write_run_info`` (a run folder's config.yaml and command.txt; a study run's run.json) read as one."""
+    defined = defaultdict(set)
+    for name, tree in modules().items():
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                defined[node.name].add(name)
+    shared = {name: owners for name, owners in defined.items() if len(owners) > 1}
+    assert shared == SHARED_NAMES, shared
+
+
+def test_entry_points_import_the_installed_package():
+    """``make setup`` installs the package (``pip install -e .``): no script puts the repository on ``sys.path``."""
+    edits = [f"{path.relative_to(REPO)}:{node.lineno}" for path in ENTRY_POINTS
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Attribute) and ast.unparse(node) == "sys.path"]
+    assert not edits, edits
+
+
+def test_entry_points_re_exec_before_anything_imports_torch():
+    """The glibc allocator settings are read at start-up: a script that re-executes itself with them
+    (``if __name__ == "__main__":`` at the top) imports only the standard library and ``yolo_loss.allocator``
+    before it, and neither the package's ``__init__`` nor ``allocator`` imports more."""
+    def imports(tree: ast.Module) -> list[str]:
+        return [alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names] + \
+            [node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module]
+
+    def allowed(module: str) -> bool:
+        return module.split(".")[0] in sys.stdlib_module_names or module in ("yolo_loss", "yolo_loss.allocator")
+
+    early = {}
+    for path in ENTRY_POINTS:
+        tree = ast.parse(path.read_text())
+        if "reexec_with_allocator_settings" not in path.read_text():
+            continue
+        main = next(index for index, node in enumerate(tree.body)
+                    if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'")
+        early[path.name] = [module for module in imports(ast.Module(tree.body[:main], [])) if not allowed(module)]
+    for module in ("yolo_loss/__init__.py", "yolo_loss/allocator.py"):
+        early[module] = [name for name in imports(ast.parse((REPO / module).read_text())) if not allowed(name)]
+    assert len(early) >= 7 and not any(early.values()), early  # train.py, eval.py and the benchmarks
+
+
+def test_a_script_starts_from_any_folder_without_pythonpath(tmp_path: Path):
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage: report.py" in done.stdout, done.stderr

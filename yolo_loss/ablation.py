@@ -32,7 +32,7 @@ next one from the same finished results.
 
 Run state is read from the folder alone: ``metrics.json`` (written by ``train.py`` at the very end) means finished,
 ``failed.json`` (written by the runner) failed, ``last.pt`` without either interrupted (resumed from it), an empty or
-missing folder new. A launcher claims a run before it trains it (``<run folder>.claim``, :mod:`yolo_loss.claims`),
+missing folder new. A launcher claims a run before it trains it (``<run folder>.claim``, :mod:`yolo_loss.run_locks`),
 so several launchers, here, on other machines or as cluster jobs (:func:`submit_study`), share a study and train
 each run once.
 
@@ -54,6 +54,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,7 @@ from typing import Any
 
 import yaml
 
-from yolo_loss import claims
+from yolo_loss import run_locks
 from yolo_loss.config import ConfigError, config_to_dict, load_config
 from yolo_loss.stats import DEFAULT_MIN_EFFECT, METRICS, Difference, judge_family
 
@@ -325,13 +326,27 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
     if not study.base.is_file():
         raise StudyError(f"{path}: base: {study.base} does not exist")
     if check_configs:
-        for variant in study.variants():
-            try:
-                load_config(study.base, tuple(dotted(overrides)) + variant.overrides)
-            except ConfigError as err:
-                raise StudyError(f"{path}: variant {variant.name}: {err}") from None
+        _check_configs(study)
     study.reuse = _reused_runs(study, raw.get("reuse") or {}, check_configs)
     return study
+
+
+def _check_configs(study: Study) -> None:
+    """Build the config of the study's ``overrides``, then of every variant: a bad key or value is a
+    :class:`StudyError` naming the study file, the variant, the key and where in the study file it is set
+    (``overrides`` or ``axes.<axis>.<value>``), not ``--set``, which is how the runs receive them."""
+    shared = tuple(dotted(study.overrides))
+    try:
+        load_config(study.base, shared, override_sources=["overrides"] * len(shared))
+    except ConfigError as err:
+        raise StudyError(f"{study.path}: {err}") from None
+    for variant in study.variants():
+        sources = ["overrides"] * len(shared) + [f"axes.{axis}.{value}" for axis, value in variant.fields
+                                                 for _ in study.axes[axis][value]]
+        try:
+            load_config(study.base, shared + variant.overrides, override_sources=sources)
+        except ConfigError as err:
+            raise StudyError(f"{study.path}: variant {variant.name}: {err}") from None
 
 
 def _labels(study: Study, raw: Any) -> dict[str, str]:
@@ -451,7 +466,9 @@ def write_study_info(study: Study) -> None:
     (study.out / STUDY_INFO).write_text(json.dumps(info, indent=2))
 
 
-def write_run_info(run: Run, command: list[str]) -> None:
+def write_run_json(run: Run, command: list[str]) -> None:
+    """``run.json`` in the run folder: its variant, seed, overrides, study file and the launcher's command (what
+    a study's report and its auto seeds read back; ``train.py`` writes its own ``config.yaml`` and ``command.txt``)."""
     info = {"variant": run.variant.name, "fields": dict(run.variant.fields), "seed": run.seed,
             "overrides": list(run.overrides), "command": describe_command(command), "study": str(run.study_file)}
     (run.folder / RUN_INFO).write_text(json.dumps(info, indent=2))
@@ -495,18 +512,18 @@ def claim_path(run: Run) -> Path:
     return run.folder.with_name(run.folder.name + ".claim")
 
 
-def run_state(run: Run, *, timeout: float = claims.CLAIM_TIMEOUT_SECONDS) -> str:
+def run_state(run: Run, *, timeout: float = run_locks.CLAIM_TIMEOUT_SECONDS) -> str:
     """What ``ablate.py --status`` prints for a run: finished, failed, interrupted, new, or running (host, pid and
     start of a live claim) / claimed by a dead owner."""
     state = run.state()
     if state == "finished":
         return state
-    held = claims.read_claim(claim_path(run))
+    held = run_locks.read_claim(claim_path(run))
     if held is None:
         return state
     claim, heartbeat = held
     owner = f"{claim.host} pid {claim.pid}" + (f" (train.py pid {claim.run_pid})" if claim.run_pid else "")
-    if claims.owner_alive(claim, heartbeat, timeout=timeout):
+    if run_locks.owner_alive(claim, heartbeat, timeout=timeout):
         return f"running on {owner} since {claim.started_text}"
     return f"{state}, claimed by a dead owner ({owner}, since {claim.started_text}): the next launcher takes it over"
 
@@ -523,30 +540,35 @@ def _die_with_parent() -> None:
 
 
 class Launcher:
-    """Trains runs of a study in this process's threads, each after claiming it (:mod:`yolo_loss.claims`); any
+    """Trains runs of a study in this process's threads, each after claiming it (:mod:`yolo_loss.run_locks`); any
     number of launchers, here or on other machines sharing the folder, can work on one study at once."""
 
     def __init__(self, *, threads: str, python: str = sys.executable, nproc_per_run: int = 1,
-                 claim_timeout: float = claims.CLAIM_TIMEOUT_SECONDS,
-                 heartbeat_seconds: float = claims.HEARTBEAT_SECONDS) -> None:
+                 claim_timeout: float = run_locks.CLAIM_TIMEOUT_SECONDS,
+                 heartbeat_seconds: float = run_locks.HEARTBEAT_SECONDS) -> None:
         self.threads, self.python, self.nproc_per_run = threads, python, nproc_per_run
         self.claim_timeout, self.heartbeat_seconds = claim_timeout, heartbeat_seconds
 
-    def execute(self, run: Run, device: str | None = None) -> Outcome:
+    def execute(self, run: Run, device: str | None = None,
+                on_start: Callable[[str], None] | None = None) -> Outcome:
         """Claim the run and train (or resume) it; ``held`` when a live owner has it, ``finished`` at once when a
-        launcher finished it since it was listed."""
-        mine, other = claims.try_claim(claim_path(run), timeout=self.claim_timeout)
+        launcher finished it since it was listed. ``on_start`` is called with ``"starting"`` or ``"resuming"`` once
+        the run is claimed and about to train here, and not at all for a run this launcher does not start."""
+        mine, other = run_locks.try_claim(claim_path(run), timeout=self.claim_timeout)
         if mine is None:
             owner = f"{other.host} pid {other.pid}" if other else "another launcher"
             return Outcome(run, "held", 0.0, f"claimed by {owner}")
         try:
-            if run.state() == "finished":
+            state = run.state()
+            if state == "finished":
                 return Outcome(run, "finished", 0.0, "finished by another launcher")
+            if on_start is not None:
+                on_start("resuming" if state == "interrupted" else "starting")
             return self._train(run, mine, device)
         finally:
-            claims.release(claim_path(run), mine)
+            run_locks.release(claim_path(run), mine)
 
-    def _train(self, run: Run, claim: claims.Claim, device: str | None) -> Outcome:
+    def _train(self, run: Run, claim: run_locks.Claim, device: str | None) -> Outcome:
         state = run.state()
         if state == "failed":
             set_aside(run.folder, "failed")
@@ -554,7 +576,7 @@ class Launcher:
             set_aside(run.folder, "incomplete")  # killed before its first checkpoint
         run.folder.mkdir(parents=True, exist_ok=True)
         command = train_command(run, python=self.python, nproc_per_run=self.nproc_per_run)
-        write_run_info(run, command)
+        write_run_json(run, command)
         env = {**os.environ, "OMP_NUM_THREADS": self.threads, "MKL_NUM_THREADS": self.threads}
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
@@ -564,13 +586,13 @@ class Launcher:
             log.flush()
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-            claims.update_claim(claim_path(run), claim, run_pid=process.pid)
+            run_locks.update_claim(claim_path(run), claim, run_pid=process.pid)
             while True:
                 try:
                     returncode = process.wait(timeout=self.heartbeat_seconds)
                     break
                 except subprocess.TimeoutExpired:
-                    claims.heartbeat(claim_path(run))
+                    run_locks.heartbeat(claim_path(run))
         seconds = time.monotonic() - tick
         if returncode == 0 and run.state() == "finished":
             metrics = json.loads((run.folder / FINISHED).read_text())["metrics"]
@@ -633,8 +655,8 @@ def _finished_metric(run: Run, metric: str) -> float | None:
 
 def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, nproc_per_run: int = 1,
               only: list[str] | None = None, python: str = sys.executable, echo=print,
-              claim_timeout: float = claims.CLAIM_TIMEOUT_SECONDS,
-              heartbeat_seconds: float = claims.HEARTBEAT_SECONDS) -> list[Outcome]:
+              claim_timeout: float = run_locks.CLAIM_TIMEOUT_SECONDS,
+              heartbeat_seconds: float = run_locks.HEARTBEAT_SECONDS) -> list[Outcome]:
     """Run every unfinished run of ``study`` that no other live launcher holds (resuming interrupted ones,
     restarting failed ones after setting their folder aside), ``jobs`` at a time, each of ``nproc_per_run``
     processes (torchrun when more than one) with ``cpu_count // (jobs * nproc_per_run)`` threads each, or with
@@ -675,7 +697,7 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
             if study.auto and not only else "")
     echo(f"study {study.path.name}: {len(runs)} runs{auto}, {counts['done']} finished already, {len(todo)} to run, "
          f"{jobs} at a time ({processes} each{', devices ' + ' '.join(slots) if slots else ''}); "
-         f"folder {study.out}; launcher {claims.LAUNCHER_ID}")
+         f"folder {study.out}; launcher {run_locks.LAUNCHER_ID}")
 
     def progress(line: str) -> None:
         left = total[0] - counts["done"] - counts["failed"] - counts["held"]
@@ -686,20 +708,28 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
 
     def execute(run: Run) -> Outcome:
         device = free_devices.get()
-        with lock:
-            counts["running"] += 1
-            progress(f"{run.name}: {'resuming' if run.state() == 'interrupted' else 'starting'}")
+        started_here = []
+
+        def on_start(action: str) -> None:  # called once the run is claimed: never for a run held elsewhere
+            with lock:
+                started_here.append(action)
+                counts["running"] += 1
+                progress(f"{run.name}: {action}")
+
         try:
-            outcome = launcher.execute(run, device)
+            outcome = launcher.execute(run, device, on_start=on_start)
         finally:
             free_devices.put(device)
         with lock:
-            counts["running"] -= 1
+            counts["running"] -= len(started_here)
             if outcome.status in ("finished", "failed", "held"):
                 counts["done" if outcome.status == "finished" else outcome.status] += 1
             if outcome.status in ("finished", "failed") and outcome.seconds:
                 durations.append(outcome.seconds)
-            progress(f"{run.name}: {outcome.status} in {outcome.seconds / 60:.1f} min ({outcome.detail})")
+            if started_here:
+                progress(f"{run.name}: {outcome.status} in {outcome.seconds / 60:.1f} min ({outcome.detail})")
+            else:  # held by a live launcher, or finished by one since it was listed
+                progress(f"{run.name}: {outcome.detail}, not started here")
         return outcome
 
     with ThreadPoolExecutor(jobs) as pool:
@@ -720,7 +750,7 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
 
 
 def run_in_job(study_file: str, run_name: str, *, nproc_per_run: int = 1, python: str = sys.executable,
-               claim_timeout: float = claims.CLAIM_TIMEOUT_SECONDS) -> dict[str, Any]:
+               claim_timeout: float = run_locks.CLAIM_TIMEOUT_SECONDS) -> dict[str, Any]:
     """What one cluster job runs (submitted by :func:`submit_study`): load the study, claim its run ``run_name``
     and train (or resume) it with every CPU the job has, as a local launcher would; returns the outcome."""
     study = load_study(study_file, check_configs=False)
@@ -734,7 +764,7 @@ def run_in_job(study_file: str, run_name: str, *, nproc_per_run: int = 1, python
 
 
 def submit_study(study: Study, executor: Any, *, only: list[str] | None = None, nproc_per_run: int = 1,
-                 python: str = sys.executable, claim_timeout: float = claims.CLAIM_TIMEOUT_SECONDS) -> list[Any]:
+                 python: str = sys.executable, claim_timeout: float = run_locks.CLAIM_TIMEOUT_SECONDS) -> list[Any]:
     """Submit one job per unfinished run to a submitit executor (``submitit.AutoExecutor`` for Slurm, or
     ``submitit.LocalExecutor``), as one job array; each job claims its run first (:func:`run_in_job`), so jobs and
     local launchers can share a study. Returns the submitit jobs."""

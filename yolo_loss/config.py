@@ -124,22 +124,29 @@ _Provenance = dict[str, _Source]
 # Public API
 # --------------------------------------------------------------------------------------------------
 
-def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
+                override_sources: Sequence[str] | None = None) -> Config:
     """Load a YAML config with its ``_base_`` files, apply dotted overrides and check the result.
 
     Args:
         path: the top-level YAML file.
         overrides: ``"key.sub=value"`` strings, applied in order after all files; the value is
             parsed with ``yaml.safe_load``.
+        override_sources: where each override came from, as error messages name it (a study file's
+            ``axes.loss.mse``); by default ``--set`` for every one.
 
     Raises:
-        ConfigError: naming the file (or ``--set``) and the dotted key of every problem found.
+        ConfigError: naming the file (or the override's source) and the dotted key of every problem found.
     """
+    if override_sources is None:
+        override_sources = [OVERRIDE_SOURCE] * len(overrides)
+    if len(override_sources) != len(overrides):
+        raise ValueError(f"{len(overrides)} overrides but {len(override_sources)} override sources")
     path_abs = os.path.abspath(os.fspath(path))
     label = _display_path(path_abs)
     tree, provenance = _load_tree(path_abs, label, chain=((os.path.realpath(path_abs), label),))
-    for text in overrides:
-        _apply_override(tree, provenance, text)
+    for text, source in zip(overrides, override_sources):
+        _apply_override(tree, provenance, text, source)
     return _build_config(tree, provenance, default_dir=os.path.dirname(path_abs))
 
 
@@ -360,32 +367,35 @@ def _merge(target: dict[str, Any], target_provenance: _Provenance,
 # Dotted overrides
 # --------------------------------------------------------------------------------------------------
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
-    """``"loss.xy=mse"`` -> ``(["loss", "xy"], "mse")``, the value parsed with ``yaml.safe_load``."""
+def _parse_override(text: str, source: str = OVERRIDE_SOURCE) -> tuple[list[str], Any]:
+    """``"loss.xy=mse"`` -> ``(["loss", "xy"], "mse")``, the value parsed with ``yaml.safe_load``; an error
+    names ``source`` as where the override came from."""
     key, equals, raw_value = text.partition("=")
     key = key.strip()
     if not equals or not key:
-        raise ConfigError(ConfigIssue("", f"expected KEY=VALUE, got {text!r}", OVERRIDE_SOURCE, True))
+        raise ConfigError(ConfigIssue("", f"expected KEY=VALUE, got {text!r}", source, True))
     parts = key.split(".")
     if not all(parts):
-        raise ConfigError(ConfigIssue(key, "not a dotted key (an empty part between dots)", OVERRIDE_SOURCE, True))
+        raise ConfigError(ConfigIssue(key, "not a dotted key (an empty part between dots)", source, True))
     try:
         value = yaml.safe_load(raw_value)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(ConfigIssue(key, f"cannot parse the value {raw_value!r} as YAML: {problem}",
-                                      OVERRIDE_SOURCE, True)) from None
+                                      source, True)) from None
     return parts, value
 
 
-def _apply_override(tree: dict[str, Any], provenance: _Provenance, text: str) -> None:
-    """Set one dotted ``key=value`` in the raw tree, checking the key against the schema.
+def _apply_override(tree: dict[str, Any], provenance: _Provenance, text: str,
+                    source: str = OVERRIDE_SOURCE) -> None:
+    """Set one dotted ``key=value`` in the raw tree, checking the key against the schema; ``source`` is what
+    error messages name as having set it (``--set``, or e.g. a study file's ``axes.loss.mse``).
 
     Sections and lists missing from the tree are filled in from the schema defaults first, so that
     ``model.anchors.0=[12,16]`` works without any file setting ``model.anchors``.
     """
-    parts, value = _parse_override(text)
-    origin = _Source(OVERRIDE_SOURCE, os.getcwd())
+    parts, value = _parse_override(text, source)
+    origin = _Source(source, os.getcwd())
     hint: Any = Config
     node: Any = tree  # the dict (section) or list in the tree that holds the current part
     for depth, part in enumerate(parts):
@@ -394,7 +404,7 @@ def _apply_override(tree: dict[str, Any], provenance: _Provenance, text: str) ->
         if _is_dataclass_type(hint):
             fields = {field.name: field for field in dataclasses.fields(hint)}
             if part not in fields:
-                raise ConfigError(_unknown_key_issue(dotted, hint, OVERRIDE_SOURCE))
+                raise ConfigError(_unknown_key_issue(dotted, hint, source))
             _expect_container(node, dict, parent, provenance)
             child_hint = _type_hints(hint)[part]
             if is_last:
@@ -407,11 +417,11 @@ def _apply_override(tree: dict[str, Any], provenance: _Provenance, text: str) ->
             _expect_container(node, list, parent, provenance)
             if not part.isdigit():
                 raise ConfigError(ConfigIssue(dotted, f"{parent} is a list; expected an index in 0..{len(node) - 1}",
-                                              OVERRIDE_SOURCE, True))
+                                              source, True))
             index = int(part)
             if index >= len(node):
                 raise ConfigError(ConfigIssue(dotted, f"index {index} is out of range: {parent} has "
-                                                      f"{len(node)} elements", OVERRIDE_SOURCE, True))
+                                                      f"{len(node)} elements", source, True))
             (child_hint,) = typing.get_args(hint)
             if is_last:
                 node[index] = copy.deepcopy(value)
@@ -420,7 +430,7 @@ def _apply_override(tree: dict[str, Any], provenance: _Provenance, text: str) ->
             node = node[index]
         else:
             raise ConfigError(ConfigIssue(dotted, f"unknown key; {parent} is a {_hint_name(hint)} value, "
-                                                  "not a section or a list", OVERRIDE_SOURCE, True))
+                                                  "not a section or a list", source, True))
         hint = child_hint
 
 

@@ -25,6 +25,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 # ":4096:8" is the larger of the two settings it documents.
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
 NUMPY_SEED_MODULUS = 2**32  # np.random.seed only takes seeds in [0, 2**32)
+RUN_START_FILES = ("config.yaml", "command.txt")  # what write_config_and_command puts in a run folder
 
 
 def select_device(name: str) -> torch.device:
@@ -141,6 +142,24 @@ def make_run_dir(out_dir: Path, name: str) -> Path:
         return candidate
 
 
+def remove_unstarted_run_dir(run_dir: Path) -> bool:
+    """Remove a run folder that holds nothing but :data:`RUN_START_FILES` (a run that stopped before training:
+    a config or data error), so that the next run gets its name; True if removed. A folder holding anything else
+    (a checkpoint, TensorBoard logs, ``bad_inputs.txt``, a study's ``run.json``) is left as it is. The caller
+    removes only a folder it created itself, never a resumed run's or a ``--run-dir`` that existed before."""
+    run_dir = Path(run_dir)
+    try:
+        entries = list(run_dir.iterdir())
+    except FileNotFoundError:
+        return False
+    if any(entry.name not in RUN_START_FILES or not entry.is_file() for entry in entries):
+        return False
+    for entry in entries:
+        entry.unlink()
+    run_dir.rmdir()
+    return True
+
+
 def describe_device() -> str:
     """What this host offers torch: the CUDA devices by name, or that there is none."""
     if not torch.cuda.is_available():
@@ -149,7 +168,7 @@ def describe_device() -> str:
     return f"cuda: {', '.join(names)}"
 
 
-def write_run_info(run_dir: Path, config_yaml: str, argv: list[str]) -> None:
+def write_config_and_command(run_dir: Path, config_yaml: str, argv: list[str]) -> None:
     """Write ``config.yaml`` (the resolved config) and append this invocation to ``command.txt``.
 
     ``command.txt`` holds one block per invocation (a resumed run adds one; it never erases the first), each a
@@ -158,7 +177,8 @@ def write_run_info(run_dir: Path, config_yaml: str, argv: list[str]) -> None:
     NumPy versions, the host and its device. ``grep -v '^#' command.txt`` lists the commands.
     """
     run_dir = Path(run_dir)
-    (run_dir / "config.yaml").write_text(config_yaml)
+    config_file, command_file = (run_dir / name for name in RUN_START_FILES)
+    config_file.write_text(config_yaml)
     torch_build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only"
     try:
         torchvision_version = metadata.version("torchvision")
@@ -173,7 +193,6 @@ def write_run_info(run_dir: Path, config_yaml: str, argv: list[str]) -> None:
         f"numpy: {np.__version__}",
         f"# host: {socket.gethostname()}, device: {describe_device()}",
     ]
-    command_file = run_dir / "command.txt"
     separator = "\n" if command_file.exists() and command_file.stat().st_size else ""
     with command_file.open("a") as stream:
         stream.write(separator + "\n".join(lines) + "\n")
