@@ -21,12 +21,10 @@ from yolo_loss.config import add_config_arguments, config_from_args, dump_config
 from yolo_loss.darknet_weights import DarknetWeightsError
 from yolo_loss.data import DataError
 from yolo_loss.engine import NonFiniteLoss, ResumeError, format_metrics, train
+from yolo_loss.run_folder import CHECKPOINT, EXIT_INTERRUPTED, failure_status, finished
 from yolo_loss.runtime import make_run_dir, remove_unstarted_run_dir, write_config_and_command
 from yolo_loss.schema import Config
 from yolo_loss.tensorboard_tags import tensorboard_url
-
-EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,11 +66,13 @@ def main() -> None:
             except NonFiniteLoss as error:
                 print(f"error: {error}", file=sys.stderr)
                 raise SystemExit(1) from None
-    except BaseException:
+    except BaseException as error:
         # Stopped before training (a config or data error): the folder this invocation created holds only its
         # config.yaml and command.txt, and goes, so the next run gets its name rather than <name>-1.
         if is_main and created and remove_unstarted_run_dir(run_dir):
             print(f"(removed the run folder {run_dir}: nothing was trained in it)", file=sys.stderr)
+        elif is_main:
+            failure_status(error, run_dir).write(run_dir)
         raise
     dist.teardown()
     if result.stopped:  # the engine has said where it stopped and how to resume
@@ -94,8 +94,8 @@ def prepare_run_dir(args: argparse.Namespace, cfg: Config) -> tuple[Path | None,
         return args.resume.resolve().parent, False, None
     if args.run_dir is not None:
         run_dir = args.run_dir
-        if (run_dir / "last.pt").exists() or (run_dir / "metrics.json").exists():
-            return None, False, f"{run_dir} holds a run already; continue it with --resume {run_dir / 'last.pt'}"
+        if (run_dir / CHECKPOINT).exists() or finished(run_dir):
+            return None, False, f"{run_dir} holds a run already; continue it with --resume {run_dir / CHECKPOINT}"
         created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir, created, None

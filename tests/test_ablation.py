@@ -187,7 +187,7 @@ def fake_study(folder: Path, results: dict[str, dict[int, float]], seeds: list[i
             run.mkdir(parents=True)
             (run / "run.json").write_text("{}")
             metrics = {"AP": ap50 / 2, "AP50": ap50, "AP75": ap50 / 4}
-            (run / "metrics.json").write_text(json.dumps({"metrics": metrics, "final_terms": {"total": 1.0},
+            (run / "metrics.json").write_text(json.dumps({"metrics": metrics, "steps": 6, "final_terms": {"total": 1.0},
                                                           "train_seconds": 10.0, "images_per_sec": 5.0}))
     return folder
 
@@ -298,7 +298,7 @@ def test_a_run_stopped_by_a_signal_is_resumed_not_failed(tmp_path: Path) -> None
     fake = tmp_path / "fake_python"
     fake.write_text("#!/bin/sh\n"
                     "while [ $# -gt 0 ]; do [ \"$1\" = --run-dir ] && touch \"$2/last.pt\"; shift; done\n"
-                    "echo 'stopped at step 7; resume with --resume last.pt'\nexit 130\n")
+                    "exit 130\n")
     fake.chmod(0o755)
     study = load_study(write_study(tmp_path, SHAPES_NANO, combine="grid", seeds=[0],
                                    axes={"xy": {"bce": {}}}))
@@ -326,14 +326,15 @@ def test_runs_can_be_handed_to_torchrun(tmp_path: Path) -> None:
 
 
 def test_torchrun_runs_stopped_by_a_signal_are_resumed_and_others_failed(tmp_path: Path) -> None:
-    """torchrun exits 1 when its processes stop on a signal: train.py's 'stopped at step' line in the log tells an
-    interrupted run (resumed next time) from a failed one. Each run gets its own pair of the four devices."""
+    """torchrun exits 1 when its processes stop on a signal: train.py's status.json (stopped at a step) tells an
+    interrupted run (resumed next time) from a failed one, whatever the log says. Each run gets its own pair of the four devices."""
     fake = tmp_path / "fake_python"
     fake.write_text("#!/bin/sh\n"
                     "echo \"devices $CUDA_VISIBLE_DEVICES args $*\"\n"
                     "while [ $# -gt 0 ]; do [ \"$1\" = --run-dir ] && run=\"$2\"; shift; done\n"
                     "touch \"$run/last.pt\"\n"
-                    "case \"$run\" in *xy=bce*) echo 'stopped at step 7; resume with --resume last.pt';; esac\n"
+                    "case \"$run\" in *xy=bce*) echo '{\"state\": \"stopped\", \"step\": 7}' > \"$run/status.json\";;\n"
+                    "  *) echo 'stopped at step 7 (printed, not a status)';; esac\n"
                     "exit 1\n")
     fake.chmod(0o755)
     study = load_study(write_study(tmp_path, SHAPES_NANO, combine="grid", seeds=[0],

@@ -22,6 +22,7 @@ from yolo_loss.config import config_from_dict, config_to_dict, load_config
 from yolo_loss.data import build_dataset, build_loader
 from yolo_loss.engine import METRIC_KEYS, ResumeError, evaluate, train
 from yolo_loss.model import build_model
+from yolo_loss.run_folder import RunStatus
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -277,7 +278,10 @@ def test_a_run_that_fails_before_training_leaves_no_folder(shapes_root: Path, tm
     assert done.returncode == 2 and not given.exists()
     given.mkdir()
     done = run_cli("train.py", "--config", str(config_file), "--run-dir", str(given), *missing)
-    assert done.returncode == 2 and sorted(path.name for path in given.iterdir()) == ["command.txt", "config.yaml"]
+    assert done.returncode == 2 and sorted(path.name for path in given.iterdir()) == ["command.txt", "config.yaml",
+                                                                                     "status.json"]
+    failed = RunStatus.read(given)  # what a study runner reads: the reason, not the printed text
+    assert failed.state == "failed" and failed.exit_status == 2 and "nowhere: data.root does not exist" in failed.reason
 
     done = run_cli("train.py", "--config", str(config_file), "--set", "train.max_steps=1")
     assert done.returncode == 0, done.stderr

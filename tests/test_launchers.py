@@ -32,14 +32,14 @@ folder = args[args.index("--run-dir") + 1] if "--run-dir" in args else os.path.d
 with open(os.environ["FAKE_STARTS"], "a") as starts:
     starts.write(folder + (" resume" if "--resume" in args else " new") + "\\n")
 def stop(signum, frame):
-    print("stopped at step 3; resume with --resume last.pt", flush=True)
+    json.dump({{"state": "stopped", "step": 3}}, open(os.path.join(folder, "status.json"), "w"))
     sys.exit(130)
 signal.signal(signal.SIGTERM, stop)
 seconds = float(os.environ.get("FAKE_SECONDS", "0.5"))
 time.sleep(seconds / 2)
 open(os.path.join(folder, "last.pt"), "w").write("checkpoint")
 time.sleep(seconds / 2)
-json.dump({{"metrics": {{"AP": 0.25, "AP50": 0.5, "AP75": 0.2}}, "final_terms": {{}}}},
+json.dump({{"metrics": {{"AP": 0.25, "AP50": 0.5, "AP75": 0.2}}, "steps": 6, "final_terms": {{}}}},
           open(os.path.join(folder, "metrics.json"), "w"))
 '''
 
@@ -227,7 +227,7 @@ sets = dict(item.split("=", 1) for item in args[args.index("--set") + 1:])
 with open(os.environ["FAKE_STARTS"], "a") as starts:
     starts.write(folder + "\\n")
 ap = json.load(open(os.environ["FAKE_AP"]))[sets["train.epochs"]][sets["train.seed"]]
-json.dump({{"metrics": {{"AP": ap, "AP50": 2 * ap, "AP75": ap / 2}}, "final_terms": {{}}}},
+json.dump({{"metrics": {{"AP": ap, "AP50": 2 * ap, "AP75": ap / 2}}, "steps": 6, "final_terms": {{}}}},
           open(os.path.join(folder, "metrics.json"), "w"))
 '''
 

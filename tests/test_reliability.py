@@ -12,6 +12,7 @@ import yolo_loss.engine as engine
 from yolo_loss.checkpoint import load_checkpoint, state_has_nonfinite
 from yolo_loss.config import config_from_dict
 from yolo_loss.engine import NonFiniteLoss, train
+from yolo_loss.run_folder import RunMetrics, RunStatus
 
 pytestmark = pytest.mark.slow
 
@@ -209,9 +210,28 @@ def test_sigint_saves_mid_epoch_and_resumes_exactly(straight_run, tmp_path: Path
     assert process.returncode == 130, output
     stopped = load_checkpoint(run / "last.pt")
     assert f"stopped at step {stopped['step']}" in output
+    assert RunStatus.read(run) == RunStatus("stopped", stopped["step"])  # what the study runner reads
     output = finish(start_training(config, run, "--resume", str(run / "last.pt")))
     assert f"batch {stopped['epoch_progress']['batches']}, step {stopped['step']}" in output
     assert_same_run(run, reference)
+    assert RunStatus.read(run) == RunStatus("finished", STEPS_PER_EPOCH * EPOCHS)
+
+
+def test_a_run_resumed_after_its_last_epoch_writes_what_it_measured(straight_run, tmp_path: Path) -> None:
+    """Killed between its last checkpoint and metrics.json: the resume trains nothing and writes the same
+    metrics.json (the final terms and the validation curve come back from the checkpoint)."""
+    import shutil
+
+    config, reference = straight_run
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "metrics.json").unlink()
+    output = finish(start_training(config, run, "--resume", str(run / "last.pt")))
+    assert "resumed from" in output
+    resumed, expected = RunMetrics.read(run), RunMetrics.read(reference)
+    assert resumed.final_terms and resumed.final_terms == expected.final_terms
+    assert (resumed.metrics, resumed.evaluations, resumed.steps) == (expected.metrics, expected.evaluations,
+                                                                    expected.steps)
 
 
 def test_deterministic_switch_is_recorded(straight_run) -> None:

@@ -30,9 +30,10 @@ or has ``cap`` seeds. The seeds added are read back from
 the run folders (a run that started has ``run.json``), so a stopped study resumes its round and plans the same
 next one from the same finished results.
 
-Run state is read from the folder alone: ``metrics.json`` (written by ``train.py`` at the very end) means finished,
-``failed.json`` (written by the runner) failed, ``last.pt`` without either interrupted (resumed from it), an empty or
-missing folder new. A launcher claims a run before it trains it (``<run folder>.claim``, :mod:`yolo_loss.run_locks`),
+Run state is read from the folder alone, through :mod:`yolo_loss.run_folder`: ``metrics.json`` (written by
+``train.py`` at the very end) means finished, ``failed.json`` (written by the runner) failed, ``last.pt`` without
+either interrupted (resumed from it), an empty or missing folder new; ``train.py``'s ``status.json`` tells a run
+stopped by a signal from one that failed. A launcher claims a run before it trains it (``<run folder>.claim``, :mod:`yolo_loss.run_locks`),
 so several launchers, here, on other machines or as cluster jobs (:func:`submit_study`), share a study and train
 each run once.
 
@@ -62,7 +63,7 @@ from typing import Any
 
 import yaml
 
-from yolo_loss import run_locks
+from yolo_loss import run_folder, run_locks
 from yolo_loss.config import ConfigError, config_to_dict, load_config
 from yolo_loss.stats import DEFAULT_MIN_EFFECT, METRICS, Difference, judge_family
 
@@ -75,18 +76,14 @@ TRAIN_SCRIPT = REPO / "train.py"
 # Files of a run folder.
 RUN_INFO = "run.json"  # the variant, seed and overrides, written when the run is first started
 STUDY_INFO = "study.json"  # in the study folder: the expansion, so report.py needs nothing else
-FINISHED = "metrics.json"
 FAILED = "failed.json"
-CHECKPOINT = "last.pt"
 LOG = "train.log"
 
 
 # train.py's status when Ctrl-C / SIGTERM stopped it after saving last.pt (130), or the process was killed by a
-# signal outright (negative): the run is interrupted, not failed.
+# signal outright (negative): the run is interrupted, not failed. torchrun passes a signal on to its processes but
+# exits 1 itself, whatever they did: the run's status.json tells an interrupted torchrun run from a failed one.
 INTERRUPTED_STATUSES = {130, -2, -9, -15}
-# What train.py prints after saving last.pt on a signal. torchrun passes a signal on to its processes but exits 1
-# itself, whatever they did: this line in the run's log tells an interrupted torchrun run from a failed one.
-STOPPED_LINE = "stopped at step"
 
 
 class StudyError(ValueError):
@@ -137,11 +134,11 @@ class Run:
 
     def state(self) -> str:
         """``finished``, ``failed``, ``interrupted`` (a checkpoint to resume) or ``new``."""
-        if (self.folder / FINISHED).is_file():
+        if run_folder.finished(self.folder):
             return "finished"
         if (self.folder / FAILED).is_file():
             return "failed"
-        if (self.folder / CHECKPOINT).is_file():
+        if (self.folder / run_folder.CHECKPOINT).is_file():
             return "interrupted"
         return "new"
 
@@ -439,7 +436,7 @@ def train_command(run: Run, *, python: str = sys.executable, nproc_per_run: int 
     --nproc_per_node=N`` (torchrun on one node, with a free port of its own, so runs side by side do not collide;
     for several nodes a scheduler replaces ``--standalone`` by its rendezvous options).
     """
-    start = (["--resume", str(run.folder / CHECKPOINT)] if run.state() == "interrupted"
+    start = (["--resume", str(run.folder / run_folder.CHECKPOINT)] if run.state() == "interrupted"
              else ["--run-dir", str(run.folder)])
     launcher = [python] if nproc_per_run == 1 else [python, "-m", "torch.distributed.run", "--standalone",
                                                     f"--nproc_per_node={nproc_per_run}"]
@@ -475,19 +472,28 @@ def write_run_json(run: Run, command: list[str]) -> None:
 
 
 def record_failure(run: Run, returncode: int, log_tail: list[str]) -> dict[str, Any]:
-    """Write ``failed.json``: the exit status, the error line (``error: ...`` of our entry points, else the last
-    line) and the log tail."""
+    """Write ``failed.json``: the exit status, the error (the reason in train.py's ``status.json``, else the log's
+    last ``error: ...`` line, else its last line) and the log tail."""
+    status = _status(run)
     errors = [line for line in log_tail if line.startswith("error:") or "Error" in line]
-    failure = {"returncode": returncode, "error": (errors or log_tail or ["(no output)"])[-1],
-               "log_tail": log_tail}
+    error = (status.describe() if status is not None and status.state == run_folder.FAILED
+             else (errors or log_tail or ["(no output)"])[-1])
+    failure = {"returncode": returncode, "error": error, "log_tail": log_tail}
     (run.folder / FAILED).write_text(json.dumps(failure, indent=2))
     return failure
 
 
+def _status(run: Run) -> run_folder.RunStatus | None:
+    try:
+        return run_folder.RunStatus.read(run.folder)
+    except run_folder.RunFolderError:
+        return None
+
+
 def stopped_by_signal(run: Run) -> bool:
-    """Whether the last invocation in the run's log says that train.py stopped on a signal and saved last.pt."""
-    log = (run.folder / LOG).read_text(errors="replace")
-    return STOPPED_LINE in log[log.rfind("\n$ ") + 1:]  # each invocation starts with a '$ command' line
+    """Whether train.py's status says that it stopped on a signal after saving last.pt."""
+    status = _status(run)
+    return status is not None and status.state == run_folder.STOPPED
 
 
 def set_aside(folder: Path, reason: str) -> Path:
@@ -595,7 +601,7 @@ class Launcher:
                     run_locks.heartbeat(claim_path(run))
         seconds = time.monotonic() - tick
         if returncode == 0 and run.state() == "finished":
-            metrics = json.loads((run.folder / FINISHED).read_text())["metrics"]
+            metrics = run_folder.RunMetrics.read(run.folder).metrics
             return Outcome(run, "finished", seconds, f"AP50 {metrics.get('AP50', float('nan')):.3f}")
         if run.state() == "interrupted" and (returncode in INTERRUPTED_STATUSES or stopped_by_signal(run)):
             return Outcome(run, "interrupted", seconds, "stopped by a signal; the next invocation resumes it")
@@ -649,7 +655,7 @@ def _finished_metric(run: Run, metric: str) -> float | None:
     """The run's final ``metric`` from its ``metrics.json``; None when it has not finished."""
     if run.state() != "finished":
         return None
-    value = json.loads((run.folder / FINISHED).read_text())["metrics"].get(metric)
+    value = run_folder.RunMetrics.read(run.folder).metrics.get(metric)
     return None if value is None else float(value)
 
 

@@ -10,14 +10,15 @@ writes).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import math
 import random
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -36,6 +37,7 @@ from yolo_loss.model import build_model
 from yolo_loss.optim import BATCH_NORMS, ModelEMA, build_optimizer, grad_norm_and_clip, lr_at, set_lr
 from yolo_loss.postprocess import postprocess
 from yolo_loss.pretrain import backbone_start, load_pretrained_backbone
+from yolo_loss.run_folder import FINISHED, RUNNING, STOPPED, RunMetrics, RunStatus
 from yolo_loss.runtime import rng_state, seed_everything, set_rng_state
 from yolo_loss.schema import Config
 from yolo_loss.tensorboard_log import LEVEL_NAMES, RunLogger, loss_scalars
@@ -193,6 +195,25 @@ class TrainState:
     final_terms: dict[str, float] = field(default_factory=dict)
     evaluations: list[dict[str, float]] = field(default_factory=list)
 
+    # the checkpoint's name of a field where it is not the field's own (checkpoints written before keep loading)
+    _CHECKPOINT_KEYS = {"progress": "epoch_progress"}
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """Every field, by name, for a checkpoint (:func:`save`): what a resumed run needs, what it has measured
+        included (a run resumed after its last epoch writes the same ``metrics.json`` as one never stopped)."""
+        return {self._CHECKPOINT_KEYS.get(f.name, f.name): copy.deepcopy(dataclasses.asdict(self)[f.name])
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> TrainState:
+        """The state :meth:`checkpoint_fields` saved; a field a checkpoint lacks (written before it was saved)
+        gets its default."""
+        values = {f.name: saved[key] for f in dataclasses.fields(cls)
+                  if (key := cls._CHECKPOINT_KEYS.get(f.name, f.name)) in saved}
+        if "progress" in values:
+            values["progress"] = EpochProgress(**values["progress"])
+        return cls(**values)
+
 
 @dataclass
 class Trainer:
@@ -315,11 +336,7 @@ def restore(trainer: Trainer, path: Path, *, force: bool) -> TrainState:
     trainer.criterion.load_state_dict(saved.get("criterion", {}))
     set_rng_state(saved["rng"])
     trainer.train_loader.generator.set_state(saved["loader_generator"])  # as it was at the start of the epoch
-    state = TrainState(epoch=saved["epoch"], step=saved["step"], best_ap=saved["best_ap"],
-                       nonfinite_skipped=saved.get("nonfinite_skipped", 0),
-                       train_seconds=saved.get("train_seconds", 0.0), images_seen=saved.get("images_seen", 0),
-                       progress=EpochProgress(**saved.get("epoch_progress", {})),
-                       evaluations=saved.get("evaluations", []))
+    state = TrainState.from_checkpoint(saved)
     # skip the images the epoch's batches so far took, from all processes
     trainer.train_loader.sampler.start = state.progress.batches * cfg.train.batch_size * saved_world
     dist.on_main(tqdm.write)(f"resumed from {path} at epoch {state.epoch + 1}, batch {state.progress.batches}, "
@@ -341,16 +358,13 @@ def save(trainer: Trainer, state: TrainState, name: str, loader_state: torch.Ten
     cfg, ema = trainer.cfg, trainer.ema
     save_checkpoint({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
                      "ema": ema.state_dict() if ema is not None else None, "scaler": trainer.scaler.state_dict(),
-                     "criterion": trainer.criterion.state_dict(),
-                     "epoch": state.epoch, "step": state.step, "best_ap": state.best_ap,
-                     "nonfinite_skipped": state.nonfinite_skipped, "train_seconds": state.train_seconds,
-                     "images_seen": state.images_seen, "evaluations": state.evaluations,
-                     "world_size": dist.world_size(),
-                     "rng": rng_state(), "loader_generator": loader_state,
-                     "epoch_progress": dataclasses.asdict(state.progress),
+                     "criterion": trainer.criterion.state_dict(), **state.checkpoint_fields(),
+                     "world_size": dist.world_size(), "rng": rng_state(), "loader_generator": loader_state,
                      "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
                      "class_names": list(trainer.train_set.class_names),
                      "category_ids": list(trainer.train_set.category_ids)}, trainer.run_dir / name)
+    if name == "last.pt":
+        RunStatus(RUNNING, state.step).write(trainer.run_dir)  # how far a run that fails later got
 
 
 def train_step(trainer: Trainer, state: TrainState, images: torch.Tensor, targets: torch.Tensor,
@@ -516,26 +530,29 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                                              resume_step=state.step if resume is not None else None)
     if resume is None and cfg.train.eval_at_start:
         evaluate_now(trainer, state)  # step 0: the untrained model, the start of every validation curve
+    dist.on_main(RunStatus(RUNNING, state.step).write)(run_dir)
     with _StopRequest() as stop:
         while state.epoch < cfg.train.epochs and state.step < trainer.total_steps:
             if train_one_epoch(trainer, state, stop):
                 trainer.logger.close()
-                dist.on_main(tqdm.write)(f"stopped at step {state.step}; resume with --resume {run_dir / 'last.pt'}")
+                stopped = RunStatus(STOPPED, state.step)
+                dist.on_main(stopped.write)(run_dir)
+                dist.on_main(tqdm.write)(stopped.describe(run_dir))
                 return TrainResult(run_dir, state.metrics, state.step, stopped=True)
             save(trainer, state, "last.pt", trainer.train_loader.generator.get_state())
-    if not state.metrics:  # resumed from the checkpoint after the last epoch (killed before this point): evaluate it
+    if not state.metrics:  # nothing evaluated (eval_points 0, or resumed from a checkpoint that kept no metrics)
         state.metrics, _, _ = evaluate(trainer.eval_model, trainer.val_loader, trainer.criterion, cfg, trainer.device)
     trainer.logger.hparams()  # the run's settings beside its final metrics, for the HParams table
     trainer.logger.close()
-    summary = {"metrics": state.metrics, "steps": state.step, "final_terms": state.final_terms,
-               "train_seconds": state.train_seconds,
-               "images_per_sec": state.images_seen / state.train_seconds if state.train_seconds else 0.0,
-               "nonfinite_skipped": state.nonfinite_skipped, "world_size": dist.world_size(), "start": trainer.start,
-               "precision": precision_name(amp_dtype(cfg, trainer.device)),
-               "threads": torch.get_num_threads(),  # CPU rounding depends on it: a run is reproduced with as many
-               "evaluations": state.evaluations}
+    summary = RunMetrics(metrics=state.metrics, steps=state.step, final_terms=state.final_terms,
+                         train_seconds=state.train_seconds,
+                         images_per_sec=state.images_seen / state.train_seconds if state.train_seconds else 0.0,
+                         nonfinite_skipped=state.nonfinite_skipped, world_size=dist.world_size(), start=trainer.start,
+                         precision=precision_name(amp_dtype(cfg, trainer.device)),
+                         threads=torch.get_num_threads(), evaluations=state.evaluations)
     if dist.is_main():
-        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        summary.write(run_dir)
+        RunStatus(FINISHED, state.step).write(run_dir)
     return TrainResult(run_dir, state.metrics, state.step)
 
 

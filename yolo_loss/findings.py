@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from yolo_loss.run_folder import FLOAT32
 from yolo_loss.stats import DEFAULT_MIN_EFFECT, METRICS, Difference, Judged, format_p, judge_family
 
 DIRECTIONS = ("better", "worse", "same")
@@ -35,7 +36,6 @@ CLAIM_KEYS = {"source", "where", "claim", "published", "published_effect", "stud
               "metric", "direction"}
 QUESTION_KEYS = {"question", "study", "variant", "reference", "metric"}
 OPTIONAL_KEYS = {"reference_study"}
-FLOAT32 = "float32"
 
 
 class ClaimsError(ValueError):

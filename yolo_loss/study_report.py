@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yolo_loss.ablation import FAILED, FINISHED, RUN_INFO, STUDY_INFO
+from yolo_loss import run_folder
+from yolo_loss.ablation import FAILED, RUN_INFO, STUDY_INFO
+from yolo_loss.run_folder import FLOAT32, RunMetrics
 from yolo_loss.stats import (DEFAULT_MIN_EFFECT, METRICS, MIN_SEEDS, SIGN_FLIP_MIN_N, TABLE_METRICS, Difference,
                              Judged, format_p, judge_family, t_quantile)
 
-FLOAT32 = "float32"  # the precision of a run whose metrics.json does not record one (written before it was)
 
 
 class ReportError(ValueError):
@@ -69,15 +70,15 @@ def load_rows(study_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any
             if (folder / FAILED).is_file():
                 row["status"] = "failed"
                 row["error"] = json.loads((folder / FAILED).read_text())["error"]
-            if (folder / FINISHED).is_file():
-                summary = json.loads((folder / FINISHED).read_text())
+            if run_folder.finished(folder):
+                summary = RunMetrics.read(folder)
                 row["status"] = "finished"
-                row.update({key: summary["metrics"].get(key, math.nan) for key in METRICS})
-                row.update({f"loss_{name}": value for name, value in summary.get("final_terms", {}).items()})
-                row["train_seconds"] = summary.get("train_seconds", math.nan)
-                row["images_per_sec"] = summary.get("images_per_sec", math.nan)
-                row["backbone"] = summary.get("start", {}).get("backbone", "")
-                row["precision"] = summary.get("precision", FLOAT32)
+                row.update({key: summary.metrics.get(key, math.nan) for key in METRICS})
+                row.update({f"loss_{name}": value for name, value in summary.final_terms.items()})
+                row["train_seconds"] = summary.train_seconds
+                row["images_per_sec"] = summary.images_per_sec
+                row["backbone"] = summary.start.get("backbone", "")
+                row["precision"] = summary.precision
             rows.append(row)
     return info, rows
 
@@ -113,7 +114,7 @@ def evaluation_curves(rows: list[dict[str, Any]], metric: str = "AP") -> dict[st
     for row in rows:
         if row["status"] != "finished":
             continue
-        evaluations = json.loads((Path(row["folder"]) / FINISHED).read_text()).get("evaluations", [])
+        evaluations = RunMetrics.read(Path(row["folder"])).evaluations
         points = [(e["epoch"], e[metric]) for e in evaluations if metric in e]
         if len(points) >= 2:
             curves.setdefault(row["variant"], {})[row["seed"]] = points
