@@ -15,10 +15,11 @@ from yolo_loss.boxes import (alpha_ciou_loss, box_cxcywh_to_xyxy, box_iou_pairwi
 from yolo_loss.losses.registry import COMPONENTS
 from yolo_loss.schema import LossConfig
 
-# From the registry; Wise-IoU takes the criterion's running mean of 1 - IoU, fixed here.
-# The box losses of the decoded box (ciou_darknet, whose gradient goes to the raw outputs instead, has its own tests
-# in test_ciou_darknet.py).
-BOX_LOSSES = {entry.name: partial(entry.function, iou_mean=torch.tensor(0.7)) if entry.running_mean else entry.function
+# From the registry; Wise-IoU takes the criterion's running mean of 1 - IoU, and MPDIoU the input size (here a 16 x 12
+# image, for boxes in a 10 x 10 field), fixed here. The box losses of the decoded box (ciou_darknet, whose gradient
+# goes to the raw outputs instead, has its own tests in test_ciou_darknet.py).
+BOX_LOSSES = {entry.name: partial(entry.function, **({"iou_mean": torch.tensor(0.7)} if entry.running_mean else {}),
+                                  **({"img_wh": (16, 12)} if entry.image_size else {}))
               for entry in COMPONENTS if entry.term == "box" and not entry.raw_box}
 TORCHVISION_LOSSES = {
     "giou": ops.generalized_box_iou_loss,

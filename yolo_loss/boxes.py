@@ -20,6 +20,7 @@ overflow float16.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -303,3 +304,126 @@ def wiou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, iou_mean: Tensor | floa
         beta = iou_loss_value / iou_mean
         focus = beta / (delta * torch.pow(torch.as_tensor(alpha, dtype=beta.dtype), beta - delta))
     return focus * attention * iou_loss_value
+
+
+def nwd_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, constant: float = 12.8, eps: float = 1e-7) -> Tensor:
+    """``1 - NWD`` (Wang et al., "A Normalized Gaussian Wasserstein Distance for Tiny Object Detection", 2021).
+
+    ``Tensor[..., 4]`` x ``Tensor[..., 4]`` -> ``Tensor[...]``, in [0, 1). Each box is the 2-D Gaussian
+    ``N((cx, cy), diag(w^2 / 4, h^2 / 4))``; between two such Gaussians
+
+        W2^2 = (cx - cx_gt)^2 + (cy - cy_gt)^2 + ((w - w_gt)^2 + (h - h_gt)^2) / 4
+        NWD  = exp(-sqrt(W2^2) / C)
+
+    with ``C = constant`` in the boxes' units (input pixels here; the authors' 12.8 px is AI-TOD's average object
+    size). Not an IoU: it needs no overlap, and disjoint boxes keep a gradient. The square root is taken of
+    ``W2^2 + eps^2`` so that identical boxes have a zero gradient rather than ``0 / 0``; the authors' code
+    (jwwangchn/NWD, ``wasserstein_loss``) adds ``eps`` itself (1e-7 px^2), which puts identical boxes at
+    ``1 - exp(-sqrt(1e-7) / C) = 2.5e-5`` instead of 0. Example: a = (0, 0, 2, 2), b = (1, 1, 3, 3): W2^2 = 2,
+    the loss is ``1 - exp(-sqrt(2) / 12.8) = 0.10460``.
+    """
+    pred_xyxy, target_xyxy = _upcast(pred_xyxy), _upcast(target_xyxy)
+    centre = 0.5 * (pred_xyxy[..., :2] + pred_xyxy[..., 2:] - target_xyxy[..., :2] - target_xyxy[..., 2:])
+    difference_wh = (pred_xyxy[..., 2:] - pred_xyxy[..., :2]) - (target_xyxy[..., 2:] - target_xyxy[..., :2])
+    wasserstein_sq = centre.square().sum(-1) + 0.25 * difference_wh.square().sum(-1)
+    return 1.0 - torch.exp(-torch.sqrt(wasserstein_sq + eps * eps) / constant)
+
+
+def mpdiou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, img_wh: tuple[float, float], eps: float = 1e-7) -> Tensor:
+    """``1 - MPDIoU = 1 - IoU + d1^2 / (w^2 + h^2) + d2^2 / (w^2 + h^2)`` (Ma and Xu, "MPDIoU: A Loss for Efficient
+    and Accurate Bounding Box Regression", 2023).
+
+    ``Tensor[..., 4]`` x ``Tensor[..., 4]`` -> ``Tensor[...]``. ``d1``, ``d2``: the distances between the top-left
+    corners and between the bottom-right corners; ``w, h = img_wh``: the INPUT image's width and height, in the
+    boxes' units (input pixels: the criterion passes the batch's input size, which multi-scale training changes),
+    not the enclosing box. Example: a = (0, 0, 2, 2), b = (1, 1, 3, 3), a 10 x 10 image: d1^2 = d2^2 = 2, the loss
+    is ``1 - 1/7 + 4/200 = 0.87714``.
+    """
+    pred_xyxy, target_xyxy = _upcast(pred_xyxy), _upcast(target_xyxy)
+    inter, union = _inter_union(pred_xyxy, target_xyxy)
+    iou = inter / (union + eps)
+    corner_dist_sq = (pred_xyxy - target_xyxy).square().sum(-1)  # d1^2 + d2^2
+    return 1.0 - iou + corner_dist_sq / (float(img_wh[0]) ** 2 + float(img_wh[1]) ** 2)
+
+
+def shape_iou_loss(pred_xyxy: Tensor, target_xyxy: Tensor, *, scale: float = 0.0, eps: float = 1e-7) -> Tensor:
+    """``1 - Shape-IoU = 1 - IoU + distance^shape + 0.5 Omega^shape`` (Zhang and Zhang, "Shape-IoU: More Accurate
+    Metric considering Bounding Box Shape and Scale", 2023, arXiv 2312.17663), with, from the TARGET's shape:
+
+        ww = 2 w_gt^scale / (w_gt^scale + h_gt^scale),   hh = 2 h_gt^scale / (w_gt^scale + h_gt^scale)
+        distance^shape = (hh (cx - cx_gt)^2 + ww (cy - cy_gt)^2) / c^2         c: the enclosing box's diagonal
+        Omega^shape    = sum_{t = w, h} (1 - exp(-omega_t))^4,
+                         omega_w = hh |w - w_gt| / max(w, w_gt),  omega_h = ww |h - h_gt| / max(h, h_gt)
+
+    ``Tensor[..., 4]`` x ``Tensor[..., 4]`` -> ``Tensor[...]``. ``scale`` (the authors' default 0, where
+    ``ww = hh = 1``) grows with the size of the data set's objects. As the authors' ``shape_iou``
+    (malagoutou/Shape-IoU) with ``eps`` added to ``max(w, w_gt)`` and ``max(h, h_gt)`` (zero-width pairs) and the
+    ``ww, hh`` denominator clamped at ``eps`` (a zero-size target at ``scale > 0``): no finite value changes.
+    Example: a = (0, 0, 2, 2), b = (1, 1, 3, 3), any scale (square target: ww = hh = 1): rho^2 = 2, c^2 = 18,
+    equal sizes: the loss is ``1 - 1/7 + 2/18 = 0.96825``.
+    """
+    pred_xyxy, target_xyxy = _upcast(pred_xyxy), _upcast(target_xyxy)
+    inter, union = _inter_union(pred_xyxy, target_xyxy)
+    iou = inter / (union + eps)
+    pred_wh, target_wh = pred_xyxy[..., 2:] - pred_xyxy[..., :2], target_xyxy[..., 2:] - target_xyxy[..., :2]
+    target_wh_power = target_wh.pow(scale)
+    # (ww, hh): the weights of the y and the x distance (x is weighted by the target's height share, y by its width's)
+    shape_weight = 2.0 * target_wh_power / target_wh_power.sum(-1, keepdim=True).clamp(min=eps)
+    ww, hh = shape_weight.unbind(-1)
+    offset_sq = (0.5 * (pred_xyxy[..., :2] + pred_xyxy[..., 2:] - target_xyxy[..., :2] - target_xyxy[..., 2:])).square()
+    diagonal_sq = _enclosing_wh(pred_xyxy, target_xyxy).square().sum(-1) + eps
+    distance = (hh * offset_sq[..., 0] + ww * offset_sq[..., 1]) / diagonal_sq
+    omega = (pred_wh - target_wh).abs() / (torch.maximum(pred_wh, target_wh) + eps)
+    omega = omega * torch.stack((hh, ww), -1)
+    shape_cost = (1.0 - torch.exp(-omega)).pow(4).sum(-1)
+    return 1.0 - iou + distance + 0.5 * shape_cost
+
+
+# --- IoU modifiers: Inner-IoU and Focaler-IoU, for the box losses of the form 1 - IoU + (penalties) -------------------
+
+def inner_iou(pred_xyxy: Tensor, target_xyxy: Tensor, *, ratio: float, eps: float = 1e-7) -> Tensor:
+    """Inner-IoU (Zhang et al., "Inner-IoU: More Effective Intersection over Union Loss with Auxiliary Bounding
+    Box", 2023, arXiv 2311.02877): the IoU of the auxiliary boxes, each box scaled by ``ratio`` about its centre
+    (``ratio < 1``: smaller auxiliary boxes, for high-IoU samples; ``> 1``: larger, for low-IoU ones; 1: the IoU).
+
+    ``Tensor[..., 4]`` x ``Tensor[..., 4]`` -> ``Tensor[...]``. Example: a = (0, 0, 2, 2), b = (1, 1, 3, 3),
+    ratio 0.5: the auxiliary boxes (0.5, 0.5, 1.5, 1.5) and (1.5, 1.5, 2.5, 2.5) touch at a corner: 0;
+    ratio 1.5: (-0.5, -0.5, 2.5, 2.5) and (0.5, 0.5, 3.5, 3.5): 4 / (9 + 9 - 4) = 2/7.
+    """
+    return box_iou_pairwise(_scaled_about_centre(pred_xyxy, ratio), _scaled_about_centre(target_xyxy, ratio), eps)
+
+
+def _scaled_about_centre(boxes_xyxy: Tensor, ratio: float) -> Tensor:
+    """The boxes with their width and height times ``ratio``, centres kept: ``Tensor[..., 4]`` xyxy."""
+    boxes_xyxy = _upcast(boxes_xyxy)
+    centre = 0.5 * (boxes_xyxy[..., :2] + boxes_xyxy[..., 2:])
+    half_wh = 0.5 * (boxes_xyxy[..., 2:] - boxes_xyxy[..., :2])
+    return torch.cat((centre - ratio * half_wh, centre + ratio * half_wh), -1)
+
+
+def focaler_iou(iou: Tensor, *, d: float, u: float) -> Tensor:
+    """Focaler-IoU (Zhang and Zhang, "Focaler-IoU: More Focused Intersection over Union Loss", 2024,
+    arXiv 2401.10525): ``clamp((IoU - d) / (u - d), 0, 1)``, a linear map of ``[d, u]`` onto [0, 1] (``0 <= d < u
+    <= 1``): ``d > 0`` stops pulling the samples below IoU d, ``u < 1`` those above u (the authors' code comment:
+    d = 0, u = 0.95). ``Tensor[...]`` -> ``Tensor[...]``. Example: IoU 1/7 with d = 0, u = 0.5: 2/7."""
+    return ((iou - d) / (u - d)).clamp(0.0, 1.0)
+
+
+def modified_iou_loss(loss: Callable[..., Tensor], pred_xyxy: Tensor, target_xyxy: Tensor, *, inner_ratio: float = 1.0,
+                      focaler_d: float = 0.0, focaler_u: float = 1.0, eps: float = 1e-7, **loss_keywords) -> Tensor:
+    """A box loss ``L = 1 - IoU + P`` with its IoU replaced by Inner-IoU and/or Focaler-IoU: ``L + IoU - IoU'``,
+    the form both papers give (Inner-IoU: ``L_Inner-X = L_X + IoU - IoU^inner``; Focaler-IoU:
+    ``L_Focaler-X = L_X + IoU - IoU^focaler``; X = GIoU, DIoU, CIoU, EIoU, SIoU), as the authors' code computes it
+    (malagoutou/Inner-IoU ``inner_ciou``: ``inner_iou - (rho2 / c2 + v * alpha)``, CIoU's alpha from the plain IoU).
+
+    ``IoU' = focaler(inner(IoU))``: the IoU of the auxiliary boxes (:func:`inner_iou`, ``inner_ratio``), then
+    mapped by :func:`focaler_iou` (``focaler_d``, ``focaler_u``); either at its off value (ratio 1, [0, 1]) is the
+    identity. ``loss`` is called as ``loss(pred_xyxy, target_xyxy, **loss_keywords)``; only the IoU term changes:
+    the penalties ``P`` keep the original boxes. ``Tensor[..., 4]`` x ``Tensor[..., 4]`` -> ``Tensor[...]``.
+    Example: a = (0, 0, 2, 2), b = (1, 1, 3, 3), GIoU (1.0794), ratio 1.5 (inner IoU 2/7): ``1.0794 + 1/7 - 2/7``.
+    """
+    iou = box_iou_pairwise(pred_xyxy, target_xyxy, eps)
+    modified = inner_iou(pred_xyxy, target_xyxy, ratio=inner_ratio, eps=eps) if inner_ratio != 1.0 else iou
+    if (focaler_d, focaler_u) != (0.0, 1.0):
+        modified = focaler_iou(modified, d=focaler_d, u=focaler_u)
+    return loss(pred_xyxy, target_xyxy, **loss_keywords) + iou - modified

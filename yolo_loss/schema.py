@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from yolo_loss.decode import EXP_WH_RULES
-from yolo_loss.losses.registry import HyperParam, component, component_names, hyperparameters
+from yolo_loss.losses.registry import HyperParam, component, component_names, hyperparameters, modifier_problems
 
 # YOLOv3 anchors in input pixels at 416 px: three per level, strides 8, 16, 32.
 YOLOV3_ANCHORS: list[list[float]] = [
@@ -273,6 +273,8 @@ class LossTerms:
             errors.append(("cls_target", f"an IoU-valued class target needs independent class scores without label "
                                          f"smoothing (loss.cls={self.cls}, label_smoothing={self.label_smoothing}): "
                                          "a softmax renormalises the target row"))
+        # Inner-IoU and Focaler-IoU (inner_ratio, focaler_d, focaler_u) take a box loss of the form 1 - IoU + penalties
+        errors.extend(modifier_problems(self.box, self.hyperparameter_values()))
         return errors
 
     def check_decode(self, model: ModelConfig) -> list[tuple[str, str]]:

@@ -159,7 +159,7 @@ class YoloCriterion:
                                    neighbour_cells=self.neighbour_cells, collisions=self.collisions)
         truths_xyxy = truths_per_image(targets, batch, img_size) if self.ignore != "none" else None
         box_keywords = {"img_wh": (img_size[1], img_size[0])} if "box" in self.terms and self.components[
-            "box"].raw_box else {}
+            "box"].image_size else {}
         # Wise-IoU: the running mean of 1 - IoU, updated before it is used (the authors' order): once here over all
         # levels (wiou_update: step), or before each level's terms with that level's mean (wiou_update: level).
         per_step = self.running_mean is not None and self.running_mean_update == "step"

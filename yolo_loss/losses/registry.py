@@ -64,8 +64,13 @@ class Component:
         softmax: a class loss over a softmax of the class logits: the head is then scored with a softmax.
         per_row: returns ``Tensor[N]`` (one value per positive) instead of one per class, ``Tensor[N, C]``.
         decoded_box: takes the decoded box ``(pred_xyxy, target_xyxy)`` rather than raw head outputs.
-        raw_box: also takes ``raw_box`` (the raw ``tx, ty, tw, th``) and ``img_wh``, for a hand-written gradient on
-            the raw outputs (AB darknet's CIoU deltas) instead of the derivative of its value.
+        raw_box: also takes ``raw_box`` (the raw ``tx, ty, tw, th``), for a hand-written gradient on the raw outputs
+            (AB darknet's CIoU deltas) instead of the derivative of its value.
+        image_size: also takes ``img_wh``, the input's width and height in pixels (the batch's: multi-scale training
+            changes it), which the criterion passes: MPDIoU's normaliser, AB darknet's deltas.
+        iou_modifiers: its loss is ``1 - IoU + P`` with penalties ``P`` that do not take the IoU's gradient, so that
+            the IoU modifiers (:data:`IOU_MODIFIERS`: Inner-IoU, Focaler-IoU) apply to it as ``L + IoU - IoU'``
+            (``boxes.modified_iou_loss``), which replaces its IoU.
         running_mean: a hyper-parameter (its momentum) of a running mean of ``1 - IoU`` over training steps that the
             criterion keeps as its state and passes to the function as ``iou_mean`` (Wise-IoU's outlier degree):
             the one component property that is state, not a field of a pure function.
@@ -81,6 +86,8 @@ class Component:
     per_row: bool = False
     decoded_box: bool = False
     raw_box: bool = False
+    image_size: bool = False
+    iou_modifiers: bool = False
     running_mean: HyperParam | None = None
     running_mean_update: HyperParam | None = None
     source: str = ""
@@ -110,6 +117,23 @@ WIOU_UPDATE = HyperParam("wiou_update", "", "step", choices=("step", "level"),
                          doc="when Wise-IoU's running mean is updated: once per step over all levels (step, the "
                              "default: the committed runs), or before each level's loss with its mean (level: the "
                              "authors' code)")
+NWD_CONSTANT = HyperParam("nwd_constant", "constant", 12.8, 0.0, None, low_open=True,
+                          doc="NWD's normalising constant C, in input pixels (the authors' 12.8: AI-TOD's average "
+                              "object size)")
+SHAPE_IOU_SCALE = HyperParam("shape_iou_scale", "scale", 0.0, 0.0, None,
+                             doc="Shape-IoU's scale (the target's shape weights its distance and shape costs; 0, the "
+                                 "authors' default: unweighted)")
+# The IoU modifiers: hyper-parameters of every box loss with iou_modifiers (1 - IoU + penalties), at their off values by
+# default; bind() leaves the function as it is unless one is on, so that every result without them is unchanged.
+INNER_RATIO = HyperParam("inner_ratio", "inner_ratio", 1.0, 0.0, None, low_open=True,
+                         doc="Inner-IoU: the IoU in the box loss is that of the boxes scaled by this ratio about "
+                             "their centres (the authors try 0.5 to 1.5); 1 = off")
+FOCALER_D = HyperParam("focaler_d", "focaler_d", 0.0, 0.0, 1.0,
+                       doc="Focaler-IoU's d: the IoU in the box loss is clamp((IoU - d) / (u - d), 0, 1); d = 0 and "
+                           "u = 1 = off")
+FOCALER_U = HyperParam("focaler_u", "focaler_u", 1.0, 0.0, 1.0,
+                       doc="Focaler-IoU's u (above focaler_d): see focaler_d")
+IOU_MODIFIERS = (INNER_RATIO, FOCALER_D, FOCALER_U)
 VARIFOCAL_ALPHA = HyperParam("varifocal_alpha", "alpha", 0.75, 0.0, 1.0, doc="varifocal alpha (negatives' weight)")
 VARIFOCAL_GAMMA = HyperParam("varifocal_gamma", "gamma", 2.0, 0.0, None, doc="varifocal gamma")
 QFL_BETA = HyperParam("qfl_beta", "beta", 2.0, 0.0, None, doc="quality focal loss beta")
@@ -123,21 +147,31 @@ COMPONENTS: tuple[Component, ...] = (
     Component("wh", "mse", c.wh_mse, source="darknet and the YOLOv3 paper"),
     Component("wh", "smooth_l1", c.wh_smooth_l1, (SMOOTH_L1_BETA,), source="Girshick, Fast R-CNN, 2015"),
     Component("wh", "l1", c.wh_l1),
-    Component("box", "iou", boxes.iou_loss, decoded_box=True, source="1 - IoU"),
+    Component("box", "iou", boxes.iou_loss, decoded_box=True, iou_modifiers=True, source="1 - IoU"),
     Component("box", "log_iou", boxes.log_iou_loss, decoded_box=True, source="Yu et al., UnitBox, 2016"),
-    Component("box", "giou", boxes.giou_loss, decoded_box=True, source="Rezatofighi et al., GIoU, CVPR 2019"),
-    Component("box", "diou", boxes.diou_loss, decoded_box=True, source="Zheng et al., DIoU, AAAI 2020"),
-    Component("box", "ciou", boxes.ciou_loss, decoded_box=True, source="Zheng et al., CIoU, AAAI 2020"),
-    Component("box", "ciou_darknet", ciou_darknet_loss, decoded_box=True, raw_box=True,
+    Component("box", "giou", boxes.giou_loss, decoded_box=True, iou_modifiers=True,
+              source="Rezatofighi et al., GIoU, CVPR 2019"),
+    Component("box", "diou", boxes.diou_loss, decoded_box=True, iou_modifiers=True,
+              source="Zheng et al., DIoU, AAAI 2020"),
+    Component("box", "ciou", boxes.ciou_loss, decoded_box=True, iou_modifiers=True,
+              source="Zheng et al., CIoU, AAAI 2020"),
+    Component("box", "ciou_darknet", ciou_darknet_loss, decoded_box=True, raw_box=True, image_size=True,
               source="AlexeyAB/darknet src/box.c dx_box_iou: CIoU's value, its hand-written deltas as the gradient"),
-    Component("box", "siou", boxes.siou_loss, (SIOU_THETA,), decoded_box=True, source="Gevorgyan, SIoU, 2022"),
-    Component("box", "eiou", boxes.eiou_loss, decoded_box=True, source="Zhang et al., EIoU, 2021"),
+    Component("box", "siou", boxes.siou_loss, (SIOU_THETA,), decoded_box=True, iou_modifiers=True,
+              source="Gevorgyan, SIoU, 2022"),
+    Component("box", "eiou", boxes.eiou_loss, decoded_box=True, iou_modifiers=True, source="Zhang et al., EIoU, 2021"),
     Component("box", "focal_eiou", boxes.focal_eiou_loss, (FOCAL_EIOU_GAMMA,), decoded_box=True,
               source="Zhang et al., Focal-EIoU, 2021"),
     Component("box", "alpha_ciou", boxes.alpha_ciou_loss, (ALPHA_IOU_POWER,), decoded_box=True,
               source="He et al., Alpha-IoU, NeurIPS 2021"),
     Component("box", "wiou", boxes.wiou_loss, (WIOU_ALPHA, WIOU_DELTA), decoded_box=True, running_mean=WIOU_MOMENTUM,
               running_mean_update=WIOU_UPDATE, source="Tong et al., Wise-IoU v3, 2023"),
+    Component("box", "nwd", boxes.nwd_loss, (NWD_CONSTANT,), decoded_box=True,
+              source="Wang et al., NWD, 2021 (arXiv 2110.13389); jwwangchn/NWD mmdet/models/losses/iou_loss.py"),
+    Component("box", "mpdiou", boxes.mpdiou_loss, decoded_box=True, image_size=True, iou_modifiers=True,
+              source="Ma and Xu, MPDIoU, 2023 (arXiv 2307.07662)"),
+    Component("box", "shape_iou", boxes.shape_iou_loss, (SHAPE_IOU_SCALE,), decoded_box=True, iou_modifiers=True,
+              source="Zhang and Zhang, Shape-IoU, 2023 (arXiv 2312.17663); malagoutou/Shape-IoU shapeiou.py"),
     Component("obj", "bce", c.bce_with_logits, source="darknet and the YOLOv3 paper"),
     Component("obj", "focal", c.sigmoid_focal, (FOCAL_ALPHA, FOCAL_GAMMA), source="Lin et al., focal loss, 2017"),
     Component("obj", "mse", c.mse_on_sigmoid, source="YOLOv1/v2-style squared error"),
@@ -184,19 +218,55 @@ def hyperparameters() -> tuple[HyperParam, ...]:
 
 
 def all_params(entry: Component) -> tuple[HyperParam, ...]:
-    """Every hyper-parameter of ``entry``: its function's (``params``), then those of the criterion's state."""
-    return (*entry.params, *(p for p in (entry.running_mean, entry.running_mean_update) if p is not None))
+    """Every hyper-parameter of ``entry``: its function's (``params``), the IoU modifiers' where it takes them, then
+    those of the criterion's state."""
+    return (*entry.params, *(IOU_MODIFIERS if entry.iou_modifiers else ()),
+            *(p for p in (entry.running_mean, entry.running_mean_update) if p is not None))
+
+
+def modifiers_on(values: dict[str, Any]) -> bool:
+    """Whether ``values`` (``{field: value}``, missing ones at their defaults) turn an IoU modifier on."""
+    return any(float(values.get(p.field, p.default)) != p.default for p in IOU_MODIFIERS)
+
+
+def modifier_problems(box: str, values: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(field, message)`` for each IoU-modifier setting that ``loss.box: <box>`` cannot take: Focaler-IoU's
+    interval empty, or a modifier on with a box loss that is not ``1 - IoU + penalties`` (or no box loss)."""
+    problems = []
+    focaler_d = float(values.get(FOCALER_D.field, FOCALER_D.default))
+    focaler_u = float(values.get(FOCALER_U.field, FOCALER_U.default))
+    if focaler_d >= focaler_u:
+        problems.append((FOCALER_D.field, f"must be below focaler_u ({focaler_u:g}), got {focaler_d:g}"))
+    if modifiers_on(values) and (box == NONE or not component("box", box).iou_modifiers):
+        on = [p.field for p in IOU_MODIFIERS if float(values.get(p.field, p.default)) != p.default]
+        takers = ", ".join(e.name for e in COMPONENTS if e.iou_modifiers)
+        problems.append((on[0], f"{' and '.join(on)} {'modifies' if len(on) == 1 else 'modify'} the IoU of a box "
+                                f"loss of the form 1 - IoU + penalties ({takers}); loss.box is {box}"))
+    return problems
 
 
 def bind(term: str, name: str, values: dict[str, Any]) -> Callable[..., Tensor] | None:
     """The function of ``loss.<term>: <name>`` with its hyper-parameters taken from ``values`` (``{field: value}``,
-    missing ones at their defaults); ``None`` for ``"none"``."""
+    missing ones at their defaults); ``None`` for ``"none"``.
+
+    With an IoU modifier on (``loss.box`` only), the function is ``boxes.modified_iou_loss`` of it; with them off it
+    is the component's own function, so that every result without them is unchanged.
+
+    Raises:
+        ValueError: an unknown name, or IoU-modifier settings the box loss cannot take (:func:`modifier_problems`).
+    """
+    if term == "box" and (problems := modifier_problems(name, values)):
+        raise ValueError("; ".join(f"loss.{field}: {message}" for field, message in problems))
     if name == NONE and term in OPTIONAL_TERMS:
         return None
     entry = component(term, name)
-    if not entry.params:
-        return entry.function
-    return partial(entry.function, **{p.keyword: values.get(p.field, p.default) for p in entry.params})
+    function = entry.function
+    if entry.params:
+        function = partial(function, **{p.keyword: values.get(p.field, p.default) for p in entry.params})
+    if entry.iou_modifiers and modifiers_on(values):
+        function = partial(boxes.modified_iou_loss, function,
+                           **{p.keyword: float(values.get(p.field, p.default)) for p in IOU_MODIFIERS})
+    return function
 
 
 hyperparameters()  # fails at import if two entries declare one field differently
