@@ -16,12 +16,11 @@ import json
 import torch
 
 from yolo_loss.boxes import box_cxcywh_to_xyxy, ciou_loss
-from yolo_loss.decode import decode_cxcywh
+from yolo_loss.decode import STRIDES, decode_cxcywh
 from yolo_loss.losses.ciou_darknet import darknet_ciou_delta
 from yolo_loss.schema import YOLOV3_ANCHORS
 
 IMG = 416
-STRIDES = (8, 16, 32)
 
 
 def compare(num: int = 20000, seed: int = 0) -> dict[str, float]:

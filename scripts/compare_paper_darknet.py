@@ -18,6 +18,7 @@ import torch  # noqa: E402
 
 from yolo_loss.config import load_config  # noqa: E402
 from yolo_loss.data import build_dataset, collate  # noqa: E402
+from yolo_loss.decode import STRIDES  # noqa: E402
 from yolo_loss.losses.assign import assign_targets  # noqa: E402
 from yolo_loss.losses.criterion import build_criterion  # noqa: E402
 from yolo_loss.losses.components import bce_with_logits, xy_bce, xy_mse, xy_mse_t  # noqa: E402
@@ -27,7 +28,6 @@ from yolo_loss.model import build_model  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {name: load_config(REPO / "configs" / "presets" / f"{name}.yaml").loss for name in ("darknet", "paper")}
 IMG = 416
-STRIDES = (8, 16, 32)
 
 
 def logit_gradient(loss_fn, logits: torch.Tensor, target: float) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torchvision
 
 from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise, ciou_loss
 from yolo_loss.config import ConfigError, config_from_dict
-from yolo_loss.decode import decode_cxcywh, per_anchor_view
+from yolo_loss.decode import STRIDES, decode_cxcywh, per_anchor_view
 from yolo_loss.head import HeadSpec, build_head, class_activation
 from yolo_loss.losses.assign import anchor_boxes_at_cells, assign_targets, ignore_mask, truths_per_image
 from yolo_loss.losses import registry
@@ -20,7 +20,6 @@ from yolo_loss.losses.criterion import YoloCriterion, build_criterion
 from yolo_loss.losses.registry import COMPONENTS, Component
 from yolo_loss.schema import YOLOV3_ANCHORS, LossConfig
 
-STRIDES = (8, 16, 32)
 IMG = 128
 ANCHORS = [torch.tensor(YOLOV3_ANCHORS[3 * level:3 * level + 3], dtype=torch.float64) * IMG / 416
            for level in range(3)]

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from yolo_loss.decode import (MAX_LOG_WH, centre_margin, decode_cxcywh, decode_level, decode_predictions, grid_xy,
-                               per_anchor_view, xy_sigmoid_target)
-from yolo_loss.head import HeadSpec
+from yolo_loss.decode import (MAX_LOG_WH, centre_margin, decode_cxcywh, decode_level, grid_xy, per_anchor_view,
+                               xy_sigmoid_target)
+from yolo_loss.head import HeadSpec, decode_predictions
 
 ANCHORS = torch.tensor([[10.0, 13.0], [20.0, 30.0]])  # A = 2
 

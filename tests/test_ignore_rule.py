@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise
+from yolo_loss.decode import STRIDES
 from yolo_loss.head import HeadSpec, class_activation
 from yolo_loss.losses import assign as assign_module
 from yolo_loss.losses import criterion as criterion_module
@@ -19,7 +20,6 @@ from yolo_loss.losses.assign import (_ignore_mask_all_pairs, anchor_boxes_at_cel
 from yolo_loss.losses.criterion import build_criterion
 from yolo_loss.schema import YOLOV3_ANCHORS, LossConfig
 
-STRIDES = (8, 16, 32)
 
 
 def grid(height: int, width: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 from yolo_loss.boxes import (ciou_loss, diou_loss, focaler_iou, giou_loss, inner_iou, iou_loss, log_iou_loss,
                              modified_iou_loss, mpdiou_loss, nwd_loss, shape_iou_loss, siou_loss)
 from yolo_loss.config import ConfigError, config_from_dict, load_config
+from yolo_loss.decode import STRIDES
 from yolo_loss.head import HeadSpec
 from yolo_loss.losses import registry
 from yolo_loss.losses.criterion import build_criterion
@@ -343,7 +344,6 @@ def test_modifiers_at_their_off_values_equal_the_loss(name):
 
 # --- in the criterion -------------------------------------------------------------------------------------------------
 
-STRIDES = (8, 16, 32)
 IMG = 128
 ANCHORS = [torch.tensor(YOLOV3_ANCHORS[3 * level:3 * level + 3], dtype=torch.float64) * IMG / 416
            for level in range(3)]

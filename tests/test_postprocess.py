@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from yolo_loss import postprocess as postprocessing
-from yolo_loss.decode import per_anchor_view
+from yolo_loss.decode import STRIDES, per_anchor_view
 from yolo_loss.head import HeadSpec
 from yolo_loss.postprocess import Detections, postprocess
 
@@ -18,7 +18,6 @@ from yolo_loss.postprocess import Detections, postprocess
 ANCHORS = [torch.tensor([[6.0, 8.0], [10.0, 14.0], [14.0, 10.0]]),
            torch.tensor([[16.0, 20.0], [12.0, 20.0], [20.0, 12.0]]),
            torch.tensor([[30.0, 30.0], [40.0, 50.0], [60.0, 40.0]])]
-STRIDES = (8, 16, 32)
 NUM_CLASSES = 3
 HEAD = HeadSpec.from_anchors(ANCHORS, strides=STRIDES, num_classes=NUM_CLASSES)
 OFF = -20.0  # a logit whose sigmoid (2e-9) is below any threshold used here
@@ -144,7 +143,7 @@ def test_postprocess_caps_candidates_per_image_before_nms(monkeypatch):
     from torchvision.ops import batched_nms
 
     from yolo_loss.boxes import box_cxcywh_to_xyxy
-    from yolo_loss.decode import decode_predictions
+    from yolo_loss.head import decode_predictions
 
     generator = torch.Generator().manual_seed(1)
     maps = [torch.randn(2, 3 * (5 + NUM_CLASSES), 160 // s, 160 // s, generator=generator) * 2 for s in STRIDES]

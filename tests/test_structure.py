@@ -49,15 +49,10 @@ def test_no_module_reads_another_objects_underscore_attributes():
 
 
 def imported_modules(tree: ast.Module, name: str, known: set[str]) -> set[str]:
-    """The package modules a module imports, at the top or inside a function (a circle hidden in a function is
-    still a circle), but not under ``if TYPE_CHECKING:`` (annotations only, never executed)."""
+    """The package modules a module imports, at the top, inside a function or under ``if TYPE_CHECKING:`` (a circle
+    hidden in a function or in the annotations is still a dependency both ways)."""
     found = set()
-    type_checking = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                     and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
-                     for n in ast.walk(node)}
     for node in ast.walk(tree):
-        if id(node) in type_checking:
-            continue
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:

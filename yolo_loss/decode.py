@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import math
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from yolo_loss.head import HeadSpec
+STRIDES = (8, 16, 32)  # the three levels' strides in input pixels: P3, P4, P5 (YOLOv3's)
+
 
 MAX_LOG_WH = math.log(1e3)
 DECODE_RULES = ("darknet", "yolov5", "linear")
@@ -121,15 +119,3 @@ def decode_level(pred: Tensor, anchors_wh: Tensor, stride: float, *, rule: str =
     boxes = decode_cxcywh(rows[..., :4].view(batch, num_anchors, height * width, 4), grid, anchors, stride,
                           rule=rule, scale_x_y=scale_x_y)
     return boxes.view(batch, -1, 4), rows[..., 4], rows[..., 5:]
-
-
-def decode_predictions(preds: list[Tensor], head: HeadSpec) -> tuple[Tensor, Tensor, Tensor]:
-    """Decode all levels and concatenate them: boxes ``Tensor[B, N, 4]`` cxcywh pixels, objectness probabilities
-    ``Tensor[B, N]`` and class probabilities ``Tensor[B, N, C]`` by the head's class activation (independent
-    sigmoids, or a softmax over the classes of each row)."""
-    decoded = [decode_level(p, a, s, rule=head.decode, scale_x_y=scale)
-               for p, a, s, scale in zip(preds, head.anchors(like=preds[0]), head.strides, head.scale_x_y)]
-    boxes = torch.cat([d[0] for d in decoded], dim=1)
-    obj = torch.cat([d[1] for d in decoded], dim=1).sigmoid()
-    cls = head.class_probabilities(torch.cat([d[2] for d in decoded], dim=1))
-    return boxes, obj, cls

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from yolo_loss.decode import DECODE_RULES, centre_margin, decode_cxcywh, xy_sigmoid_target
+from yolo_loss.decode import (DECODE_RULES, STRIDES, centre_margin, decode_cxcywh, decode_level,
+                               xy_sigmoid_target)
 from yolo_loss.losses.registry import component
-from yolo_loss.model.yolov3 import STRIDES
 
 if TYPE_CHECKING:
     from yolo_loss.schema import Config, ModelConfig
@@ -142,3 +142,15 @@ def build_head(cfg: "Config", num_classes: int) -> HeadSpec:
     return HeadSpec.from_anchors(anchors_per_level(cfg.model, cfg.data.img_size), strides=STRIDES,
                                  num_classes=num_classes, class_activation=class_activation(cfg.loss.cls),
                                  decode=cfg.model.decode, scale_x_y=tuple(cfg.model.scale_x_y))
+
+
+def decode_predictions(preds: list[Tensor], head: HeadSpec) -> tuple[Tensor, Tensor, Tensor]:
+    """Decode all levels and concatenate them: boxes ``Tensor[B, N, 4]`` cxcywh pixels, objectness probabilities
+    ``Tensor[B, N]`` and class probabilities ``Tensor[B, N, C]`` by the head's class activation (independent
+    sigmoids, or a softmax over the classes of each row)."""
+    decoded = [decode_level(p, a, s, rule=head.decode, scale_x_y=scale)
+               for p, a, s, scale in zip(preds, head.anchors(like=preds[0]), head.strides, head.scale_x_y)]
+    boxes = torch.cat([d[0] for d in decoded], dim=1)
+    obj = torch.cat([d[1] for d in decoded], dim=1).sigmoid()
+    cls = head.class_probabilities(torch.cat([d[2] for d in decoded], dim=1))
+    return boxes, obj, cls

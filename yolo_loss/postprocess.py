@@ -21,7 +21,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
 from yolo_loss.boxes import box_cxcywh_to_xyxy
-from yolo_loss.decode import decode_predictions
+from yolo_loss.head import decode_predictions
 from yolo_loss.head import HeadSpec
 
 MAX_CANDIDATES = 3000  # per image, before NMS (eval.max_candidates)

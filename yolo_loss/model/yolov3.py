@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from yolo_loss.decode import STRIDES
 from yolo_loss.model.darknet import ConvBNAct, Darknet53, scale_channels
 from yolo_loss.schema import ModelConfig
 
-STRIDES = (8, 16, 32)
 BOX_CHANNELS = 4  # tx, ty, tw, th; objectness follows, then the classes
 
 
