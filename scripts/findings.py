@@ -5,8 +5,9 @@
 
 Each claim (and each of the project's questions) names a study folder (under --studies), the variant it is about
 and the variant it is compared with; the paired difference, its p-values and the verdict come from the studies'
-results.csv, the claims judged as one family and the questions as another (yolo_loss/findings.py). Regenerate each
-study's results.csv first (scripts/report.py).
+results.csv, the claims judged as one family and the questions as another (yolo_loss/findings.py). An item's
+`replications` judge the same comparison on another data set (e.g. BCCD's bccd_loss_axes), each data set its own
+families, shown beside the first data set's verdict. Regenerate each study's results.csv first (scripts/report.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolo_loss.findings import ClaimsError, evaluate_claims, findings_markdown, load_claims
+from yolo_loss.findings import ClaimsError, evaluate_claims, evaluate_replications, findings_markdown, load_claims
 from yolo_loss.stats import DEFAULT_MIN_EFFECT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,14 +31,16 @@ def main() -> None:
     args = parser.parse_args()
     try:
         claims, questions, meta = load_claims(args.claims)
-        judged_claims, judged_questions = evaluate_claims(claims, questions, args.studies,
-                                                          meta.get("min_effect", DEFAULT_MIN_EFFECT))
+        min_effect = meta.get("min_effect", DEFAULT_MIN_EFFECT)
+        judged_claims, judged_questions = evaluate_claims(claims, questions, args.studies, min_effect)
+        replications = evaluate_replications(claims, questions, args.studies, min_effect)
     except ClaimsError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    args.out.write_text(findings_markdown(judged_claims, judged_questions, meta))
-    for finding in judged_claims + judged_questions:
-        c = finding.item.comparison
+    args.out.write_text(findings_markdown(judged_claims, judged_questions, meta, replications))
+    others = [finding for pair in replications.values() for finding in (*pair[0], *pair[1])]
+    for finding in judged_claims + judged_questions + others:
+        c = finding.comparison
         print(f"{c.study}: {c.variant} vs {c.reference} ({c.metric}): {finding.verdict}")
     print(f"wrote {args.out}")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolo_loss.findings import (Claim, ClaimsError, Comparison, Question, evaluate_claims, findings_markdown,
-                                load_claims)
+from yolo_loss.findings import (Claim, ClaimsError, Comparison, Question, evaluate_claims, evaluate_replications,
+                                findings_markdown, load_claims)
 
 # AP per seed (5 seeds). better - base = 0.10, 0.12, 0.08, 0.11, 0.09 (mean 0.10); same - base = 0.001, -0.002,
 # 0.003, 0.0, 0.002 (mean 0.0008, equivalent within +-0.01); noisy - base = 0.02, -0.02, 0.01, -0.015, 0.004.
@@ -140,3 +140,46 @@ def test_the_shipped_claims_file_loads() -> None:
     assert smoothing == {"AP50", "AP"}
     assert sum("YOLOv3" in c.source and "focal" in c.where for c in claims) == 1  # one sentence, one row
     assert not any("is darknet's" in c.claim or "trains as well as" in c.claim for c in claims)  # questions now
+
+
+def test_replications_on_a_second_data_set_are_their_own_family_beside_the_first(tmp_path: Path) -> None:
+    """A claim replicated on another data set: judged there (its own family, the claim's direction), and shown in
+    that data set's section beside the verdict on the first; a claim without a replication is left out there."""
+    write_study(tmp_path / "toy")
+    write_study(tmp_path / "real", {"v=base": RESULTS["v=base"], "v=real": RESULTS["v=same"]})
+    path = tmp_path / "claims.yaml"
+    item = {"source": "a paper", "where": "Table 1", "claim": "it helps", "published": "+5 AP",
+            "published_effect": 0.05, "study": "toy", "variant": "v=better", "reference": "v=base", "metric": "AP",
+            "direction": "better"}
+    path.write_text(yaml.safe_dump({
+        "datasets": {"real": "a real data set"},
+        "claims": [{**item, "replications": {"real": {"study": "real", "variant": "v=real", "reference": "v=base"}}},
+                   {**item, "variant": "v=noisy"}]}))
+    claims, questions, meta = load_claims(path)
+    assert claims[0].replications == (("real", Comparison("real", "v=real", "v=base", "AP")),)
+    judged, _ = evaluate_claims(claims, questions, tmp_path)
+    replications = evaluate_replications(claims, questions, tmp_path)
+    assert list(replications) == ["real"]
+    there, = replications["real"][0]  # the replicated claim only
+    assert there.item is claims[0] and there.comparison.study == "real"
+    assert there.verdict == "not reproduced: equivalent within +-0.01" and judged[0].verdict == "reproduced"
+    text = findings_markdown(judged, [], meta, replications)
+    section = text.split("## On a real data set")[1]
+    assert "| a paper: it helps | real: `v=real` vs `v=base` | AP |" in section
+    assert section.split("\n")[6].endswith("| not reproduced: equivalent within +-0.01 | reproduced |")
+    assert "v=noisy" not in section
+
+
+@pytest.mark.parametrize("replications, named", [
+    ({"real": {"study": "real", "variant": "v=real"}}, r"claims.0.replications.real: .*missing \['reference'\]"),
+    ({"real": {"study": "real", "variant": "v", "reference": "v=base", "metric": "AP50"}}, r"unknown \['metric'\]"),
+    (["real"], r"claims.0.replications: expected"),
+])
+def test_a_bad_replication_is_named(tmp_path: Path, replications, named: str) -> None:
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump({"claims": [{
+        "source": "a paper", "where": "Table 1", "claim": "it helps", "published": "+5 AP", "published_effect": None,
+        "study": "toy", "variant": "v=better", "reference": "v=base", "metric": "AP", "direction": "better",
+        "replications": replications}]}))
+    with pytest.raises(ClaimsError, match=named):
+        load_claims(path)

@@ -13,6 +13,11 @@ A claims file (``docs/claims.yaml``) has two lists, each judged as one family by
   against it; better or worse for ``same``), **not reproduced: equivalent within +-m** (a claimed difference that is
   smaller than the margin here), **unresolved**, **preliminary** (fewer than 5 paired seeds), or **not run**. The
   ratio of the measured to the published effect is shown where the paper gives a number.
+- ``replications`` (optional, on a claim or a question): the same comparison on another data set, as
+  ``{<data set>: {study, variant, reference[, reference_study]}}`` in the item's metric; each data set's
+  replications are a family of their own (claims and questions apart), judged by the same rule, and
+  ``findings.md`` gives each beside the verdict on the first data set. The top-level ``datasets`` names each
+  data set in words.
 - ``questions``: comparisons this project asks of itself (the paper's loss as written against darknet's code, the
   A/A checks), worded as questions, never judged against a paper: their verdict is the statistical word itself
   (better, worse, equivalent, unresolved, preliminary).
@@ -35,7 +40,8 @@ DIRECTIONS = ("better", "worse", "same")
 CLAIM_KEYS = {"source", "where", "claim", "published", "published_effect", "study", "variant", "reference",
               "metric", "direction"}
 QUESTION_KEYS = {"question", "study", "variant", "reference", "metric"}
-OPTIONAL_KEYS = {"reference_study"}
+OPTIONAL_KEYS = {"reference_study", "replications"}
+REPLICATION_KEYS = {"study", "variant", "reference"}
 
 
 class ClaimsError(ValueError):
@@ -67,12 +73,14 @@ class Claim:
     published_effect: float | None
     direction: str
     comparison: Comparison
+    replications: tuple[tuple[str, Comparison], ...] = ()  # (data set, the same comparison there)
 
 
 @dataclass(frozen=True)
 class Question:
     question: str
     comparison: Comparison
+    replications: tuple[tuple[str, Comparison], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ class Finding:
 
     item: Claim | Question
     judged: Judged
+    dataset: str = ""  # a replication's data set ("": the item's own comparison)
+    comparison: Comparison | None = None  # the comparison judged (the item's own unless a replication)
 
     @property
     def verdict(self) -> str:
@@ -112,12 +122,25 @@ def _comparison(path: Path, where: str, item: dict[str, Any]) -> Comparison:
                       str(item.get("reference_study") or ""))
 
 
-def _check_keys(path: Path, where: str, item: Any, required: set[str]) -> dict[str, Any]:
+def _replications(path: Path, where: str, item: dict[str, Any]) -> tuple[tuple[str, Comparison], ...]:
+    raw = item.get("replications") or {}
+    if not isinstance(raw, dict):
+        raise ClaimsError(f"{path}: {where}.replications: expected {{<data set>: {{study, variant, reference}}}}")
+    found = []
+    for dataset, other in raw.items():
+        here = f"{where}.replications.{dataset}"
+        other = _check_keys(path, here, other, REPLICATION_KEYS, optional={"reference_study"})
+        found.append((str(dataset), _comparison(path, here, {**other, "metric": item["metric"]})))
+    return tuple(found)
+
+
+def _check_keys(path: Path, where: str, item: Any, required: set[str],
+                optional: set[str] = OPTIONAL_KEYS) -> dict[str, Any]:
     keys = set(item) if isinstance(item, dict) else set()
-    if not required <= keys or keys - required - OPTIONAL_KEYS:
+    if not required <= keys or keys - required - optional:
         raise ClaimsError(f"{path}: {where}: expected the keys {', '.join(sorted(required))} (and optionally "
-                          f"{', '.join(sorted(OPTIONAL_KEYS))}); missing {sorted(required - keys)}, unknown "
-                          f"{sorted(keys - required - OPTIONAL_KEYS)}")
+                          f"{', '.join(sorted(optional))}); missing {sorted(required - keys)}, unknown "
+                          f"{sorted(keys - required - optional)}")
     return item
 
 
@@ -155,14 +178,15 @@ def load_claims(path: Path) -> tuple[list[Claim], list[Question], dict[str, Any]
                               f"-0.02 for 2 points lower) or null, got {effect!r}")
         claims.append(Claim(str(item["source"]), str(item["where"]), str(item["claim"]), str(item["published"]),
                             None if effect is None else float(effect), str(item["direction"]),
-                            _comparison(path, where, item)))
+                            _comparison(path, where, item), _replications(path, where, item)))
     questions = []
     for index, item in enumerate(raw.get("questions") or []):
         where = f"questions.{index}"
         item = _check_keys(path, where, item, QUESTION_KEYS)
         if not str(item["question"]).strip().endswith("?"):
             raise ClaimsError(f"{path}: {where}.question: word it as a question (ending in '?'), not as a claim")
-        questions.append(Question(str(item["question"]), _comparison(path, where, item)))
+        questions.append(Question(str(item["question"]), _comparison(path, where, item),
+                                  _replications(path, where, item)))
     meta = {key: value for key, value in raw.items() if key not in ("claims", "questions")}
     return claims, questions, meta
 
@@ -194,9 +218,11 @@ def paired_difference(rows: dict[tuple[str, int], dict[str, str]], variant: str,
     return Difference.of([float(mine[seed][metric]) - float(theirs[seed][metric]) for seed in seeds])
 
 
-def evaluate(items: list[Claim] | list[Question], studies_dir: Path, min_effect: float) -> list[Finding]:
+def evaluate(items: list[Claim] | list[Question], studies_dir: Path, min_effect: float,
+             dataset: str = "") -> list[Finding]:
     """Each claim or question against ``studies_dir/<study>/results.csv`` (a missing study gives ``not run``),
-    judged as one family."""
+    judged as one family; with ``dataset``, the items' replications on that data set instead (the items without
+    one left out)."""
     cache: dict[str, dict] = {}
 
     def rows_of(study: str) -> dict:
@@ -205,9 +231,18 @@ def evaluate(items: list[Claim] | list[Question], studies_dir: Path, min_effect:
             cache[study] = study_rows(path) if path.is_file() else {}
         return cache[study]
 
+    if dataset:
+        items = [item for item in items if dataset in dict(item.replications)]
+    comparisons = [dict(item.replications)[dataset] if dataset else item.comparison for item in items]
     differences = [paired_difference(rows_of(c.study), c.variant, c.reference, c.metric, rows_of(c.reference_in))
-                   for c in (item.comparison for item in items)]
-    return [Finding(item, judged) for item, judged in zip(items, judge_family(differences, min_effect))]
+                   for c in comparisons]
+    return [Finding(item, judged, dataset, comparison)
+            for item, judged, comparison in zip(items, judge_family(differences, min_effect), comparisons)]
+
+
+def replication_datasets(items: list[Claim] | list[Question]) -> list[str]:
+    """The data sets the items are replicated on, in the order they first appear."""
+    return list(dict.fromkeys(dataset for item in items for dataset, _ in item.replications))
 
 
 def evaluate_claims(claims: list[Claim], questions: list[Question], studies_dir: Path,
@@ -235,9 +270,40 @@ def _where(comparison: Comparison) -> str:
     return f"{comparison.study}: `{comparison.variant}` vs {reference}"
 
 
-def findings_markdown(claims: list[Finding], questions: list[Finding], meta: dict[str, Any]) -> str:
+def evaluate_replications(claims: list[Claim], questions: list[Question], studies_dir: Path,
+                          min_effect: float = DEFAULT_MIN_EFFECT) -> dict[str, tuple[list[Finding], list[Finding]]]:
+    """``{data set: (its claims, its questions)}``, each list judged as its own family on that data set."""
+    return {dataset: (evaluate(claims, studies_dir, min_effect, dataset),
+                      evaluate(questions, studies_dir, min_effect, dataset))
+            for dataset in replication_datasets([*claims, *questions])}
+
+
+def replications_markdown(first: list[Finding], replications: dict[str, tuple[list[Finding], list[Finding]]],
+                          meta: dict[str, Any]) -> list[str]:
+    """One section per data set: each replicated claim and question, its comparison there, the statistics and
+    the verdict there beside the verdict on the first data set (``first``: the claims' and questions' findings)."""
+    first_verdict = {id(finding.item): finding.verdict for finding in first}
+    names = meta.get("datasets") or {}
+    lines = []
+    for dataset, (claims, questions) in replications.items():
+        lines += ["", f"## On {names.get(dataset, dataset)}", "",
+                  f"The same comparisons on `{dataset}`, the claims one family and the questions another; the last "
+                  "column is the verdict on the first data set (the tables above).", "",
+                  "| claim or question | study: variant vs reference | metric | d +- SE (n) | p | Holm p | BH q | "
+                  f"MDE | verdict on {dataset} | verdict above |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for finding in [*claims, *questions]:
+            item = finding.item
+            said = f"{item.source}: {item.claim}" if isinstance(item, Claim) else item.question
+            lines.append(f"| {said} | {_where(finding.comparison)} | {finding.comparison.metric} | "
+                         f"{_measured(finding.judged)} | {_stats_cells(finding.judged)} | {finding.verdict} | "
+                         f"{first_verdict.get(id(item), '-')} |")
+    return lines
+
+
+def findings_markdown(claims: list[Finding], questions: list[Finding], meta: dict[str, Any],
+                      replications: dict[str, tuple[list[Finding], list[Finding]]] | None = None) -> str:
     """``docs/findings.md``: the claims file's title and introduction, the claims table, the questions table, the
-    verdict rule, then its limits."""
+    replications on other data sets (:func:`evaluate_replications`), the verdict rule, then its limits."""
     min_effect = meta.get("min_effect", DEFAULT_MIN_EFFECT)
     lines = [f"# {meta.get('title', 'Findings')}", "", str(meta.get("intro", "")).strip(), "",
              f"## Published claims ({len(claims)} comparisons, one family)", "",
@@ -260,6 +326,7 @@ def findings_markdown(claims: list[Finding], questions: list[Finding], meta: dic
         q = finding.item
         lines.append(f"| {q.question} | {_where(q.comparison)} | {q.comparison.metric} | "
                      f"{_measured(finding.judged)} | {_stats_cells(finding.judged)} | {finding.verdict} |")
+    lines += replications_markdown([*claims, *questions], replications or {}, meta)
     lines += ["", f"d: the difference variant - reference paired by seed (mean +- standard error, n seeds); p: the "
               f"paired t-test; Holm p: adjusted over the table's family; BH q: Benjamini-Hochberg (shown, not used); "
               f"MDE: t(0.975, n-1) sd(d) / sqrt(n). A comparison reads better or worse when its Holm p < 0.05, "
