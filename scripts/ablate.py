@@ -10,6 +10,9 @@ run before training it (yolo_loss/run_locks.py), so every run is trained once.
 
 With `seeds: {auto: [0, 1, 2, 3, 4], cap: 10}` the launcher then adds seeds, a round at a time, to the variants
 whose difference from the baseline is unresolved (yolo_loss/ablation.py); --status lists the next round.
+With `tune:` it first trains each variant's candidates at the tuning seeds (<variant>/tune=<candidate>/seed=<s>),
+then each variant's evaluation runs at the candidate chosen; --dry-run and --status list the search runs and say
+which variants' evaluation runs wait for their choice.
 
 Re-running the same command skips finished runs, resumes interrupted ones from their last checkpoint and restarts
 failed ones (their folder is set aside as <seed folder>.failed-N). At the end the study folder gets results.csv,
@@ -65,7 +68,7 @@ def main() -> None:
                      "cannot share out")
     try:
         study = load_study(args.study)
-        runs = study.runs(args.only)
+        runs = study.search_runs(args.only) + study.runs(args.only)
     except (StudyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -77,6 +80,16 @@ def main() -> None:
             else:
                 command = train_command(run, nproc_per_run=args.nproc_per_run)
                 print(f"# {run.name} [{state}]\n{describe_command(command)}")
+        for choice in study.choices():  # tune: each variant's choice, or what its evaluation waits for
+            if args.only and choice.variant not in args.only:
+                continue
+            if choice.chosen:
+                print(f"tune: {choice.describe()}")
+            else:
+                done = sum(value is not None for values in choice.values.values() for value in values)
+                total = sum(len(values) for values in choice.values.values())
+                print(f"tune: {choice.variant}: its evaluation runs (seeds {', '.join(map(str, study.seeds))}) wait "
+                      f"for the choice of its tuning ({done} of {total} search runs finished)")
         for run in next_round(study):  # seeds: auto, once every listed run has ended
             print(f"{run.name}: next round (auto seeds), {run.state()}")
         return

@@ -37,6 +37,18 @@ stopped by a signal from one that failed. A launcher claims a run before it trai
 so several launchers, here, on other machines or as cluster jobs (:func:`submit_study`), share a study and train
 each run once.
 
+``tune: {seeds: [100, 101], metric: AP, select: {data.val_sets: [BCCD/val]}, grid: {...}}`` (:class:`Tune`)
+compares each variant at its own tuned setting. ``grid`` maps ``"*"`` (every variant) or a variant's name (its own
+list, instead of ``"*"``'s; ``{}`` for none) to candidates, each a name and its dotted overrides. The search trains,
+for each tuned variant, each candidate at each tuning seed (disjoint from the evaluation seeds) in
+``<variant>/tune=<candidate>/seed=<s>``, with the study's, the variant's, ``select``'s (the selection split, never the
+reporting one) and the candidate's overrides. The candidate with the best mean ``metric`` over the tuning seeds is
+chosen (ties: the first listed; first or last of its list: a warning, the best may lie beyond the grid), and only
+then are the variant's evaluation runs (``<variant>/seed=<s>``) planned, with the variant's and the chosen
+candidate's overrides and never ``select``'s. The choice is a function of the finished search runs, so a stopped
+study resumes to the same choice; ``study.json`` and each evaluation run's ``run.json`` record it. A variant
+without candidates is evaluated at its own settings at once.
+
 A run may be several processes: with ``nproc_per_run`` > 1 each run is ``torchrun`` (``python -m
 torch.distributed.run --standalone``) of ``train.py``, data-parallel over that many processes (README, "Distributed
 training"), and ``--dry-run`` prints those commands for a cluster scheduler.
@@ -68,7 +80,8 @@ from yolo_loss.config import ConfigError, config_to_dict, load_config
 from yolo_loss.stats import DEFAULT_MIN_EFFECT, METRICS, Difference, judge_family
 
 STUDY_KEYS = {"base", "out", "combine", "baseline", "include", "seeds", "overrides", "axes", "reuse", "min_effect",
-              "labels"}
+              "labels", "tune"}
+TUNE_KEYS = ("seeds", "metric", "select", "grid")
 COMBINE_MODES = ("grid", "one_at_a_time")
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "train.py"
@@ -99,6 +112,48 @@ class AutoSeeds:
 
 
 @dataclass(frozen=True)
+class Tune:
+    """``tune:``: each variant's candidates, trained at ``seeds`` with the ``select`` overrides (the selection
+    split), the best mean ``metric`` chosen. ``grid`` holds the variants that have candidates, in the study file's
+    order of candidates: variant name -> candidate name -> its overrides."""
+
+    seeds: tuple[int, ...]
+    metric: str
+    select: dict[str, Any]
+    grid: dict[str, dict[str, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A tuned variant's search: ``values[candidate][k]`` is the ``metric`` of the candidate's run at the k-th
+    tuning seed (None until it finished); ``chosen`` the best mean, ties to the first listed, "" until every search
+    run of the variant finished."""
+
+    variant: str
+    metric: str
+    seeds: tuple[int, ...]
+    values: dict[str, list[float | None]]
+    chosen: str
+
+    def mean(self, candidate: str) -> float | None:
+        values = self.values[candidate]
+        return None if None in values else sum(values) / len(values)
+
+    @property
+    def on_edge(self) -> bool:
+        """Whether the choice is the first or the last of two or more candidates: the best may lie beyond them."""
+        names = list(self.values)
+        return bool(self.chosen) and len(names) >= 2 and self.chosen in (names[0], names[-1])
+
+    def describe(self) -> str:
+        means = ", ".join(f"{name} {mean:.4f}" if (mean := self.mean(name)) is not None else f"{name} -"
+                          for name in self.values)
+        edge = (f"; warning: {self.chosen} is on the edge of the grid, the best may lie beyond it"
+                if self.on_edge else "")
+        return f"{self.variant}: chose {self.chosen} (mean {self.metric} over seeds {list(self.seeds)}: {means}){edge}"
+
+
+@dataclass(frozen=True)
 class Variant:
     """One combination of axis values: ``fields`` maps axis -> value name, ``overrides`` the dotted ``key=value``s."""
 
@@ -126,11 +181,21 @@ class Run:
     study_file: Path
     listed_as: str = ""
     varied: tuple[str, ...] = ()  # the dotted keys the owner study's variants set (shown in TensorBoard's HParams)
+    # tune: a search run's candidate (``search``), or an evaluation run's chosen candidate, and its overrides
+    candidate: str = ""
+    candidate_overrides: tuple[str, ...] = ()
+    search: bool = False
+
+    @property
+    def label(self) -> str:
+        """``variant/seed=N``, or a search run's ``variant/tune=candidate/seed=N``: its folder below the study's."""
+        tune = f"tune={self.candidate}/" if self.search else ""
+        return f"{self.variant.name}/{tune}seed={self.seed}"
 
     @property
     def name(self) -> str:
         shared = f" (shared with {self.study_file.stem})" if self.listed_as else ""
-        return f"{self.variant.name}/seed={self.seed}{shared}"
+        return f"{self.label}{shared}"
 
     def state(self) -> str:
         """``finished``, ``failed``, ``interrupted`` (a checkpoint to resume) or ``new``."""
@@ -159,6 +224,7 @@ class Study:
     auto: AutoSeeds | None = None  # seeds: {auto: ..., cap: ...}; ``seeds`` is then the first round's
     min_effect: float = DEFAULT_MIN_EFFECT  # the smallest difference of interest: the equivalence margin
     labels: dict[str, str] = field(default_factory=dict)  # variant name -> how the papers name it (the plots)
+    tune: Tune | None = None  # tune: each variant evaluated at the candidate its search chose
 
     @property
     def baseline_name(self) -> str | None:
@@ -180,12 +246,7 @@ class Study:
                             dotted(self.axes[axis][value]) for axis, value in combo.items())))
                 for combo in combos]
 
-    def runs(self, only: list[str] | None = None) -> list[Run]:
-        """Every variant x its seeds (:meth:`variant_seeds`), or those of the variants named in ``only``.
-
-        Raises:
-            ValueError: ``only`` names a variant the study does not have.
-        """
+    def _selected(self, only: list[str] | None) -> list[Variant]:
         variants = self.variants()
         if only:
             unknown = sorted(set(only) - {variant.name for variant in variants})
@@ -193,18 +254,85 @@ class Study:
                 raise ValueError(f"no variant {', '.join(unknown)} in {self.path.name}; its variants: "
                                  + ", ".join(variant.name for variant in variants))
             variants = [variant for variant in variants if variant.name in only]
+        return variants
+
+    def runs(self, only: list[str] | None = None) -> list[Run]:
+        """Every variant x its seeds (:meth:`variant_seeds`), or those of the variants named in ``only``; with
+        ``tune``, only the evaluation runs that can be planned: a tuned variant's once its search has chosen
+        (:meth:`waiting` names the others, :meth:`search_runs` lists the search).
+
+        Raises:
+            ValueError: ``only`` names a variant the study does not have.
+        """
+        variants = self._selected(only)
         seeds = self.variant_seeds()
-        return [self.run(variant, seed) for variant in variants for seed in seeds[variant.name]]
+        waiting = set(self.waiting())
+        return [self.run(variant, seed) for variant in variants if variant.name not in waiting
+                for seed in seeds[variant.name]]
 
     def run(self, variant: Variant, seed: int) -> Run:
-        """The run of ``variant`` at ``seed``: in this study's folder, or the owner's run for a reused variant."""
+        """The run of ``variant`` at ``seed``: in this study's folder, or the owner's run for a reused variant;
+        a tuned variant's with its chosen candidate's overrides.
+
+        Raises:
+            ValueError: a tuned variant whose search has not chosen yet.
+        """
         if variant.name in self.reuse:
             owner, owner_variant = self.reuse[variant.name]
             (theirs,) = [other for other in owner.variants() if other.name == owner_variant]
             return dataclasses.replace(owner.run(theirs, seed), listed_as=variant.name)
+        candidate, chosen = "", ()
+        choice = self.choice(variant)
+        if choice is not None:
+            if not choice.chosen:
+                raise ValueError(f"{self.path.name}: {variant.name}'s search has not chosen a candidate yet")
+            candidate, chosen = choice.chosen, tuple(dotted(self.tune.grid[variant.name][choice.chosen]))
         return Run(variant, seed, self.out / variant.name / f"seed={seed}",
-                   tuple(dotted(self.overrides)) + variant.overrides + (f"train.seed={seed}",), self.base, self.path,
-                   varied=self.varied_keys())
+                   tuple(dotted(self.overrides)) + variant.overrides + chosen + (f"train.seed={seed}",), self.base,
+                   self.path, varied=self.varied_keys(), candidate=candidate, candidate_overrides=chosen)
+
+    def search_runs(self, only: list[str] | None = None) -> list[Run]:
+        """``tune``'s search: each tuned variant's candidates at each tuning seed, tuning seed by tuning seed
+        (then variants and candidates in study order), in ``<variant>/tune=<candidate>/seed=<s>``, with the study's,
+        the variant's, ``select``'s and the candidate's overrides. Empty without ``tune``."""
+        if self.tune is None:
+            return []
+        runs = []
+        for seed in self.tune.seeds:
+            for variant in self._selected(only):
+                for candidate, overrides in self.tune.grid.get(variant.name, {}).items():
+                    own = tuple(dotted(overrides))
+                    runs.append(Run(variant, seed, self.out / variant.name / f"tune={candidate}" / f"seed={seed}",
+                                    tuple(dotted(self.overrides)) + variant.overrides + tuple(dotted(self.tune.select))
+                                    + own + (f"train.seed={seed}",), self.base, self.path, varied=self.varied_keys(),
+                                    candidate=candidate, candidate_overrides=own, search=True))
+        return runs
+
+    def choice(self, variant: Variant) -> Choice | None:
+        """The state of ``variant``'s search, read from its runs' ``metrics.json``; None for an untuned variant."""
+        if self.tune is None or variant.name not in self.tune.grid:
+            return None
+        by_candidate: dict[str, list[float | None]] = {}
+        for run in self.search_runs([variant.name]):
+            by_candidate.setdefault(run.candidate, [None] * len(self.tune.seeds))[
+                self.tune.seeds.index(run.seed)] = _finished_metric(run, self.tune.metric)
+        choice = Choice(variant.name, self.tune.metric, self.tune.seeds, by_candidate, "")
+        best, best_mean = "", None
+        for candidate in by_candidate:
+            mean = choice.mean(candidate)
+            if mean is None:
+                return choice
+            if best_mean is None or mean > best_mean:  # strictly better: a tie keeps the first listed
+                best, best_mean = candidate, mean
+        return dataclasses.replace(choice, chosen=best)
+
+    def choices(self) -> list[Choice]:
+        """The search of every tuned variant, in study order."""
+        return [choice for variant in self.variants() if (choice := self.choice(variant)) is not None]
+
+    def waiting(self) -> list[str]:
+        """The tuned variants whose evaluation runs wait for their search to choose."""
+        return [choice.variant for choice in self.choices() if not choice.chosen]
 
     def seed_pool(self) -> list[int]:
         """The seeds a run may have, in training order: the listed ones, then (auto seeds) the next integers after
@@ -231,8 +359,12 @@ class Study:
         return seeds
 
     def varied_keys(self) -> tuple[str, ...]:
-        """The dotted keys that some variant of the study sets, in order of first appearance."""
+        """The dotted keys that some variant of the study (or a ``tune`` candidate) sets, in order of first
+        appearance."""
         keys = [override.split("=", 1)[0] for variant in self.variants() for override in variant.overrides]
+        if self.tune is not None:  # and the keys its candidates set
+            keys += [key for candidates in self.tune.grid.values() for overrides in candidates.values()
+                     for key in overrides]
         return tuple(dict.fromkeys(keys))
 
     def folders(self) -> dict[str, str]:
@@ -325,6 +457,8 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
     if check_configs:
         _check_configs(study)
     study.reuse = _reused_runs(study, raw.get("reuse") or {}, check_configs)
+    if "tune" in raw:
+        study.tune = _tune(study, raw["tune"], check_configs)
     return study
 
 
@@ -403,6 +537,9 @@ def _reused_runs(study: Study, raw: Any, check_configs: bool) -> dict[str, tuple
         owned = {variant.name: variant for variant in owner.variants()}
         if str(target["variant"]) not in owned:
             raise StudyError(f"{where}: {owner.path.name} has no variant {target['variant']!r}")
+        if owner.tune is not None and str(target["variant"]) in owner.tune.grid:
+            raise StudyError(f"{where}: {owner.path.name} tunes {target['variant']} (its tune.grid): its runs are "
+                             "at the setting its search chooses, not this study's")
         if check_configs:
             for seed in study.seeds:
                 mine = config_to_dict(load_config(study.base, tuple(dotted(study.overrides))
@@ -416,6 +553,103 @@ def _reused_runs(study: Study, raw: Any, check_configs: bool) -> dict[str, tuple
                                      f"at {', '.join(differ[:5])}: the runs would not be the same")
         reuse[listed] = (owner, str(target["variant"]))
     return reuse
+
+
+def _tune(study: Study, raw: Any, check_configs: bool) -> Tune:
+    """The ``tune`` key (:class:`Tune`), checked: its keys, tuning seeds disjoint from the evaluation seeds, a known
+    metric, ``select`` overrides that change the runs' config, a grid of candidates for variants of this study (not
+    reused from another: those runs are the other study's), no candidate setting a ``select`` key; with
+    ``check_configs``, every search run's and every candidate's evaluation config, errors named where the study
+    file sets the key."""
+    path = study.path
+    if not isinstance(raw, dict) or set(raw) - set(TUNE_KEYS) or not {"seeds", "select", "grid"} <= set(raw):
+        raise StudyError(f"{path}: tune: expected {{seeds: [tuning seeds], metric: {'|'.join(METRICS)} (default AP), "
+                         "select: {dotted.key: value}, grid: {'*' or variant: {candidate: {dotted.key: value}}}}"
+                         + (f"; unknown key(s) {', '.join(sorted(map(str, set(raw) - set(TUNE_KEYS))))}"
+                            if isinstance(raw, dict) and set(raw) - set(TUNE_KEYS) else ""))
+    if study.auto is not None:
+        raise StudyError(f"{path}: tune: not with seeds: {{auto: ...}} (this version): list the evaluation seeds")
+    seeds = raw["seeds"]
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise StudyError(f"{path}: tune.seeds: expected a list of distinct integers, got {seeds!r}")
+    shared = sorted(set(seeds) & set(study.seed_pool()))
+    if shared:
+        raise StudyError(f"{path}: tune.seeds: seed(s) {', '.join(map(str, shared))} are evaluation seeds too: the "
+                         "tuning seeds must be others, or the evaluation would reuse the selection's noise")
+    metric = raw.get("metric", "AP")
+    if metric not in METRICS:
+        raise StudyError(f"{path}: tune.metric: {metric!r} is not one of {', '.join(METRICS)}")
+    select = raw["select"]
+    if not isinstance(select, dict) or not select:
+        raise StudyError(f"{path}: tune.select: expected the dotted overrides that make the search runs evaluate on "
+                         "the selection split (e.g. {data.val_sets: [BCCD/val]}), not the reporting one")
+    grid = raw["grid"]
+    names = [variant.name for variant in study.variants()]
+    if not isinstance(grid, dict):
+        raise StudyError(f"{path}: tune.grid: expected a mapping of '*' or variant -> {{candidate: overrides}}")
+    listed: dict[str, dict[str, dict[str, Any]]] = {}  # grid key -> candidate -> overrides (None read as {})
+    for key, candidates in grid.items():
+        key = str(key)
+        where = f"{path}: tune.grid.{key}"
+        if key != "*" and key not in names:
+            raise StudyError(f"{where}: not a variant of this study ('*' or one of {', '.join(names)})")
+        if not isinstance(candidates, (dict, type(None))):
+            raise StudyError(f"{where}: expected a mapping of candidate name -> dotted overrides")
+        listed[key] = {str(candidate): overrides or {} for candidate, overrides in (candidates or {}).items()}
+        for candidate, overrides in listed[key].items():
+            if not isinstance(overrides, dict):
+                raise StudyError(f"{where}.{candidate}: expected a mapping of dotted keys to values")
+            if not str(candidate) or any(c in str(candidate) for c in "=,/ "):
+                raise StudyError(f"{where}.{candidate}: candidate names may not contain '=', ',', '/' or spaces "
+                                 "(they name the run folders)")
+            clash = sorted(set(map(str, overrides)) & set(map(str, select)))
+            if clash:
+                raise StudyError(f"{where}.{candidate}: sets {', '.join(clash)}, a tune.select key: the search "
+                                 "would not evaluate on the selection split")
+    source_key = {name: name if name in listed else "*" for name in names}
+    tuned = {name: listed[key] for name, key in source_key.items() if listed.get(key)}
+    if not tuned:
+        raise StudyError(f"{path}: tune.grid: no variant has a candidate")
+    for name in tuned:
+        if name in study.reuse:
+            raise StudyError(f"{path}: tune.grid.{source_key[name]}: {name} is reused from "
+                             f"{study.reuse[name][0].path.name} (reuse.{name}): a tuned variant's evaluation runs "
+                             f"depend on its choice, so they cannot be another study's runs; give it {{}} in tune.grid")
+    tune = Tune(tuple(seeds), metric, select, tuned)
+    if check_configs:
+        _check_tune_configs(study, tune, source_key)
+    return tune
+
+
+def _check_tune_configs(study: Study, tune: Tune, source_key: dict[str, str]) -> None:
+    """Build each tuned variant's config with ``select`` alone (it must change something), then each candidate's
+    search config and evaluation config."""
+    shared = tuple(dotted(study.overrides))
+    select = tuple(dotted(tune.select))
+    for variant in study.variants():
+        if variant.name not in tune.grid:
+            continue
+        own = ["overrides"] * len(shared) + [f"axes.{axis}.{value}" for axis, value in variant.fields
+                                              for _ in study.axes[axis][value]]
+        try:
+            plain = load_config(study.base, shared + variant.overrides, override_sources=own)
+            selecting = load_config(study.base, shared + variant.overrides + select,
+                                    override_sources=own + ["tune.select"] * len(select))
+        except ConfigError as err:
+            raise StudyError(f"{study.path}: variant {variant.name}: {err}") from None
+        if config_to_dict(plain) == config_to_dict(selecting):
+            raise StudyError(f"{study.path}: tune.select: changes nothing in {variant.name}'s config: the search "
+                             "would select on the split the study reports")
+        for candidate, overrides in tune.grid[variant.name].items():
+            mine = tuple(dotted(overrides))
+            where = [f"tune.grid.{source_key[variant.name]}.{candidate}"] * len(mine)
+            try:
+                load_config(study.base, shared + variant.overrides + select + mine,
+                            override_sources=own + ["tune.select"] * len(select) + where)
+                load_config(study.base, shared + variant.overrides + mine, override_sources=own + where)
+            except ConfigError as err:
+                raise StudyError(f"{study.path}: variant {variant.name}, candidate {candidate}: {err}") from None
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -440,7 +674,7 @@ def train_command(run: Run, *, python: str = sys.executable, nproc_per_run: int 
              else ["--run-dir", str(run.folder)])
     launcher = [python] if nproc_per_run == 1 else [python, "-m", "torch.distributed.run", "--standalone",
                                                     f"--nproc_per_node={nproc_per_run}"]
-    labels = ["--label", f"{run.variant.name}/seed={run.seed}", *(["--varied", *run.varied] if run.varied else [])]
+    labels = ["--label", run.label, *(["--varied", *run.varied] if run.varied else [])]
     return [*launcher, str(TRAIN_SCRIPT), "--config", str(run.base), *start, *labels, "--set", *run.overrides]
 
 
@@ -460,6 +694,14 @@ def write_study_info(study: Study) -> None:
     if study.auto is not None:
         info["auto"] = {"first": study.seeds, "cap": study.auto.cap, "metric": study.auto.metric}
         info["variant_seeds"] = seeds
+    if study.tune is not None:
+        info["tune"] = {"seeds": list(study.tune.seeds), "metric": study.tune.metric,
+                        "select": dotted(study.tune.select),
+                        "variants": {choice.variant: {"candidates": {name: dotted(overrides) for name, overrides
+                                                                     in study.tune.grid[choice.variant].items()},
+                                                      "values": choice.values, "chosen": choice.chosen or None,
+                                                      "on_edge": choice.on_edge}
+                                     for choice in study.choices()}}
     (study.out / STUDY_INFO).write_text(json.dumps(info, indent=2))
 
 
@@ -468,6 +710,9 @@ def write_run_json(run: Run, command: list[str]) -> None:
     a study's report and its auto seeds read back; ``train.py`` writes its own ``config.yaml`` and ``command.txt``)."""
     info = {"variant": run.variant.name, "fields": dict(run.variant.fields), "seed": run.seed,
             "overrides": list(run.overrides), "command": describe_command(command), "study": str(run.study_file)}
+    if run.candidate:  # tune: the candidate a search run tries, or the one chosen for an evaluation run
+        info["tune"] = {"role": "search" if run.search else "evaluation", "candidate": run.candidate,
+                        "candidate_overrides": list(run.candidate_overrides)}
     (run.folder / RUN_INFO).write_text(json.dumps(info, indent=2))
 
 
@@ -667,25 +912,22 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
     restarting failed ones after setting their folder aside), ``jobs`` at a time, each of ``nproc_per_run``
     processes (torchrun when more than one) with ``cpu_count // (jobs * nproc_per_run)`` threads each, or with
     ``nproc_per_run`` devices of ``devices`` per run. A failed run is recorded in its folder and does not stop the
-    others. ``only``: run just these variants (by name). Returns what this call ran (``held`` for the runs other
-    launchers had).
+    others. ``only``: run just these variants (by name). With ``tune``, the search runs first (with the untuned
+    variants' evaluation runs), then the evaluation runs of each variant whose search has chosen. Returns what this
+    call ran (``held`` for the runs other launchers had).
 
     Raises:
         ValueError: ``devices`` cannot be shared out ``nproc_per_run`` to a run, or ``only`` names a variant the
             study does not have.
     """
-    if nproc_per_run < 1:
-        raise ValueError(f"nproc_per_run must be at least 1, got {nproc_per_run}")
-    slots = None  # the CUDA_VISIBLE_DEVICES of each run running at once
-    if devices:
-        if len(devices) % nproc_per_run:
-            raise ValueError(f"{len(devices)} devices cannot be shared out {nproc_per_run} to a run")
-        slots = [",".join(devices[i:i + nproc_per_run]) for i in range(0, len(devices), nproc_per_run)]
+    slots = device_slots(devices, nproc_per_run)
     write_study_info(study)
-    runs = study.runs(only)
-    todo = training_order(study, [run for run in runs if run.state() != "finished"])
+    runs = study.search_runs(only) + study.runs(only)
+    todo = ([run for run in study.search_runs(only) if run.state() != "finished"]
+            + training_order(study, [run for run in study.runs(only) if run.state() != "finished"]))
     if not todo and not only:
         todo = [run for run in next_round(study) if run.state() != "finished"]
+    tried = {run.folder for run in todo}  # a tuned variant's evaluation runs join once its search has chosen
     jobs = max(1, min(jobs, len(slots) if slots else jobs, len(todo) or 1))
     threads = str(max(1, (os.cpu_count() or 1) // (jobs * nproc_per_run)))
     launcher = Launcher(threads=threads, python=python, nproc_per_run=nproc_per_run, claim_timeout=claim_timeout,
@@ -701,6 +943,10 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
     processes = f"{nproc_per_run} processes of {threads} threads" if nproc_per_run > 1 else f"{threads} threads"
     auto = (f", seeds added to unresolved variants up to {study.auto.cap} (on {study.auto.metric})"
             if study.auto and not only else "")
+    waiting = [name for name in study.waiting() if not only or name in only]
+    if waiting:
+        auto += (f" ({len(study.search_runs(only))} of them tuning runs; the evaluation runs of {', '.join(waiting)} "
+                 "are planned once their tuning has chosen)")
     echo(f"study {study.path.name}: {len(runs)} runs{auto}, {counts['done']} finished already, {len(todo)} to run, "
          f"{jobs} at a time ({processes} each{', devices ' + ' '.join(slots) if slots else ''}); "
          f"folder {study.out}; launcher {run_locks.LAUNCHER_ID}")
@@ -738,20 +984,59 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
                 progress(f"{run.name}: {outcome.detail}, not started here")
         return outcome
 
+    def grow(runs_added: list[Run]) -> None:
+        with lock:
+            total[0] += len(runs_added)
+
     with ThreadPoolExecutor(jobs) as pool:
         outcomes = list(pool.map(execute, todo))
-        while not only and study.auto and (more := [run for run in next_round(study) if run.state() != "finished"]):
-            # a round of auto seeds; it waits for the rest of the study (runs other launchers hold), so it is
-            # planned from every listed run's result and each round adds one pair to each unresolved comparison
-            with lock:
-                total[0] += len(more)
-            echo(f"auto seeds: {len(more)} more run(s): seed {', '.join(sorted({str(run.seed) for run in more}))} "
-                 f"for {', '.join(run.name for run in more)}")
-            outcomes += list(pool.map(execute, more))
-            write_study_info(study)
+        outcomes += later_runs(study, lambda more: list(pool.map(execute, more)), grow, only=only, tried=tried,
+                               echo=echo)
     held = f", {counts['held']} held by other launchers" if counts["held"] else ""
     echo(f"study {study.path.name}: {counts['done']}/{total[0]} finished, {counts['failed']} failed{held}, "
          f"{(time.monotonic() - started) / 60:.1f} min")
+    return outcomes
+
+
+def device_slots(devices: list[str] | None, nproc_per_run: int) -> list[str] | None:
+    """The ``CUDA_VISIBLE_DEVICES`` of each run running at once: ``devices`` shared out ``nproc_per_run`` to a run
+    (None without devices).
+
+    Raises:
+        ValueError: ``nproc_per_run`` below 1, or ``devices`` that cannot be shared out that way.
+    """
+    if nproc_per_run < 1:
+        raise ValueError(f"nproc_per_run must be at least 1, got {nproc_per_run}")
+    if not devices:
+        return None
+    if len(devices) % nproc_per_run:
+        raise ValueError(f"{len(devices)} devices cannot be shared out {nproc_per_run} to a run")
+    return [",".join(devices[i:i + nproc_per_run]) for i in range(0, len(devices), nproc_per_run)]
+
+
+def later_runs(study: Study, execute: Callable[[list[Run]], list[Outcome]], grow: Callable[[list[Run]], None], *,
+               only: list[str] | None, tried: set[Path], echo=print) -> list[Outcome]:
+    """The runs planned after the first pass of :func:`run_study`, trained by ``execute`` (``grow`` counts them
+    in): with ``tune``, the evaluation runs of each variant whose search this pass finished (a search held by
+    another launcher is left to it: that launcher plans the evaluation once it has finished); then, with auto
+    seeds, one round at a time (a round waits for the rest of the study, so it is planned from every listed run's
+    result and adds one pair to each unresolved comparison)."""
+    outcomes: list[Outcome] = []
+    while study.tune and (chosen := [run for run in training_order(study, study.runs(only))
+                                     if run.state() != "finished" and run.folder not in tried]):
+        tried |= {run.folder for run in chosen}
+        for choice in study.choices():
+            if choice.variant in {run.variant.name for run in chosen}:
+                echo(f"tune: {choice.describe()}")
+        grow(chosen)
+        outcomes += execute(chosen)
+    write_study_info(study)
+    while not only and study.auto and (more := [run for run in next_round(study) if run.state() != "finished"]):
+        grow(more)
+        echo(f"auto seeds: {len(more)} more run(s): seed {', '.join(sorted({str(run.seed) for run in more}))} "
+             f"for {', '.join(run.name for run in more)}")
+        outcomes += execute(more)
+        write_study_info(study)
     return outcomes
 
 
@@ -760,7 +1045,7 @@ def run_in_job(study_file: str, run_name: str, *, nproc_per_run: int = 1, python
     """What one cluster job runs (submitted by :func:`submit_study`): load the study, claim its run ``run_name``
     and train (or resume) it with every CPU the job has, as a local launcher would; returns the outcome."""
     study = load_study(study_file, check_configs=False)
-    runs = {run.name: run for run in study.runs() + next_round(study)}
+    runs = {run.name: run for run in study.search_runs() + study.runs() + next_round(study)}
     if run_name not in runs:
         raise StudyError(f"{study_file}: no run {run_name!r}")
     threads = str(max(1, (os.cpu_count() or 1) // nproc_per_run))
@@ -773,9 +1058,12 @@ def submit_study(study: Study, executor: Any, *, only: list[str] | None = None, 
                  python: str = sys.executable, claim_timeout: float = run_locks.CLAIM_TIMEOUT_SECONDS) -> list[Any]:
     """Submit one job per unfinished run to a submitit executor (``submitit.AutoExecutor`` for Slurm, or
     ``submitit.LocalExecutor``), as one job array; each job claims its run first (:func:`run_in_job`), so jobs and
-    local launchers can share a study. Returns the submitit jobs."""
+    local launchers can share a study. With ``tune``, the search runs and the evaluation runs already planned: a
+    tuned variant's evaluation runs are submitted by a submission after its search has finished. Returns the
+    submitit jobs."""
     write_study_info(study)
-    todo = training_order(study, [run for run in study.runs(only) if run.state() != "finished"])
+    todo = ([run for run in study.search_runs(only) if run.state() != "finished"]
+            + training_order(study, [run for run in study.runs(only) if run.state() != "finished"]))
     if not todo and not only:  # auto seeds: one round per submission
         todo = [run for run in next_round(study) if run.state() != "finished"]
     with executor.batch():

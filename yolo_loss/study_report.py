@@ -107,6 +107,39 @@ def auto_seeds_markdown(info: dict[str, Any], summaries: list[VariantSummary]) -
     return "\n".join(lines) + "\n"
 
 
+def tuning_markdown(info: dict[str, Any]) -> str:
+    """What ``tune`` did (study.json's ``tune``): the selection overrides, each tuned variant's chosen candidate and
+    its overrides, the search table (candidate x tuning seed, and the mean), and a warning for each choice on the
+    edge of its grid."""
+    tune = info["tune"]
+    metric, seeds = tune["metric"], tune["seeds"]
+    lines = ["## Tuning", "",
+             f"Each tuned variant is compared at the candidate with the best mean {metric} over the tuning seeds "
+             f"{', '.join(map(str, seeds))} (ties: the first listed), evaluated with `{'`, `'.join(tune['select'])}` "
+             f"(the selection split); the tables above are its evaluation runs, at the study's seeds and without "
+             f"those overrides.", ""]
+    edges = []
+    for variant, search in tune["variants"].items():
+        chosen = search["chosen"]
+        setting = (f"**{chosen}** (`{'`, `'.join(search['candidates'][chosen]) or 'no overrides'}`)" if chosen
+                   else "not chosen yet (its search has not finished)")
+        lines += [f"### {variant}: {setting}", "",
+                  "| candidate | " + " | ".join(f"seed {seed}" for seed in seeds) + f" | mean {metric} |",
+                  "|---|" + "---|" * (len(seeds) + 1)]
+        for candidate, values in search["values"].items():
+            cells = ["-" if value is None else f"{value:.4f}" for value in values]
+            mean = "-" if None in values else f"{statistics.fmean(values):.4f}"
+            name = f"**{candidate}**" if candidate == chosen else candidate
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
+        lines.append("")
+        if search["on_edge"]:
+            edges.append(f"- {variant}: {chosen} is the {'first' if chosen == next(iter(search['values'])) else 'last'}"
+                         " candidate of its grid: the best setting may lie beyond it; widen the grid.")
+    if edges:
+        lines += ["Warning: choices on the edge of their grid:", *edges, ""]
+    return "\n".join(lines)
+
+
 def evaluation_curves(rows: list[dict[str, Any]], metric: str = "AP") -> dict[str, dict[int, list[tuple[float, float]]]]:
     """``{variant: {seed: [(epoch, metric), ...]}}`` of the finished runs evaluated at least twice, from their
     ``metrics.json`` ``evaluations`` (written since the validation curve was kept there)."""
@@ -454,6 +487,8 @@ def write_report(study_dir: str | Path) -> list[Path]:
     write_csv(rows, study_dir / "results.csv")
     failed = [row for row in rows if row["status"] == "failed"]
     text = f"# {Path(info['study_file']).stem}\n\n" + markdown(info, summaries)
+    if info.get("tune"):
+        text += "\n" + tuning_markdown(info)
     if info.get("auto"):
         text += "\n" + auto_seeds_markdown(info, summarize(info, rows, metrics=(info["auto"]["metric"],)))
     curves = evaluation_curves(rows)
