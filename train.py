@@ -24,7 +24,7 @@ from yolo_loss.engine import NonFiniteLoss, ResumeError, format_metrics, train
 from yolo_loss.run_folder import CHECKPOINT, EXIT_INTERRUPTED, failure_status, finished
 from yolo_loss.runtime import make_run_dir, remove_unstarted_run_dir, write_config_and_command
 from yolo_loss.schema import Config
-from yolo_loss.tensorboard_tags import tensorboard_url
+from yolo_loss.tensorboard_tags import custom_scalars_url, tensorboard_url
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +84,7 @@ def main() -> None:
     print(f"evaluate again: python eval.py --checkpoint {run_dir / 'best.pt'}")
     print(f"TensorBoard:    tensorboard --logdir {run_dir}")
     print(f"                then open {tensorboard_url()} (smoothing off; the loss and the metrics pinned)")
+    print(f"                or {custom_scalars_url()} (each chart overlays what is compared; smoothing off)")
 
 
 def prepare_run_dir(args: argparse.Namespace, cfg: Config) -> tuple[Path | None, bool, str | None]:
