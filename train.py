@@ -1,7 +1,8 @@
 """Train a compact YOLOv3 with a configurable loss, then evaluate it.
 
     python train.py --config configs/shapes_nano.yaml [--set loss.xy=mse train.epochs=3] [--resume RUN/last.pt]
-    torchrun --nproc_per_node=N train.py --config ...   # N processes, train.batch_size images each (README)
+    torchrun --nproc_per_node=N train.py --config ...   # N processes, train.batch_size images each
+                                                        # (docs/distributed.md)
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def main() -> None:
     if args.print_config:
         print(dump_config(cfg))
         return
-    dist.setup(cfg.train.device)  # under torchrun: join the other processes (README, "Distributed training")
+    dist.setup(cfg.train.device)  # under torchrun: join the other processes (docs/distributed.md)
     is_main = dist.is_main()  # rank 0 writes the run's files and prints
     # Rank 0 picks (and creates) the run folder; under torchrun the other processes get its answer.
     run_dir, created, error = dist.broadcast_object(prepare_run_dir(args, cfg) if is_main else (None, False, None))

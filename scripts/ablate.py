@@ -38,8 +38,8 @@ def main() -> None:
     parser.add_argument("--devices", help="comma-separated CUDA device ids, one run per device at a time "
                                           "(per --nproc-per-run devices)")
     parser.add_argument("--nproc-per-run", type=int, default=1, metavar="N",
-                        help="train each run data-parallel over N processes with torchrun (README, 'Distributed "
-                             "training'); train.batch_size is per process")
+                        help="train each run data-parallel over N processes with torchrun (docs/distributed.md); "
+                             "train.batch_size is per process")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, their state and their commands")
     parser.add_argument("--status", action="store_true",
                         help="print each run's state: finished, running (where, since when), interrupted, failed, new")
@@ -110,8 +110,8 @@ def main() -> None:
 
 
 def submit(study, args: argparse.Namespace) -> None:
-    """--launcher slurm / submitit-local: one job per unfinished run through submitit (README, "Studies on a
-    cluster")."""
+    """--launcher slurm / submitit-local: one job per unfinished run through submitit (docs/studies.md, "Sharing a
+    study: several launchers, machines, a cluster")."""
     import submitit
 
     folder = study.out / "submitit"

@@ -170,9 +170,9 @@ def main() -> None:
     if args.study and (args.study / "results.md").is_file():
         lines += ["", "## Training comparison", "",
                   f"`python scripts/ablate.py configs/ablations/paper_vs_darknet.yaml`, its results from `{args.study}"
-                  "/results.md`: the CPU study protocol (README, \"Study protocol\"), each variant against darknet's "
-                  "loss paired by seed. What it says about the papers' claims, and what a synthetic CPU proxy cannot "
-                  "tell about full scale: [findings.md](findings.md).", "",
+                  "/results.md`: the CPU study protocol ([studies.md](studies.md#study-protocol)), each variant "
+                  "against darknet's loss paired by seed. What it says about the papers' claims, and what a synthetic "
+                  "CPU proxy cannot tell about full scale: [findings.md](findings.md).", "",
                   (args.study / "results.md").read_text().split("\n", 2)[2]]
     report = args.out / "paper_vs_darknet.md"
     report.write_text("\n".join(lines) + "\n")

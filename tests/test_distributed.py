@@ -1,4 +1,4 @@
-"""Distributed data-parallel training under torchrun (README, "Distributed training"), with gloo on the CPU.
+"""Distributed data-parallel training under torchrun (docs/distributed.md), with gloo on the CPU.
 
 Two processes with batch b each take the steps one process takes with batch 2b (the same weights, EMA and loss
 terms to float tolerance, BatchNorm frozen); a two-process run stopped by a signal and resumed under torchrun ends

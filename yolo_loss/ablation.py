@@ -33,9 +33,9 @@ next one from the same finished results.
 Run state is read from the folder alone, through :mod:`yolo_loss.run_folder`: ``metrics.json`` (written by
 ``train.py`` at the very end) means finished, ``failed.json`` (written by the runner) failed, ``last.pt`` without
 either interrupted (resumed from it), an empty or missing folder new; ``train.py``'s ``status.json`` tells a run
-stopped by a signal from one that failed. A launcher claims a run before it trains it (``<run folder>.claim``, :mod:`yolo_loss.run_locks`),
-so several launchers, here, on other machines or as cluster jobs (:func:`submit_study`), share a study and train
-each run once.
+stopped by a signal from one that failed. A launcher claims a run before it trains it (``<run folder>.claim``,
+:mod:`yolo_loss.run_locks`), so several launchers, here, on other machines or as cluster jobs (:func:`submit_study`),
+share a study and train each run once.
 
 ``tune: {seeds: [100, 101], metric: AP, select: {data.val_sets: [BCCD/val]}, grid: {...}}`` (:class:`Tune`)
 compares each variant at its own tuned setting. ``grid`` maps ``"*"`` (every variant) or a variant's name (its own
@@ -50,8 +50,8 @@ study resumes to the same choice; ``study.json`` and each evaluation run's ``run
 without candidates is evaluated at its own settings at once.
 
 A run may be several processes: with ``nproc_per_run`` > 1 each run is ``torchrun`` (``python -m
-torch.distributed.run --standalone``) of ``train.py``, data-parallel over that many processes (README, "Distributed
-training"), and ``--dry-run`` prints those commands for a cluster scheduler.
+torch.distributed.run --standalone``) of ``train.py``, data-parallel over that many processes (docs/distributed.md),
+and ``--dry-run`` prints those commands for a cluster scheduler.
 """
 
 from __future__ import annotations

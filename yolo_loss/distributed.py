@@ -1,5 +1,4 @@
-"""Distributed data-parallel training with ``torch.distributed``, as ``torchrun`` launches it (README, "Distributed
-training").
+"""Distributed data-parallel training with ``torch.distributed``, as ``torchrun`` launches it (docs/distributed.md).
 
 ``torchrun --nproc_per_node=N train.py ...`` starts N processes (on each of one or more nodes) and gives each
 ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`setup` reads them, joins the

@@ -61,7 +61,7 @@ def postprocess(preds: list[Tensor], head: HeadSpec, *, conf_thresh: float, nms_
         max_candidates: at most this many (box, class) candidates per image go to NMS, the highest scoring: an
             untrained model, whose scores all sit near the threshold, would otherwise send every cell and class
             (hundreds of thousands per image) through NMS. mmdetection's YOLOv3 keeps 1000 predictions (nms_pre);
-            on the main job's model the metrics are the same with 1000, 3000 or 30000 (README, Speed).
+            on the main job's model the metrics are the same with 1000, 3000 or 30000 (docs/speed.md, "Evaluation").
 
     Returns:
         One :class:`Detections` per image, boxes xyxy in input pixels (not clipped to the image: the letterbox

@@ -313,12 +313,13 @@ LossConfig.__doc__ = LossTerms.__doc__ + " Hyper-parameter fields: " + ", ".join
 class TrainConfig:
     epochs: int = bounded(10, 1, None)
     batch_size: int = bounded(16, 1, None)  # per process: under torchrun the step sees batch_size x processes
-    # BatchNorm statistics in training (README, "Distributed training"): each process's batch (batch), the global
+    # BatchNorm statistics in training (docs/distributed.md): each process's batch (batch), the global
     # batch of all processes (sync: SyncBatchNorm, CUDA only; the same as batch in one process), or the running
     # statistics, not updated (frozen: the scale and shift still learn); sync and frozen give N processes the
     # step of one process with N times the batch.
     batchnorm: str = choice("batch", "batch", "sync", "frozen")
-    lr: float = bounded(0.01, 0.0, None, low_open=True)  # per image of the batch: see README, "Learning rate"
+    # per image of the batch: see docs/training.md, "Training and evaluation" (Learning rate)
+    lr: float = bounded(0.01, 0.0, None, low_open=True)
     momentum: float = bounded(0.9, 0.0, 1.0, high_open=True)
     weight_decay: float = bounded(5e-4, 0.0, None)  # not applied to BatchNorm weights and biases
     burn_in: int = bounded(100, 0, None)  # iterations of darknet's (i / burn_in)^4 warm-up
@@ -337,7 +338,7 @@ class TrainConfig:
     # steps between mid-epoch saves of last.pt (0 = at the end of each epoch only); a resume from one is exact
     checkpoint_interval: int = bounded(0, 0, None)
     log_interval: int = bounded(20, 1, None)  # iterations between scalar logs
-    # TensorBoard (README, "TensorBoard"): iterations between the per-term gradient norms on the head outputs
+    # TensorBoard (docs/tensorboard.md): iterations between the per-term gradient norms on the head outputs
     # (0 = off; +0.05% training time at 50 on shapes_nano), iterations between histograms of the raw head outputs
     # (0 = off), and how many validation images are drawn with truth and predictions at each evaluation (and of
     # the first training batch; 0 = none).
@@ -346,7 +347,7 @@ class TrainConfig:
     log_images: int = bounded(8, 0, None)
     seed: int = 0
     # A nuisance seed: shifts the augmentation draws only (not the initial weights nor the data order), for the A/A
-    # check of a study (README, "Ablation studies"); 0 = the draws of train.seed.
+    # check of a study (docs/studies.md, "Reading a verdict"); 0 = the draws of train.seed.
     augment_seed: int = bounded(0, 0, None)
     device: str = choice("auto", "auto", "cpu", "cuda")
     deterministic: bool = False
@@ -366,7 +367,8 @@ class EvalConfig:
     conf_thresh: float = bounded(0.005, 0.0, 1.0)
     nms_iou: float = bounded(0.45, 0.0, 1.0, low_open=True)
     max_det: int = bounded(100, 1, None)
-    max_candidates: int = bounded(3000, 1, None)  # per image, the best scoring, before NMS (README, Speed)
+    # per image, the best scoring, before NMS (docs/speed.md, "Evaluation")
+    max_candidates: int = bounded(3000, 1, None)
     batch_size: int = bounded(32, 1, None)  # per process under torchrun
 
 

@@ -1,5 +1,5 @@
 """The statistics of paired comparisons and the verdict rule, defined once for ``results.md``, ``docs/findings.md``
-and ``seeds: auto`` (README, "Reading a verdict").
+and ``seeds: auto`` (docs/studies.md, "Reading a verdict").
 
 A **comparison** is a variant against its reference in one metric, *paired by seed* (a seed fixes the initial
 weights and the data order): ``d_s = variant_s - reference_s`` over the seeds both finished, reported as

@@ -1,4 +1,4 @@
-"""What a run writes to TensorBoard (README, "TensorBoard"): the training loop calls :class:`RunLogger`.
+"""What a run writes to TensorBoard (docs/tensorboard.md): the training loop calls :class:`RunLogger`.
 
 Layout of a run folder: ``train/`` and ``val/`` are two TensorBoard runs with the **same tags**, so
 ``tensorboard --logdir <run>`` lists exactly ``train`` and ``val`` and draws training and validation on one chart;

@@ -3,7 +3,7 @@ report of what was dropped or repaired.
 
 Every reader (COCO, VOC) and the dataset apply the policy through one :class:`BadInputReport`: ``error`` raises a
 :class:`DataError` naming the file, the object and the reason; ``skip`` records it, and the run writes the list to
-``<run>/bad_inputs.txt`` (README, "When things go wrong").
+``<run>/bad_inputs.txt`` (docs/reliability.md, "When things go wrong").
 """
 
 from __future__ import annotations

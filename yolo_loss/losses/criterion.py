@@ -72,7 +72,7 @@ class YoloCriterion:
             (``"none"`` turns xy, wh or box off).
         hyperparameters: ``{loss.<field>: value}`` of the components' hyper-parameters (``focal_alpha``,
             ``poly1_eps``, ...); a missing one takes the registry's default.
-        The rest: as the ``loss.*`` keys of the same names (README, "The loss").
+        The rest: as the ``loss.*`` keys of the same names (docs/loss.md, "Components and keys").
 
     Call it as ``criterion(preds, targets, img_size)``:
 

@@ -12,7 +12,7 @@
 - the tests: one criterion case per entry.
 
 Adding a component is its function (``components.py`` or ``yolo_loss/boxes.py``), its entry here, its tests, and
-a config fragment and README row.
+a config fragment and a row in the table of docs/loss.md, "Components and keys".
 """
 
 from __future__ import annotations
