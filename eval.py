@@ -19,15 +19,15 @@ import json
 from pathlib import Path
 
 from yolo_loss.checkpoint import CheckpointError, load_checkpoint
-from yolo_loss.config import apply_overrides, config_from_dict, exit_on_config_error, load_config
-from yolo_loss.darknet_weights import DarknetWeightsError, load_darknet_weights
+from yolo_loss.config.load import apply_overrides, config_from_dict, exit_on_config_error, load_config
+from yolo_loss.darknet.weights import DarknetWeightsError, load_darknet_weights
 from yolo_loss.data import DataError, build_dataset, build_loader
-from yolo_loss.engine import evaluate, format_metrics, memory_format
-from yolo_loss.evaluation import write_results_json
+from yolo_loss.train.engine import evaluate, format_metrics, memory_format
+from yolo_loss.eval.metrics import write_results_json
 from yolo_loss.head import build_head
 from yolo_loss.model import YOLOv3, build_model
-from yolo_loss.runtime import select_device
-from yolo_loss.schema import Config
+from yolo_loss.train.runtime import select_device
+from yolo_loss.config.schema import Config
 
 
 def main() -> None:

@@ -16,16 +16,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolo_loss import distributed as dist
+from yolo_loss.train import distributed as dist
 from yolo_loss.checkpoint import CheckpointError
-from yolo_loss.config import add_config_arguments, config_from_args, dump_config, exit_on_config_error
-from yolo_loss.darknet_weights import DarknetWeightsError
+from yolo_loss.config.load import add_config_arguments, config_from_args, dump_config, exit_on_config_error
+from yolo_loss.darknet.weights import DarknetWeightsError
 from yolo_loss.data import DataError
-from yolo_loss.engine import NonFiniteLoss, ResumeError, format_metrics, train
-from yolo_loss.run_folder import CHECKPOINT, EXIT_INTERRUPTED, failure_status, finished
-from yolo_loss.runtime import make_run_dir, remove_unstarted_run_dir, write_config_and_command
-from yolo_loss.schema import Config
-from yolo_loss.tensorboard_tags import custom_scalars_url, tensorboard_url
+from yolo_loss.train.engine import NonFiniteLoss, ResumeError, format_metrics, train
+from yolo_loss.train.run_folder import CHECKPOINT, EXIT_INTERRUPTED, failure_status, finished
+from yolo_loss.train.runtime import make_run_dir, remove_unstarted_run_dir, write_config_and_command
+from yolo_loss.config.schema import Config
+from yolo_loss.tensorboard.tags import custom_scalars_url, tensorboard_url
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -29,14 +29,14 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 from yolo_loss.checkpoint import load_checkpoint  # noqa: E402
-from yolo_loss.config import apply_overrides, config_from_dict, load_config  # noqa: E402
+from yolo_loss.config.load import apply_overrides, config_from_dict, load_config  # noqa: E402
 from yolo_loss.data import build_dataset, build_loader  # noqa: E402
 from yolo_loss.data.transforms import unletterbox_boxes  # noqa: E402
-from yolo_loss.engine import memory_format  # noqa: E402
-from yolo_loss.evaluation import Evaluator  # noqa: E402
+from yolo_loss.train.engine import memory_format  # noqa: E402
+from yolo_loss.eval.metrics import Evaluator  # noqa: E402
 from yolo_loss.head import build_head  # noqa: E402
 from yolo_loss.model import build_model  # noqa: E402
-from yolo_loss.postprocess import postprocess  # noqa: E402
+from yolo_loss.eval.postprocess import postprocess  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("load", "model", "decode+nms", "bookkeeping", "pycocotools", "voc")

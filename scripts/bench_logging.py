@@ -4,7 +4,7 @@
 
 On real batches of the config's training set (cached, augmented) and its model: the median time of a whole
 training step (forward, loss, backward, clipping, SGD step) and of one measurement of the per-term gradient norms
-(:func:`yolo_loss.tensorboard_log.term_gradient_norms`, one ``autograd.grad`` per term into the head outputs),
+(:func:`yolo_loss.tensorboard.log.term_gradient_norms`, one ``autograd.grad`` per term into the head outputs),
 timed alternately on the same batches; then the share of training time at some intervals N. Wall-clock and
 CPU times are both reported: on a machine shared with other work the wall clock of a multi-threaded step swings
 widely, while the CPU time of a single thread (``--threads 1``) does not.
@@ -23,14 +23,14 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
-from yolo_loss.config import load_config  # noqa: E402
+from yolo_loss.config.load import load_config  # noqa: E402
 from yolo_loss.data import build_dataset, build_loader  # noqa: E402
-from yolo_loss.engine import memory_format  # noqa: E402
+from yolo_loss.train.engine import memory_format  # noqa: E402
 from yolo_loss.head import build_head  # noqa: E402
 from yolo_loss.losses.criterion import build_criterion  # noqa: E402
 from yolo_loss.model import build_model  # noqa: E402
-from yolo_loss.optim import build_optimizer, grad_norm_and_clip  # noqa: E402
-from yolo_loss.tensorboard_log import term_gradient_norms  # noqa: E402
+from yolo_loss.train.optim import build_optimizer, grad_norm_and_clip  # noqa: E402
+from yolo_loss.tensorboard.log import term_gradient_norms  # noqa: E402
 
 
 def main() -> None:

@@ -42,11 +42,11 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
-from yolo_loss.config import load_config  # noqa: E402
+from yolo_loss.config.load import load_config  # noqa: E402
 from yolo_loss.decode import STRIDES  # noqa: E402
 from yolo_loss.head import HeadSpec, anchors_per_level, class_activation  # noqa: E402
 from yolo_loss.losses.criterion import build_criterion  # noqa: E402
-from yolo_loss.schema import Config, LossConfig  # noqa: E402
+from yolo_loss.config.schema import Config, LossConfig  # noqa: E402
 
 VARIANTS = ("darknet", "yolov4", "yolov5", "ciou+focal")
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "presets"

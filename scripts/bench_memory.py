@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from yolo_loss.tensorboard_log import read_scalars
+from yolo_loss.tensorboard.log import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 

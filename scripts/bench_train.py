@@ -19,7 +19,7 @@ For each model, images per second of:
   (c) the whole training loop of train.py: the real loader (the config's cache, augmentation and workers), the
       loss, EMA, gradient clipping, the non-finite check and TensorBoard logging, read from the run's
       ``speed/images_per_sec`` scalars (every 10 steps; the first window, with the kernels' warm-up, left out).
-(a) and (b) autocast the model's forward as train.py's training step does (:func:`yolo_loss.engine.amp_dtype`).
+(a) and (b) autocast the model's forward as train.py's training step does (:func:`yolo_loss.train.engine.amp_dtype`).
 (a), (b) and (c) are measured in turn, ``--repeats`` times; the table gives medians and (b)/(a), (c)/(a).
 Targets: (b)/(a) >= 1/1.1 (the loss costs at most 10%); (c)/(a) >= 0.85 on the CPU model with the cache on.
 """
@@ -41,15 +41,15 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
-from yolo_loss.config import apply_overrides, load_config  # noqa: E402
+from yolo_loss.config.load import apply_overrides, load_config  # noqa: E402
 from yolo_loss.data import build_dataset, build_loader  # noqa: E402
-from yolo_loss.engine import amp_dtype, memory_format, precision_name, train  # noqa: E402
+from yolo_loss.train.engine import amp_dtype, memory_format, precision_name, train  # noqa: E402
 from yolo_loss.head import build_head  # noqa: E402
 from yolo_loss.losses.criterion import build_criterion  # noqa: E402
 from yolo_loss.model import build_model  # noqa: E402
-from yolo_loss.optim import build_optimizer  # noqa: E402
-from yolo_loss.runtime import select_device  # noqa: E402
-from yolo_loss.tensorboard_log import read_scalars  # noqa: E402
+from yolo_loss.train.optim import build_optimizer  # noqa: E402
+from yolo_loss.train.runtime import select_device  # noqa: E402
+from yolo_loss.tensorboard.log import read_scalars  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 3

@@ -18,7 +18,7 @@ import torch
 from yolo_loss.boxes import box_cxcywh_to_xyxy, ciou_loss
 from yolo_loss.decode import STRIDES, decode_cxcywh
 from yolo_loss.losses.ciou_darknet import darknet_ciou_delta
-from yolo_loss.schema import YOLOV3_ANCHORS
+from yolo_loss.config.schema import YOLOV3_ANCHORS
 
 IMG = 416
 

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from yolo_loss.config import load_config  # noqa: E402
+from yolo_loss.config.load import load_config  # noqa: E402
 from yolo_loss.data import build_dataset, collate  # noqa: E402
 from yolo_loss.decode import STRIDES  # noqa: E402
 from yolo_loss.losses.assign import assign_targets  # noqa: E402

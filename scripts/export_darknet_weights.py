@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from yolo_loss.checkpoint import CheckpointError, load_checkpoint
-from yolo_loss.config import config_from_dict
-from yolo_loss.darknet_weights import save_darknet_weights
+from yolo_loss.config.load import config_from_dict
+from yolo_loss.darknet.weights import save_darknet_weights
 from yolo_loss.head import build_head
 from yolo_loss.model import build_model
 

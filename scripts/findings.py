@@ -5,7 +5,7 @@
 
 Each claim (and each of the project's questions) names a study folder (under --studies), the variant it is about
 and the variant it is compared with; the paired difference, its p-values and the verdict come from the studies'
-results.csv, the claims judged as one family and the questions as another (yolo_loss/findings.py). An item's
+results.csv, the claims judged as one family and the questions as another (yolo_loss/studies/findings.py). An item's
 `replications` judge the same comparison on another data set (e.g. BCCD's bccd_loss_axes), each data set its own
 families, shown beside the first data set's verdict. Regenerate each study's results.csv first (scripts/report.py).
 """
@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolo_loss.findings import ClaimsError, evaluate_claims, evaluate_replications, findings_markdown, load_claims
-from yolo_loss.stats import DEFAULT_MIN_EFFECT
+from yolo_loss.studies.findings import ClaimsError, evaluate_claims, evaluate_replications, findings_markdown, load_claims
+from yolo_loss.studies.stats import DEFAULT_MIN_EFFECT
 
 REPO = Path(__file__).resolve().parents[1]
 

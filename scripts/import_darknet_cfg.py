@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolo_loss.darknet_cfg import DarknetCfgError, import_cfg_file
+from yolo_loss.darknet.cfg import DarknetCfgError, import_cfg_file
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ import math
 import statistics
 from pathlib import Path
 
-from yolo_loss.findings import study_rows
-from yolo_loss.stats import Difference, format_p
+from yolo_loss.studies.findings import study_rows
+from yolo_loss.studies.stats import Difference, format_p
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("AP", "AP50", "AP75")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from yolo_loss.config import add_config_arguments, config_from_args, exit_on_config_error
-from yolo_loss.pretrain import cache_path, pretrained_backbone
+from yolo_loss.config.load import add_config_arguments, config_from_args, exit_on_config_error
+from yolo_loss.train.pretrain import cache_path, pretrained_backbone
 
 
 def main() -> None:

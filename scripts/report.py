@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolo_loss.ablation import StudyError, load_study, write_study_info
-from yolo_loss.study_report import ReportError, write_report
+from yolo_loss.studies.ablation import StudyError, load_study, write_study_info
+from yolo_loss.studies.report import ReportError, write_report
 
 
 def main() -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import yolo_loss.engine as engine
+import yolo_loss.train.engine as engine
 from yolo_loss.checkpoint import load_checkpoint, state_has_nonfinite
-from yolo_loss.config import config_from_dict
-from yolo_loss.engine import NonFiniteLoss, train
-from yolo_loss.run_folder import RunMetrics, RunStatus
+from yolo_loss.config.load import config_from_dict
+from yolo_loss.train.engine import NonFiniteLoss, train
+from yolo_loss.train.run_folder import RunMetrics, RunStatus
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +160,7 @@ def straight_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def assert_same_run(run: Path, reference: Path) -> None:
-    from yolo_loss.tensorboard_log import read_scalars
+    from yolo_loss.tensorboard.log import read_scalars
 
     final, expected = load_checkpoint(run / "last.pt"), load_checkpoint(reference / "last.pt")
     assert final["step"] == expected["step"] == STEPS_PER_EPOCH * EPOCHS

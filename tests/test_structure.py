@@ -1,4 +1,5 @@
-"""The house rules that keep each part in one room, checked on the source: no function of the package longer than
+"""The house rules that keep each part in one room, checked on the source: imports point down the package's floors
+(FLOORS), at most 8 modules loose in it, the config readable without loss code; no function of the package longer than
 100 lines, no module reading another object's underscore attributes, no import circle in the package, one meaning
 per public name; entry points that import the installed package (no ``sys.path`` edits) and re-execute for the
 allocator settings before anything imports torch."""
@@ -17,8 +18,8 @@ PACKAGE = REPO / "yolo_loss"
 ENTRY_POINTS = sorted(REPO.glob("scripts/*.py")) + [REPO / "train.py", REPO / "eval.py"]
 MAX_FUNCTION_LINES = 100
 # Public names that two modules define today, each for a different thing; a new one should get a name of its own.
-SHARED_NAMES = {"evaluate": {"yolo_loss.engine", "yolo_loss.findings"},  # a model on a loader / claims on studies
-                "Claim": {"yolo_loss.findings", "yolo_loss.run_locks"}}  # a published claim / a launcher's lock
+SHARED_NAMES = {"evaluate": {"yolo_loss.train.engine", "yolo_loss.studies.findings"},  # a model on a loader / claims on studies
+                "Claim": {"yolo_loss.studies.findings", "yolo_loss.studies.run_locks"}}  # a published claim / a launcher's lock
 
 
 def modules() -> dict[str, ast.Module]:
@@ -76,6 +77,58 @@ def test_the_package_has_no_import_circle():
         visit(start, [start])
     assert not [c for c in circles if "yolo_loss.data" in c], sorted(c for c in circles if "yolo_loss.data" in c)[:5]
     assert not circles, sorted(circles)[:5]
+
+
+# The package's floors, lowest first: a module may import its own folder and the floors below its own, never a
+# folder of its own floor or above (each folder's __init__ docstring says what it owns and may import).
+FLOORS = (
+    {"allocator", "boxes", "decode", "checkpoint"},  # shared leaves: geometry, the grid, safe files
+    {"config"},  # what a run may be told; the loss components' declarations (no loss code)
+    {"head"},  # the head description the loss, the evaluation and the model share
+    {"losses", "model", "data", "eval"},  # independent of one another
+    {"tensorboard", "darknet"},
+    {"train"},
+    {"studies"},  # reads run folders through train.run_folder and launches train.py; never imports the trainer
+)
+MAX_LOOSE_MODULES = 8
+
+
+def floor_of(module: str) -> tuple[int, str]:
+    """``(floor, folder)`` of a dotted module of the package: its first name under ``yolo_loss``."""
+    part = module.split(".")[1] if "." in module else "__init__"
+    for number, folder in enumerate(FLOORS):
+        if part in folder:
+            return number, part
+    raise AssertionError(f"{module}: in no floor of FLOORS; add its folder there")
+
+
+def test_imports_point_down_the_floors():
+    trees = modules()
+    wrong = []
+    for name, tree in trees.items():
+        if name == "yolo_loss":
+            continue
+        floor, folder = floor_of(name)
+        for target in imported_modules(tree, name, set(trees)):
+            if target == "yolo_loss":
+                continue
+            target_floor, target_folder = floor_of(target)
+            if target_folder != folder and target_floor >= floor:
+                wrong.append(f"{name} -> {target}")
+    assert not wrong, wrong
+
+
+def test_the_schema_loads_no_loss_code():
+    """Reading a config (as the data transforms do) imports the components' declarations, not their functions."""
+    code = ("import sys, yolo_loss.config.load, yolo_loss.data.transforms; "
+            "print(sorted(m for m in sys.modules if m.startswith(('yolo_loss.losses', 'yolo_loss.model'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", (done.stdout, done.stderr)
+
+
+def test_at_most_eight_modules_lie_loose_in_the_package():
+    loose = sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert len(loose) <= MAX_LOOSE_MODULES, loose
 
 
 def test_no_two_modules_define_the_same_public_name():

@@ -1,6 +1,6 @@
 """The head description: what a YOLOv3 head's raw outputs mean, in one object shared by everything that reads them.
 
-The loss (:class:`~yolo_loss.losses.criterion.YoloCriterion`), inference (:func:`~yolo_loss.postprocess.postprocess`),
+The loss (:class:`~yolo_loss.losses.criterion.YoloCriterion`), inference (:func:`~yolo_loss.eval.postprocess.postprocess`),
 the TensorBoard drawing and histograms, the darknet exporter and ``eval.py`` all take a :class:`HeadSpec`; none of them
 reads anchors, strides or the class activation from anywhere else. :func:`build_head` makes it once from a config and
 the data set's class count, so a model is evaluated with the meaning it was trained with: a model trained with a
@@ -21,10 +21,10 @@ from torch import Tensor
 
 from yolo_loss.decode import (DECODE_RULES, STRIDES, centre_margin, decode_cxcywh, decode_level,
                                xy_sigmoid_target)
-from yolo_loss.losses.registry import component
+from yolo_loss.config.components import component
 
 if TYPE_CHECKING:
-    from yolo_loss.schema import Config, ModelConfig
+    from yolo_loss.config.schema import Config, ModelConfig
 
 CLASS_ACTIVATIONS = ("sigmoid", "softmax")
 

@@ -15,7 +15,7 @@ from yolo_loss.data.dataset import DetectionDataset
 from yolo_loss.data.records import AnnotationSet, ImageRecord
 from yolo_loss.data.shapes import shapes_dataset
 from yolo_loss.data.voc import read_voc
-from yolo_loss.schema import DataConfig
+from yolo_loss.config.schema import DataConfig
 
 
 def _existing(path: Path, what: str) -> Path:

@@ -106,7 +106,7 @@ class RankBatchSampler(Sampler[list[int]]):
     shorter), of which process ``rank`` takes batches ``rank, rank + world_size, ...``.
 
     Every image is evaluated once, by one process (``DistributedSampler`` would pad with repeated images), each in
-    the batch it has in one process, and :func:`yolo_loss.distributed.gather_batches` puts the batches back in
+    the batch it has in one process, and :func:`yolo_loss.train.distributed.gather_batches` puts the batches back in
     single-process order.
     """
 
@@ -134,7 +134,7 @@ def build_loader(dataset: DetectionDataset, batch_size: int, *, shuffle: bool, w
     training loader drops the last partial batch (unless the data set is smaller than one batch), so every
     step sees ``batch_size`` images. ``pin_memory`` is on when CUDA is available.
 
-    ``rank`` and ``world_size`` (``torchrun``'s, :mod:`yolo_loss.distributed`) give this process its part: its
+    ``rank`` and ``world_size`` (``torchrun``'s, :mod:`yolo_loss.train.distributed`) give this process its part: its
     slice of every global batch of a training loader (:class:`EpochSampler`), every ``world_size``-th batch of
     an evaluation loader (:class:`RankBatchSampler`).
 

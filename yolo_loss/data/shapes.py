@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from yolo_loss.schema import ShapesConfig
+from yolo_loss.config.schema import ShapesConfig
 
 # Bump whenever a change would alter any output byte: it is part of the cache-folder hash.
 GENERATOR_VERSION = 1

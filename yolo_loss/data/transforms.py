@@ -32,7 +32,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from yolo_loss.schema import AugmentConfig
+from yolo_loss.config.schema import AugmentConfig
 
 PAD_VALUE = 0.5  # darknet's fill_image(sized, .5)
 MIN_BOX_SIZE_PX = 1.0  # boxes narrower or lower than this at input resolution are dropped

@@ -8,8 +8,9 @@ output has the shape of the input, except ``cls_ce`` and ``cls_poly1`` which sum
 Notation as in ``loss-reference.md``: ``sig`` is the sigmoid, ``BCE(p, y) = -[y ln p + (1 - y) ln(1 - p)]``
 with soft ``y`` allowed, computed from the logit so that logits of +-100 stay finite.
 
-Each function is declared as a component, with its config name and hyper-parameters, in ``registry.py``; the
-criterion binds the keyword hyper-parameters (``beta``, ``alpha``, ``gamma``, ``eps``) from the config.
+Each function is declared as a component, with its config name and hyper-parameters, in
+``yolo_loss/config/components.py`` and bound to that name in ``registry.py``; the criterion binds the keyword
+hyper-parameters (``beta``, ``alpha``, ``gamma``, ``eps``) from the config.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise, ciou_loss
+from yolo_loss.config import components as declared
 from yolo_loss.decode import EXP_WH_RULES, grid_xy, per_anchor_view
 from yolo_loss.head import HeadSpec
 from yolo_loss.losses import registry
@@ -33,7 +34,7 @@ from yolo_loss.losses.assign import (ASSIGN_RULES, COLLISION_RULES, LevelTargets
 from yolo_loss.losses.components import smooth_labels
 
 if TYPE_CHECKING:
-    from yolo_loss.schema import LossConfig
+    from yolo_loss.config.schema import LossConfig
 
 TERMS = ("xy", "wh", "box", "obj_pos", "obj_neg", "cls")
 REDUCTIONS = ("sum_per_image", "mean_per_term", "mean_per_term_times_batch")
@@ -68,7 +69,7 @@ class YoloCriterion:
 
     Args:
         head: what the head maps mean (anchors, strides, classes, class activation): :class:`HeadSpec`.
-        xy, wh, box, obj, cls: the component of each term, by its name in ``registry.COMPONENTS``
+        xy, wh, box, obj, cls: the component of each term, by its name in ``yolo_loss/config/components.py``
             (``"none"`` turns xy, wh or box off).
         hyperparameters: ``{loss.<field>: value}`` of the components' hyper-parameters (``focal_alpha``,
             ``poly1_eps``, ...); a missing one takes the registry's default.
@@ -96,11 +97,11 @@ class YoloCriterion:
                  level_weights: dict[str, list[float]] | None = None,
                  hyperparameters: dict[str, float | str] | None = None):
         names = {"xy": xy, "wh": wh, "box": box, "obj": obj, "cls": cls}
-        unknown = set(hyperparameters or {}) - {param.field for param in registry.hyperparameters()}
+        unknown = set(hyperparameters or {}) - {param.field for param in declared.hyperparameters()}
         if unknown:
             raise ValueError(f"unknown component hyper-parameter(s) {', '.join(sorted(unknown))}")
         self.functions = {term: registry.bind(term, name, hyperparameters or {}) for term, name in names.items()}
-        self.components = {term: registry.component(term, name) for term, name in names.items()
+        self.components = {term: declared.component(term, name) for term, name in names.items()
                            if self.functions[term] is not None}
         softmax = self.components["cls"].softmax
         if softmax != (head.class_activation == "softmax"):
@@ -115,24 +116,24 @@ class YoloCriterion:
                                      ("assign", assign, ASSIGN_RULES), ("collisions", collisions, COLLISION_RULES)):
             if value not in valid:
                 raise ValueError(f"{option} {value!r}; valid: {', '.join(valid)}")
-        if head.decode not in EXP_WH_RULES and wh != registry.NONE:
+        if head.decode not in EXP_WH_RULES and wh != declared.NONE:
             raise ValueError(f"wh={wh} regresses tw = ln(w / a_w), darknet's decode; the head decodes by {head.decode}")
         if "box" in self.components and self.components["box"].raw_box and head.decode != "darknet":
             raise ValueError(f"box={box} is AB darknet's delta for darknet's decode; the head decodes by {head.decode}")
-        if (head.decode == "linear") != (xy == "mse_linear") and xy != registry.NONE:
+        if (head.decode == "linear") != (xy == "mse_linear") and xy != declared.NONE:
             raise ValueError(f"xy={xy} with the {head.decode} decode: xy=mse_linear and the linear decode go together")
         self.head = head
         self.box_scale, self.obj_target, self.ignore, self.reduction = box_scale, obj_target, ignore, reduction
         self.ignore_thresh, self.label_smoothing = ignore_thresh, label_smoothing
         self.assign, self.assign_iou_thresh, self.anchor_t = assign, assign_iou_thresh, anchor_t
         self.neighbour_cells, self.collisions = neighbour_cells, collisions
-        self.terms = tuple(t for t, on in zip(TERMS, (xy, wh, box, obj, obj, cls)) if on != registry.NONE)
+        self.terms = tuple(t for t, on in zip(TERMS, (xy, wh, box, obj, obj, cls)) if on != declared.NONE)
         self.cls_target = cls_target
         box_entry = self.components.get("box")
         self.running_mean = box_entry.running_mean if box_entry is not None else None
         self.running_mean_momentum = float((hyperparameters or {}).get(
             self.running_mean.field, self.running_mean.default)) if self.running_mean is not None else 0.0
-        # When the running mean is updated (registry.WIOU_UPDATE): "step" (once per call, over all levels) or "level".
+        # When the running mean is updated (declared.WIOU_UPDATE): "step" (once per call, over all levels) or "level".
         update = box_entry.running_mean_update if box_entry is not None else None
         self.running_mean_update = str((hyperparameters or {}).get(update.field, update.default)) if update else "step"
         if update is not None and self.running_mean_update not in update.choices:
@@ -355,7 +356,7 @@ def _check_inputs(preds: list[Tensor], targets: Tensor, head: HeadSpec) -> None:
 
 
 def build_criterion(cfg: LossConfig, head: HeadSpec, *, img_size: int | None = None) -> YoloCriterion:
-    """Translate a :class:`~yolo_loss.schema.LossConfig` into a :class:`YoloCriterion` for ``head``
+    """Translate a :class:`~yolo_loss.config.schema.LossConfig` into a :class:`YoloCriterion` for ``head``
     (:func:`yolo_loss.head.build_head` of the same config). ``img_size`` (``data.img_size``) scales the objectness
     weights when ``loss.obj_weights_img_size`` is set (:func:`scaled_weights`)."""
     return YoloCriterion(
