@@ -4,7 +4,8 @@
 
 For batch 16 at 416 px with 80 classes and 6 boxes per image, and batch 64 with 20 boxes per image, prints the
 median time of: the floor (``sum(p).backward()`` over the three head maps), the darknet, yolov4 and yolov5
-presets (each with its decode), and the CIoU + focal variant; and each one's ratio to the floor. Target: at most
+presets (each with its decode), the CIoU + focal variant and CIoU with each dynamic assigner (TAL, SimOTA, ATSS,
+which assign over every candidate of the head); and each one's ratio to the floor. Target: at most
 2.5x the floor at both sizes (darknet's loss at batch 64: at most 2.0x, with either allocator).
 
 The script re-executes itself with the entry points' glibc malloc settings (``yolo_loss.allocator``) unless
@@ -48,7 +49,7 @@ from yolo_loss.head import HeadSpec, anchors_per_level, class_activation  # noqa
 from yolo_loss.losses.criterion import build_criterion  # noqa: E402
 from yolo_loss.config.schema import Config, LossConfig  # noqa: E402
 
-VARIANTS = ("darknet", "yolov4", "yolov5", "ciou+focal")
+VARIANTS = ("darknet", "yolov4", "yolov5", "ciou+focal", "ciou+tal", "ciou+simota", "ciou+atss")
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "presets"
 
 
@@ -92,6 +93,8 @@ def main() -> None:
     variants = {name: load_config(PRESETS / f"{name}.yaml", (f"data.img_size={img}",))
                 for name in ("darknet", "yolov4", "yolov5")}
     variants["ciou+focal"] = Config(loss=LossConfig(xy="none", wh="none", box="ciou", cls="focal"))
+    for rule in ("tal", "simota", "atss"):
+        variants[f"ciou+{rule}"] = Config(loss=LossConfig(xy="none", wh="none", box="ciou", assign=rule))
     variants = {name: cfg for name, cfg in variants.items() if not args.only or name in args.only}
     malloc = {k: os.environ.get(k) for k in ALLOCATOR_ENV}
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, glibc malloc env {malloc}, "

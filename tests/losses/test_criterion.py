@@ -396,7 +396,9 @@ def test_the_schema_names_are_the_registry():
                 assert fields[param.field].metadata["range"] == (param.low, param.high, param.low_open,
                                                                  param.high_open)
     keys = {p.field for e in COMPONENTS for p in declared.all_params(e)}
+    keys |= {p.field for e in declared.ASSIGNERS for p in e.params}
     assert keys == {p.field for p in declared.hyperparameters()}
+    assert set(fields["assign"].metadata["choices"]) == set(declared.assign_names())
     assert keys <= set(fields)
 
 

@@ -6,6 +6,7 @@ that every piece (data, model, loss, optimiser, evaluation, checkpoints, TensorB
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ from yolo_loss.config.load import config_from_dict, config_to_dict, load_config
 from yolo_loss.data import build_dataset, build_loader
 from yolo_loss.train.engine import METRIC_KEYS, ResumeError, evaluate, train
 from yolo_loss.model import build_model
+from yolo_loss.tensorboard.tags import LEVEL_NAMES
 from yolo_loss.train.run_folder import RunStatus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,6 +91,23 @@ def test_short_training_lowers_the_loss_and_writes_the_run(preset: str, shapes_r
     state = load_checkpoint(run_dir / "last.pt")
     assert state["step"] == 40 and state["epoch"] == 10
     assert (run_dir / "best.pt").exists()
+
+
+@pytest.mark.parametrize("assign", ["tal", "simota", "atss"])
+def test_a_dynamic_assigner_trains_through_the_engine(assign: str, shapes_root: Path, tmp_path: Path) -> None:
+    """loss.assign: tal | simota | atss with a CIoU box term: the whole loop (training, the positives' TensorBoard
+    diagnostics, evaluation, metrics.json) runs, and the positives' boxes improve. (The loss itself need not fall:
+    the positives and their soft targets change with the predictions, e.g. SimOTA's dynamic k grows with the IoUs.)"""
+    cfg = tiny_config(shapes_root, tmp_path, "darknet")
+    cfg.loss = dataclasses.replace(cfg.loss, xy="none", wh="none", box="ciou", assign=assign)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    result = train(cfg, run_dir)
+    iou = [sum(values) for values in zip(*(scalar_series(run_dir, f"diag/iou_pos/{level}")
+                                           for level in LEVEL_NAMES))]
+    assert sum(iou[-10:]) > 1.1 * sum(iou[:10]), iou
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == result.steps == 40
+    assert all(0.0 <= result.metrics[key] <= 1.0 for key in METRIC_KEYS)
 
 
 @pytest.mark.parametrize("preset", ["yolov4", "yolov5"])

@@ -33,7 +33,8 @@ NONE = "none"
 class HyperParam:
     """A hyper-parameter of one or more components: the config key ``loss.<field>``, the keyword of the component
     function it is passed as, its default and its bounds (``None``: unbounded; ``*_open``: the bound itself is not
-    allowed; ``also``: values allowed outside the bounds, such as focal alpha's -1 for "no alpha weighting").
+    allowed; ``also``: values allowed outside the bounds, such as focal alpha's -1 for "no alpha weighting";
+    ``integer``: a whole number, such as a top-k).
     With ``choices`` it is a named option instead of a number: a string ``default`` among ``choices``, no bounds."""
 
     field: str
@@ -46,6 +47,7 @@ class HyperParam:
     also: tuple[float, ...] = ()
     doc: str = ""
     choices: tuple[str, ...] = ()
+    integer: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,13 +203,78 @@ def component_names(term: str) -> tuple[str, ...]:
     return names + ((NONE,) if term in OPTIONAL_TERMS else ())
 
 
+# Label assignment (loss.assign). The static rules read only the truths and the anchors (losses/assign.py: darknet's
+# best anchor, AlexeyAB's multi-anchor threshold, ultralytics' ratio rule; their settings are loss.assign_iou_thresh,
+# loss.anchor_t, loss.neighbour_cells and loss.collisions). The dynamic assigners pick positives among every
+# candidate (level, anchor, cell) of the head, with a soft class target where the method has one
+# (losses/assigners/); their hyper-parameters are declared here once, each a loss.<field> key.
+STATIC_ASSIGN_RULES = ("best_anchor", "multi_anchor", "ratio")
+
+
+@dataclass(frozen=True)
+class Assigner:
+    """A dynamic label assigner: its ``loss.assign`` name, its hyper-parameters (bound to the keywords of its
+    function in ``losses/assigners/``), whether it reads the predictions, its class target and its source."""
+
+    name: str
+    params: tuple[HyperParam, ...] = ()
+    reads_predictions: bool = True
+    class_target: str = ""
+    source: str = ""
+
+
+TAL_TOPK = HyperParam("tal_topk", "topk", 10, 1, None, integer=True, doc="TAL: positives a truth takes at most")
+TAL_ALPHA = HyperParam("tal_alpha", "alpha", 0.5, 0.0, None,
+                       doc="TAL: the class score's power in the alignment metric")
+TAL_BETA = HyperParam("tal_beta", "beta", 6.0, 0.0, None, doc="TAL: the overlap's power in the alignment metric")
+SIMOTA_RADIUS = HyperParam("simota_radius", "center_radius", 1.5, 0.0, None, low_open=True,
+                           doc="SimOTA: half-side, in strides, of the centre region around a truth's centre")
+SIMOTA_TOPK = HyperParam("simota_topk", "candidate_topk", 10, 1, None, integer=True,
+                         doc="SimOTA: the IoUs summed for a truth's dynamic k")
+SIMOTA_IOU_WEIGHT = HyperParam("simota_iou_weight", "iou_weight", 3.0, 0.0, None,
+                               doc="SimOTA: the weight of the IoU cost -ln(IoU) beside the class cost")
+ATSS_TOPK = HyperParam("atss_topk", "topk", 9, 1, None, integer=True,
+                       doc="ATSS: the anchors nearest a truth's centre taken per level as candidates")
+
+ASSIGNERS: tuple[Assigner, ...] = (
+    Assigner("tal", (TAL_TOPK, TAL_ALPHA, TAL_BETA), class_target="the normalised alignment metric",
+             source="Feng et al., TOOD, ICCV 2021; ultralytics TaskAlignedAssigner (YOLOv8)"),
+    Assigner("simota", (SIMOTA_RADIUS, SIMOTA_TOPK, SIMOTA_IOU_WEIGHT), class_target="the IoU with its truth",
+             source="Ge et al., YOLOX, 2021; YOLOX get_assignments / simota_matching"),
+    Assigner("atss", (ATSS_TOPK,), reads_predictions=False, class_target="one-hot",
+             source="Zhang et al., ATSS, CVPR 2020; mmdetection ATSSAssigner"),
+)
+
+
+def assign_names() -> tuple[str, ...]:
+    """The allowed values of ``loss.assign``: the static rules, then the dynamic assigners."""
+    return STATIC_ASSIGN_RULES + tuple(entry.name for entry in ASSIGNERS)
+
+
+def assigner(name: str) -> Assigner | None:
+    """The dynamic assigner ``loss.assign: <name>``; ``None`` for a static rule.
+
+    Raises:
+        ValueError: an unknown name (the valid ones listed).
+    """
+    if name in STATIC_ASSIGN_RULES:
+        return None
+    for entry in ASSIGNERS:
+        if entry.name == name:
+            return entry
+    raise ValueError(f"loss.assign: unknown rule {name!r}; valid: {', '.join(assign_names())}")
+
+
+
+
 def hyperparameters() -> tuple[HyperParam, ...]:
-    """Every hyper-parameter of every component, once each (shared ones, such as focal alpha, once), in order."""
+    """Every hyper-parameter of every component, then of every dynamic assigner, once each (shared ones, such as
+    focal alpha, once), in order."""
     seen: dict[str, HyperParam] = {}
-    for entry in COMPONENTS:
-        for param in all_params(entry):
-            if seen.setdefault(param.field, param) != param:
-                raise ValueError(f"loss.{param.field} is declared twice with different settings")
+    for param in [*(p for entry in COMPONENTS for p in all_params(entry)),
+                  *(p for entry in ASSIGNERS for p in entry.params)]:
+        if seen.setdefault(param.field, param) != param:
+            raise ValueError(f"loss.{param.field} is declared twice with different settings")
     return tuple(seen.values())
 
 

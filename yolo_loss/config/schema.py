@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from yolo_loss.decode import EXP_WH_RULES
-from yolo_loss.config.components import HyperParam, component, component_names, hyperparameters, modifier_problems
+from yolo_loss.config.components import (HyperParam, assign_names, assigner, component, component_names,
+                                         hyperparameters, modifier_problems)
 
 # YOLOv3 anchors in input pixels at 416 px: three per level, strides 8, 16, 32.
 YOLOV3_ANCHORS: list[list[float]] = [
@@ -243,7 +244,9 @@ class LossTerms:
     cls: str = component_choice("cls", "bce")
     cls_target: str = choice("one", "one", "iou")  # the true class's target on a positive: 1, or the detached IoU
     label_smoothing: float = bounded(0.0, 0.0, 1.0, high_open=True)  # targets 1 - eps/2 and eps/2
-    assign: str = choice("best_anchor", "best_anchor", "multi_anchor", "ratio")
+    # The static rules (best_anchor, multi_anchor, ratio) or a dynamic assigner (tal, simota, atss: every candidate
+    # of the head, positives chosen by the method; config/components.py, ASSIGNERS).
+    assign: str = choice("best_anchor", *assign_names())
     assign_iou_thresh: float = bounded(0.213, 0.0, 1.0, low_open=True)  # multi_anchor
     anchor_t: float = bounded(4.0, 1.0, None, low_open=True)  # ratio
     # YOLOv5's assignment: besides the truth centre's cell, the two neighbouring cells (one in x, one in y) whose
@@ -275,6 +278,27 @@ class LossTerms:
                                          "a softmax renormalises the target row"))
         # Inner-IoU and Focaler-IoU (inner_ratio, focaler_d, focaler_u) take a box loss of the form 1 - IoU + penalties
         errors.extend(modifier_problems(self.box, self.hyperparameter_values()))
+        return errors + self.check_assigner()
+
+    def check_assigner(self) -> list[tuple[str, str]]:
+        """What a dynamic assigner needs: a positive may lie cells away from its truth's centre (inside the box for
+        TAL and ATSS, within the centre region for SimOTA), where an x, y offset target in [0, 1] of its own cell
+        does not exist, so the box is regressed by a box loss on the decoded box; the assigner's own class target
+        replaces cls_target, and the static rules' settings do not apply."""
+        if assigner(self.assign) is None:
+            return []
+        errors = []
+        if self.box == "none" or self.xy != "none" or self.wh != "none":
+            errors.append(("assign", f"loss.assign={self.assign} picks positives away from the truth centre's cell: "
+                                     f"regress the decoded box with a box loss (loss.box, e.g. ciou) and set "
+                                     f"loss.xy=none and loss.wh=none; got xy={self.xy}, wh={self.wh}, box={self.box}"))
+        if self.cls_target != "one":
+            errors.append(("cls_target", f"loss.assign={self.assign} sets its own class target; leave cls_target "
+                                         f"at 'one' (got {self.cls_target!r})"))
+        if self.neighbour_cells or self.collisions != "merge":
+            errors.append(("neighbour_cells" if self.neighbour_cells else "collisions",
+                           f"neighbour_cells and collisions are settings of the static rules; loss.assign="
+                           f"{self.assign} chooses among every cell and gives each candidate one truth"))
         return errors
 
     def check_decode(self, model: ModelConfig) -> list[tuple[str, str]]:
@@ -303,8 +327,9 @@ class LossTerms:
 # The loss section: the terms above, then one field per component hyper-parameter of the registry (focal_alpha,
 # focal_gamma, poly1_eps, smooth_l1_beta, ...), with its default and bounds (a string with its choices for a named
 # option such as wiou_update).
-LossConfig = make_dataclass("LossConfig", [(param.field, str if param.choices else float, hyperparameter_field(param))
-                                           for param in hyperparameters()], bases=(LossTerms,))
+LossConfig = make_dataclass("LossConfig", [(param.field, str if param.choices else int if param.integer else float,
+                                            hyperparameter_field(param)) for param in hyperparameters()],
+                            bases=(LossTerms,))
 LossConfig.__module__ = __name__
 LossConfig.__doc__ = LossTerms.__doc__ + " Hyper-parameter fields: " + ", ".join(p.field for p in hyperparameters())
 

@@ -13,6 +13,10 @@ with ``s = 2 - w * h`` (truth size as a fraction of the input) under ``box_scale
 Reduction ``sum_per_image`` divides every sum by the number of images B (darknet); ``mean_per_term`` divides the
 box and class sums by the level's positives (at least 1) and the objectness sums by the level's cells
 ``B * A * H * W``. With the defaults this is darknet's loss exactly (``loss-reference.md``).
+
+The positives come from ``loss.assign``: a static rule on the truths and anchors (``assign.py``: darknet's best
+anchor, AlexeyAB's multi-anchor threshold, ultralytics' ratio rule), or a dynamic assigner over every candidate of
+the head (``assigners/``: TAL, SimOTA, ATSS), whose class target ``y`` is then its own (soft for TAL and SimOTA).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from yolo_loss.head import HeadSpec
 from yolo_loss.losses import registry
 from yolo_loss.losses.assign import (ASSIGN_RULES, COLLISION_RULES, LevelTargets, anchor_boxes_at_cells,
                                      assign_targets, ignore_mask, truths_per_image)
+from yolo_loss.losses.assigners.candidates import DYNAMIC_RULES, assign_dynamic
 from yolo_loss.losses.components import smooth_labels
 
 if TYPE_CHECKING:
@@ -113,7 +118,8 @@ class YoloCriterion:
                                      ("cls_target", cls_target, ("one", "iou")),
                                      ("ignore", ignore, ("prediction", "prior", "none")),
                                      ("reduction", reduction, REDUCTIONS),
-                                     ("assign", assign, ASSIGN_RULES), ("collisions", collisions, COLLISION_RULES)):
+                                     ("assign", assign, ASSIGN_RULES + DYNAMIC_RULES),
+                                     ("collisions", collisions, COLLISION_RULES)):
             if value not in valid:
                 raise ValueError(f"{option} {value!r}; valid: {', '.join(valid)}")
         if head.decode not in EXP_WH_RULES and wh != declared.NONE:
@@ -127,6 +133,10 @@ class YoloCriterion:
         self.ignore_thresh, self.label_smoothing = ignore_thresh, label_smoothing
         self.assign, self.assign_iou_thresh, self.anchor_t = assign, assign_iou_thresh, anchor_t
         self.neighbour_cells, self.collisions = neighbour_cells, collisions
+        # A dynamic assigner's keyword hyper-parameters, from the loss.<field> values (config/components.py).
+        dynamic = declared.assigner(assign)
+        self.assigner_params = {p.keyword: (hyperparameters or {}).get(p.field, p.default)
+                                for p in dynamic.params} if dynamic is not None else {}
         self.terms = tuple(t for t, on in zip(TERMS, (xy, wh, box, obj, obj, cls)) if on != declared.NONE)
         self.cls_target = cls_target
         box_entry = self.components.get("box")
@@ -154,10 +164,14 @@ class YoloCriterion:
         targets = targets.to(device=preds[0].device, dtype=preds[0].dtype)
         anchors = self.head.anchors(like=preds[0])
         grid_sizes = [tuple(p.shape[-2:]) for p in preds]
-        positives = assign_targets(targets, num_classes=self.head.num_classes, anchors_per_level=anchors,
-                                   strides=self.head.strides, grid_sizes=grid_sizes, img_size=img_size,
-                                   rule=self.assign, iou_thresh=self.assign_iou_thresh, anchor_t=self.anchor_t,
-                                   neighbour_cells=self.neighbour_cells, collisions=self.collisions)
+        if self.assign in DYNAMIC_RULES:
+            positives = assign_dynamic(self.assign, preds, targets, head=self.head, anchors=anchors,
+                                       img_size=img_size, params=self.assigner_params)
+        else:
+            positives = assign_targets(targets, num_classes=self.head.num_classes, anchors_per_level=anchors,
+                                       strides=self.head.strides, grid_sizes=grid_sizes, img_size=img_size,
+                                       rule=self.assign, iou_thresh=self.assign_iou_thresh, anchor_t=self.anchor_t,
+                                       neighbour_cells=self.neighbour_cells, collisions=self.collisions)
         truths_xyxy = truths_per_image(targets, batch, img_size) if self.ignore != "none" else None
         box_keywords = {"img_wh": (img_size[1], img_size[0])} if "box" in self.terms and self.components[
             "box"].image_size else {}
