@@ -269,3 +269,31 @@ def test_object_size_bounds(tmp_path: Path) -> None:
     assert np.median(long_sides) >= 16 and long_sides.max() <= 33
     with pytest.raises(ValueError, match="min_long_side"):
         generate_shapes(tmp_path, **{**TINY_PARAMS, "min_long_side": 90.0, "max_long_side": 0.5})
+
+
+def test_the_selection_split_is_its_own_set_of_num_val_images(tmp_path: Path) -> None:
+    """select: generated on demand beside the set, num_val images of its own random streams (none equal to a val or
+    train image), the same files each time; data.shapes.val_split: select makes validation read it."""
+    from yolo_loss.config.load import config_from_dict
+    from yolo_loss.data import build_dataset
+
+    folder = generate_shapes(tmp_path, **TINY_PARAMS)
+    select = generate_shapes(tmp_path, **TINY_PARAMS, select=True)
+    assert select.name == f"{folder.name}-select" and not (folder / "images" / "select").exists()
+    selected = read_files(select)
+    assert sorted(name for name in selected if name.endswith(".jpg")) == [f"images/select/{i:06d}.jpg"
+                                                                           for i in range(3)]
+    others = {content for name, content in read_files(folder).items() if name.endswith(".jpg")}
+    assert not others & {content for name, content in selected.items() if name.endswith(".jpg")}
+    assert read_files(generate_shapes(tmp_path / "again", **TINY_PARAMS, select=True)) == selected
+
+    data = {"format": "shapes", "root": str(tmp_path), "img_size": IMAGE_SIZE,
+            "shapes": {**{k: v for k, v in TINY_PARAMS.items()}, "image_size": IMAGE_SIZE}}
+    for val_split, expected in (("val", folder / "images" / "val"), ("select", select / "images" / "select")):
+        cfg = config_from_dict({"data": {**data, "shapes": {**data["shapes"], "val_split": val_split}}})
+        dataset = build_dataset(cfg.data, "val", train=False)
+        assert len(dataset.records) == 3
+        assert {Path(record.path).parent for record in dataset.records} == {expected}
+    train = build_dataset(config_from_dict({"data": {**data, "shapes": {**data["shapes"], "val_split": "select"}}})
+                          .data, "train", train=False)
+    assert {Path(record.path).parent for record in train.records} == {folder / "images" / "train"}

@@ -110,6 +110,9 @@ class ShapesConfig:
     min_long_side: float = bounded(6.0, 4.0, None)
     max_long_side: float = bounded(0.9, 0.0, 1.0, low_open=True)
     num_classes: int = bounded(6, 1, 6)  # the first N of ellipse, rectangle, triangle, diamond, star, cross
+    # What validation reads: the val split (what results are reported on) or select, a second split of num_val
+    # images from random streams of its own, for choices (a study's tune: select: {data.shapes.val_split: select}).
+    val_split: str = choice("val", "val", "select")
 
     def check(self) -> list[tuple[str, str]]:
         if self.min_long_side >= self.max_long_side * self.image_size:

@@ -47,9 +47,11 @@ def build_dataset(cfg: DataConfig, split: str, *, train: bool) -> DetectionDatas
     report = BadInputReport(cfg.on_bad)
     root = Path(cfg.root)
     if cfg.format == "shapes":
-        folder = shapes_dataset(cfg.shapes, root)
-        annotation_file = folder / "annotations" / f"instances_{split}.json"
-        annotations = read_coco(annotation_file, folder / "images" / split, report=report)
+        select = split == "val" and cfg.shapes.val_split == "select"  # a study's selection split
+        folder = shapes_dataset(cfg.shapes, root, select=select)
+        name = "select" if select else split
+        annotation_file = folder / "annotations" / f"instances_{name}.json"
+        annotations = read_coco(annotation_file, folder / "images" / name, report=report)
         source = str(annotation_file)
     elif cfg.format == "coco":
         _existing(root, "data.root")

@@ -87,7 +87,9 @@ COLOUR_LOW = NOISE_LIMIT
 COLOUR_HIGH = 255 - NOISE_LIMIT
 JPEG_QUALITY = 90
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as JPEG's Y channel
-SPLITS: dict[str, int] = {"train": 0, "val": 1}  # the number is part of each image's seed
+# The number is part of each image's seed. "select" is a second validation split of num_val images for choices
+# (a study's tune: selection split), generated on demand beside the set, so that nothing chosen reads "val".
+SPLITS: dict[str, int] = {"train": 0, "val": 1, "select": 2}
 DONE_MARKER = "DONE"
 
 
@@ -412,8 +414,12 @@ def _write_split(folder: Path, split: str, count: int, *, image_size: int, max_o
 
 def generate_shapes(root: Path, *, num_train: int, num_val: int, image_size: int, max_objects: int,
                     seed: int, min_long_side: float = MIN_LONG_SIDE_PX,
-                    max_long_side: float = MAX_LONG_SIDE_FRACTION, num_classes: int = len(SHAPE_CLASSES)) -> Path:
+                    max_long_side: float = MAX_LONG_SIDE_FRACTION, num_classes: int = len(SHAPE_CLASSES),
+                    select: bool = False) -> Path:
     """Generate the shapes data set under ``root`` once; return its folder ``root/shapes-<hash>``.
+
+    With ``select``, its selection split instead: ``num_val`` images of the split ``"select"`` (their own random
+    streams, disjoint from ``train`` and ``val``) in the folder ``root/shapes-<hash>-select``.
 
     A folder holding the ``DONE`` marker is returned at once. Otherwise the set is written to a
     temporary folder beside it, ``DONE`` is written last, and the folder is renamed into place.
@@ -438,6 +444,13 @@ def generate_shapes(root: Path, *, num_train: int, num_val: int, image_size: int
     folder = root / dataset_name(num_train=num_train, num_val=num_val, image_size=image_size,
                                  max_objects=max_objects, seed=seed, min_long_side=min_long_side,
                                  max_long_side=max_long_side, num_classes=num_classes)
+    info = {"description": "yolo-loss synthetic shapes", "generator_version": GENERATOR_VERSION,
+            "num_train": num_train, "num_val": num_val, "image_size": image_size,
+            "max_objects": max_objects, "seed": seed, "min_long_side": min_long_side,
+            "max_long_side": max_long_side, "num_classes": num_classes}
+    splits = (("select", num_val),) if select else (("train", num_train), ("val", num_val))
+    if select:
+        folder = folder.with_name(f"{folder.name}-select")
     if (folder / DONE_MARKER).is_file():
         return folder
 
@@ -447,14 +460,11 @@ def generate_shapes(root: Path, *, num_train: int, num_val: int, image_size: int
     if folder.exists() and not (folder / DONE_MARKER).is_file():
         shutil.rmtree(folder)
     temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", suffix=".tmp", dir=root))
-    print(f"generating the synthetic shapes set ({num_train} + {num_val} images of {image_size} px) in {folder}",
-          file=sys.stderr, flush=True)
+    counts = " + ".join(str(count) for _, count in splits)
+    print(f"generating the synthetic shapes set's {' and '.join(name for name, _ in splits)} ({counts} images of "
+          f"{image_size} px) in {folder}", file=sys.stderr, flush=True)
     try:
-        info = {"description": "yolo-loss synthetic shapes", "generator_version": GENERATOR_VERSION,
-                "num_train": num_train, "num_val": num_val, "image_size": image_size,
-                "max_objects": max_objects, "seed": seed, "min_long_side": min_long_side,
-                "max_long_side": max_long_side, "num_classes": num_classes}
-        for split, count in (("train", num_train), ("val", num_val)):
+        for split, count in splits:
             _write_split(temporary, split, count, image_size=image_size, max_objects=max_objects,
                          seed=seed, info=info, min_long_side=min_long_side, max_long_side=max_long_side,
                          num_classes=num_classes)
@@ -471,9 +481,10 @@ def generate_shapes(root: Path, *, num_train: int, num_val: int, image_size: int
     return folder
 
 
-def shapes_dataset(cfg: ShapesConfig, root: Path) -> Path:
-    """:func:`generate_shapes` with the parameters of ``cfg`` (``data.shapes`` of the config)."""
+def shapes_dataset(cfg: ShapesConfig, root: Path, *, select: bool = False) -> Path:
+    """:func:`generate_shapes` with the parameters of ``cfg`` (``data.shapes`` of the config); with ``select``, the
+    folder of its selection split."""
     return generate_shapes(root, num_train=cfg.num_train, num_val=cfg.num_val,
                            image_size=cfg.image_size, max_objects=cfg.max_objects, seed=cfg.seed,
                            min_long_side=cfg.min_long_side, max_long_side=cfg.max_long_side,
-                           num_classes=cfg.num_classes)
+                           num_classes=cfg.num_classes, select=select)
