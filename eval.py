@@ -64,7 +64,7 @@ def main() -> None:
     head = build_head(cfg, dataset.num_classes)  # what evaluate scores with: the head the model was trained for
     print(f"scoring: objectness x {head.class_activation} of the class logits (loss.cls={cfg.loss.cls})")
     loader = build_loader(dataset, cfg.eval.batch_size, shuffle=False, workers=cfg.data.workers, seed=0)
-    metrics, _, evaluator = evaluate(model, loader, None, cfg, device)
+    metrics, _, evaluator = evaluate(model, loader, head, None, cfg, device)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
     write_results_json(evaluator.results(), out / "detections.json")

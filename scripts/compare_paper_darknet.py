@@ -68,7 +68,7 @@ def single_truth_gradient(size: float, preset: str) -> float:
     targets = torch.tensor([[0, 0, 0.5 + 1e-3, 0.5 + 1e-3, size, size]])
     positives = assign_targets(targets, num_classes=1, anchors_per_level=anchors, strides=STRIDES,
                                grid_sizes=[(IMG // s, IMG // s) for s in STRIDES], img_size=(IMG, IMG),
-                               rule="best_anchor", iou_thresh=0.213, anchor_t=4.0)
+                               rule="best_anchor")
     level = next(i for i, p in enumerate(positives) if p.num_positives)
     pos = positives[level]
     a, j, i = int(pos.anchor[0]), int(pos.cell_y[0]), int(pos.cell_x[0])

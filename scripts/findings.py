@@ -16,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolo_loss.studies.findings import ClaimsError, evaluate_claims, evaluate_replications, findings_markdown, load_claims
+from yolo_loss.studies.findings import (ClaimsError, evaluate_claims, evaluate_replications, findings_markdown,
+                                        load_claims)
 from yolo_loss.studies.stats import DEFAULT_MIN_EFFECT
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,8 @@ from yolo_loss.config.schema import LossConfig
 # From the registry; Wise-IoU takes the criterion's running mean of 1 - IoU, and MPDIoU the input size (here a 16 x 12
 # image, for boxes in a 10 x 10 field), fixed here. The box losses of the decoded box (ciou_darknet, whose gradient
 # goes to the raw outputs instead, has its own tests in test_ciou_darknet.py).
-BOX_LOSSES = {entry.name: partial(FUNCTIONS["box", entry.name], **({"iou_mean": torch.tensor(0.7)} if entry.running_mean else {}),
+BOX_LOSSES = {entry.name: partial(FUNCTIONS["box", entry.name],
+                                  **({"iou_mean": torch.tensor(0.7)} if entry.running_mean else {}),
                                   **({"img_wh": (16, 12)} if entry.image_size else {}))
               for entry in COMPONENTS if entry.term == "box" and not entry.raw_box}
 TORCHVISION_LOSSES = {

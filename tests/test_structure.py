@@ -18,8 +18,8 @@ PACKAGE = REPO / "yolo_loss"
 ENTRY_POINTS = sorted(REPO.glob("scripts/*.py")) + [REPO / "train.py", REPO / "eval.py"]
 MAX_FUNCTION_LINES = 100
 # Public names that two modules define today, each for a different thing; a new one should get a name of its own.
-SHARED_NAMES = {"evaluate": {"yolo_loss.train.engine", "yolo_loss.studies.findings"},  # a model on a loader / claims on studies
-                "Claim": {"yolo_loss.studies.findings", "yolo_loss.studies.run_locks"}}  # a published claim / a launcher's lock
+SHARED_NAMES = {"evaluate": {"yolo_loss.train.engine", "yolo_loss.studies.findings"},  # a model on a loader / claims
+                "Claim": {"yolo_loss.studies.findings", "yolo_loss.studies.run_locks"}}  # a published claim / a lock
 
 
 def modules() -> dict[str, ast.Module]:

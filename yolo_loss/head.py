@@ -1,11 +1,12 @@
 """The head description: what a YOLOv3 head's raw outputs mean, in one object shared by everything that reads them.
 
-The loss (:class:`~yolo_loss.losses.criterion.YoloCriterion`), inference (:func:`~yolo_loss.eval.postprocess.postprocess`),
-the TensorBoard drawing and histograms, the darknet exporter and ``eval.py`` all take a :class:`HeadSpec`; none of them
-reads anchors, strides or the class activation from anywhere else. :func:`build_head` makes it once from a config and
-the data set's class count, so a model is evaluated with the meaning it was trained with: a model trained with a
-softmax over its classes (``loss.cls: ce``, ``poly1``) is scored ``obj * softmax(class logits)``, one trained with
-independent sigmoids (``bce``, ``focal``) ``obj * sigmoid(class logit)``.
+The loss (:class:`~yolo_loss.losses.criterion.YoloCriterion`), inference
+(:func:`~yolo_loss.eval.postprocess.postprocess`), the TensorBoard drawing and histograms, the darknet exporter and
+``eval.py`` all take a :class:`HeadSpec`; none of them reads anchors, strides or the class activation from anywhere
+else. :func:`build_head` makes it once from a config and the data set's class count, so a model is evaluated with the
+meaning it was trained with: a model trained with a softmax over its classes (``loss.cls: ce``, ``poly1``) is scored
+``obj * softmax(class logits)``, one trained with independent sigmoids (``bce``, ``focal``) ``obj * sigmoid(class
+logit)``.
 
 A head map of one level is ``Tensor[B, A * (5 + C), H, W]``, channels grouped per anchor as
 ``tx, ty, tw, th, to, tc_0 .. tc_{C-1}``; the decode rule turns ``tx .. th`` into a box (``yolo_loss/decode.py``).

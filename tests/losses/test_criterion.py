@@ -793,3 +793,16 @@ def test_linear_decode_trains_its_offsets_and_keeps_darknets_wh() -> None:
     anchor = torch.tensor([116.0, 90.0]) * 64 / 416
     expected_wh = 0.5 * torch.log(16.0 / anchor).square().sum()
     assert result.terms["wh"][2].item() == pytest.approx(expected_wh.item(), rel=1e-5)
+
+
+def test_the_criterion_and_the_config_refuse_the_same_decode_mismatches():
+    """One rule set (schema.decode_problems): w, h in t-space needs an exp decode, AB's CIoU deltas darknet's, and
+    the linear decode goes with xy=mse_linear; the criterion built without a config refuses what the config does."""
+    for decode, keys, named in (("yolov5", {}, "loss.wh=mse regresses tw"),
+                                ("yolov5", {"xy": "none", "wh": "none", "box": "ciou_darknet"}, "hand-written delta"),
+                                ("linear", {}, "model.decode=linear")):
+        head = HeadSpec.from_anchors(ANCHORS, strides=STRIDES, num_classes=3, decode=decode)
+        with pytest.raises(ValueError, match=named):
+            build_criterion(LossConfig(**keys), head)
+        with pytest.raises(ConfigError, match=named):
+            config_from_dict({"model": {"decode": decode}, "loss": keys})

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolo_loss.studies.findings import (Claim, ClaimsError, Comparison, Question, evaluate_claims, evaluate_replications,
-                                findings_markdown, load_claims)
+from yolo_loss.studies.findings import (Claim, ClaimsError, Comparison, Question, evaluate_claims,
+                                        evaluate_replications, findings_markdown, load_claims)
 
 # AP per seed (5 seeds). better - base = 0.10, 0.12, 0.08, 0.11, 0.09 (mean 0.10); same - base = 0.001, -0.002,
 # 0.003, 0.0, 0.002 (mean 0.0008, equivalent within +-0.01); noisy - base = 0.02, -0.02, 0.01, -0.015, 0.004.

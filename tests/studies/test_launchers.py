@@ -1,6 +1,6 @@
-"""Studies shared by several launchers: claims (yolo_loss/studies/run_locks.py), two launchers at once, a local launcher beside
-submitit's local executor, a launcher killed mid-run and relaunched, a stale claim taken over. train.py is stood in
-for by a small program with its command line and its behaviour (a checkpoint half-way, metrics.json at the end,
+"""Studies shared by several launchers: claims (yolo_loss/studies/run_locks.py), two launchers at once, a local launcher
+beside submitit's local executor, a launcher killed mid-run and relaunched, a stale claim taken over. train.py is stood
+in for by a small program with its command line and its behaviour (a checkpoint half-way, metrics.json at the end,
 SIGTERM -> last.pt and exit 130), so the runner is tested, not the training."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""A study's ``tune:`` key (yolo_loss/studies/ablation.py): parsing and its errors, the search folders, the choice (best mean
-over the tuning seeds, a tie to the first listed, a warning on the edge of the grid), evaluation runs that carry the
-chosen overrides and never the selection ones, resuming, the report's section and ``--dry-run`` / ``--status``.
+"""A study's ``tune:`` key (yolo_loss/studies/ablation.py): parsing and its errors, the search folders, the choice (best
+mean over the tuning seeds, a tie to the first listed, a warning on the edge of the grid), evaluation runs that carry
+the chosen overrides and never the selection ones, resuming, the report's section and ``--dry-run`` / ``--status``.
 
 train.py is stood in for by a small program whose AP is a known function of the overrides it was given::
 

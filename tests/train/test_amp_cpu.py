@@ -156,10 +156,11 @@ def test_evaluation_is_float32_inside_an_autocast_region(shapes_root: Path, tmp_
     seen = []
     model.register_forward_hook(lambda module, inputs, outputs: seen.append(
         (torch.is_autocast_enabled("cpu"), {o.dtype for o in outputs})))
-    criterion = build_criterion(cfg.loss, build_head(cfg, dataset.num_classes), img_size=cfg.data.img_size)
-    plain = evaluate(model, loader, criterion, cfg, CPU)
+    head = build_head(cfg, dataset.num_classes)
+    criterion = build_criterion(cfg.loss, head, img_size=cfg.data.img_size)
+    plain = evaluate(model, loader, head, criterion, cfg, CPU)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        inside = evaluate(model, loader, criterion, cfg, CPU)
+        inside = evaluate(model, loader, head, criterion, cfg, CPU)
         assert torch.is_autocast_enabled("cpu")  # restored after the evaluation
     assert seen and all(call == (False, {torch.float32}) for call in seen)
     assert inside[0] == plain[0] and inside[1] == plain[1]

@@ -148,8 +148,9 @@ def evaluate_checkpoint(checkpoint: Path) -> dict:
     model.load_state_dict(state["model"])
     loader = build_loader(dataset, cfg.eval.batch_size, shuffle=False, workers=0, seed=0, rank=dist.rank(),
                           world_size=dist.world_size())
-    criterion = build_criterion(cfg.loss, build_head(cfg, dataset.num_classes), img_size=cfg.data.img_size)
-    metrics, losses, evaluator = evaluate(model, loader, criterion, cfg, device)
+    head = build_head(cfg, dataset.num_classes)
+    criterion = build_criterion(cfg.loss, head, img_size=cfg.data.img_size)
+    metrics, losses, evaluator = evaluate(model, loader, head, criterion, cfg, device)
     return {"metrics": metrics, "losses": losses, "results": evaluator.results(),
             "images": [int(i) for i in evaluator.coco_eval.params.imgIds], "local_batches": len(loader)}
 

@@ -21,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from yolo_loss.checkpoint import load_checkpoint
 from yolo_loss.config.load import config_from_dict, config_to_dict, load_config
 from yolo_loss.data import build_dataset, build_loader
+from yolo_loss.head import build_head
 from yolo_loss.train.engine import METRIC_KEYS, ResumeError, evaluate, train
 from yolo_loss.model import build_model
 from yolo_loss.tensorboard.tags import LEVEL_NAMES
@@ -203,7 +204,8 @@ def test_a_softmax_model_is_scored_with_its_softmax(loss_cls: str, invariant: bo
     detections = []
     for shift in (0.0, 3.0):
         model.load_state_dict(shifted_class_logits(state["model"], shift, dataset.num_classes))
-        _, _, evaluator = evaluate(model, loader, None, cfg, torch.device("cpu"))
+        _, _, evaluator = evaluate(model, loader, build_head(cfg, dataset.num_classes), None, cfg,
+                                   torch.device("cpu"))
         detections.append(evaluator.results())
     plain, shifted = detections
     assert len(plain) > 20

@@ -1,5 +1,5 @@
-"""Tests for yolo_loss.train.runtime and yolo_loss.allocator: device choice, seeding, RNG state round trips, run folders,
-run info, and the entry points' allocator settings."""
+"""Tests for yolo_loss.train.runtime and yolo_loss.allocator: device choice, seeding, RNG state round trips, run
+folders, run info, and the entry points' allocator settings."""
 
 from __future__ import annotations
 

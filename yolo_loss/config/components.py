@@ -209,6 +209,8 @@ def component_names(term: str) -> tuple[str, ...]:
 # candidate (level, anchor, cell) of the head, with a soft class target where the method has one
 # (losses/assigners/); their hyper-parameters are declared here once, each a loss.<field> key.
 STATIC_ASSIGN_RULES = ("best_anchor", "multi_anchor", "ratio")
+MULTI_ANCHOR_IOU_THRESH = 0.213  # multi_anchor: AlexeyAB's iou_thresh in yolov4.cfg
+RATIO_ANCHOR_T = 4.0  # ratio: ultralytics' hyp anchor_t
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from yolo_loss.decode import EXP_WH_RULES
-from yolo_loss.config.components import (HyperParam, assign_names, assigner, component, component_names,
-                                         hyperparameters, modifier_problems)
+from yolo_loss.config.components import (MULTI_ANCHOR_IOU_THRESH, RATIO_ANCHOR_T, HyperParam, assign_names,
+                                         assigner, component, component_names, hyperparameters, modifier_problems)
 
 # YOLOv3 anchors in input pixels at 416 px: three per level, strides 8, 16, 32.
 YOLOV3_ANCHORS: list[list[float]] = [
@@ -250,8 +250,8 @@ class LossTerms:
     # The static rules (best_anchor, multi_anchor, ratio) or a dynamic assigner (tal, simota, atss: every candidate
     # of the head, positives chosen by the method; config/components.py, ASSIGNERS).
     assign: str = choice("best_anchor", *assign_names())
-    assign_iou_thresh: float = bounded(0.213, 0.0, 1.0, low_open=True)  # multi_anchor
-    anchor_t: float = bounded(4.0, 1.0, None, low_open=True)  # ratio
+    assign_iou_thresh: float = bounded(MULTI_ANCHOR_IOU_THRESH, 0.0, 1.0, low_open=True)  # multi_anchor
+    anchor_t: float = bounded(RATIO_ANCHOR_T, 1.0, None, low_open=True)  # ratio
     # YOLOv5's assignment: besides the truth centre's cell, the two neighbouring cells (one in x, one in y) whose
     # borders are nearest the centre, where the truth is not in the grid's outer cell (model.decode=yolov5 only).
     neighbour_cells: bool = False
@@ -306,25 +306,32 @@ class LossTerms:
 
     def check_decode(self, model: ModelConfig) -> list[tuple[str, str]]:
         """What the terms need of the model's decode (``model.decode``, ``model.scale_x_y``)."""
-        errors = []
-        if model.decode not in EXP_WH_RULES and self.wh != "none":
-            errors.append(("wh", f"loss.wh={self.wh} regresses tw = ln(w / a_w), darknet's decode; with "
-                                 f"model.decode={model.decode} use a box term (loss.box) and loss.wh=none"))
+        errors = decode_problems(self.xy, self.wh, self.box, model.decode)
         if self.neighbour_cells and model.decode != "yolov5":
             errors.append(("neighbour_cells", "a neighbour cell's prediction reaches the truth only with "
                                               "model.decode=yolov5 (centres in [-0.5, 1.5] of a cell)"))
-        if self.box != "none" and component("box", self.box).raw_box and model.decode != "darknet":
-            errors.append(("box", f"loss.box={self.box} is AlexeyAB's hand-written delta for darknet's decode; "
-                                  f"model.decode is {model.decode}"))
-        if (model.decode == "linear") != (self.xy == "mse_linear") and self.xy != "none":
-            errors.append(("xy", "model.decode=linear predicts the offset as tx itself (no sigmoid): its x, y term "
-                                 "is loss.xy=mse_linear (or none), and mse_linear needs that decode; got "
-                                 f"loss.xy={self.xy} with model.decode={model.decode}"))
         return errors
 
     def hyperparameter_values(self) -> dict[str, float | str]:
         """``{field: value}`` of every component hyper-parameter (what ``registry.bind`` takes)."""
         return {param.field: getattr(self, param.field) for param in hyperparameters()}
+
+
+def decode_problems(xy: str, wh: str, box: str, decode: str) -> list[tuple[str, str]]:
+    """``(loss key, message)`` for each term that the decode rule ``decode`` (``model.decode``) cannot train: the one
+    set of these rules, read by the config's checks and by :class:`~yolo_loss.losses.criterion.YoloCriterion`."""
+    errors = []
+    if decode not in EXP_WH_RULES and wh != "none":
+        errors.append(("wh", f"loss.wh={wh} regresses tw = ln(w / a_w), darknet's decode; with model.decode={decode} "
+                             "use a box term (loss.box) and loss.wh=none"))
+    if box != "none" and component("box", box).raw_box and decode != "darknet":
+        errors.append(("box", f"loss.box={box} is AlexeyAB's hand-written delta for darknet's decode; "
+                              f"model.decode is {decode}"))
+    if (decode == "linear") != (xy == "mse_linear") and xy != "none":
+        errors.append(("xy", "model.decode=linear predicts the offset as tx itself (no sigmoid): its x, y term is "
+                             f"loss.xy=mse_linear (or none), and mse_linear needs that decode; got loss.xy={xy} with "
+                             f"model.decode={decode}"))
+    return errors
 
 
 # The loss section: the terms above, then one field per component hyper-parameter of the registry (focal_alpha,

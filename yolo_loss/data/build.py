@@ -104,9 +104,9 @@ def check_split(cfg: DataConfig, split: str, source: str, annotations: Annotatio
 
     - when more than ``cfg.max_unknown`` (default one half) of the objects in the split's annotations were
       dropped for their class (a VOC name not in ``data.classes``, a COCO category id not in the file). In a set
-      whose classes are listed an unknown name is a rare slip (VOC's, COCO's and BCCD's files have none); a class list that does not fit the
-      data (the VOC default on a custom set, a misspelt list) drops whole classes, usually most objects.
-      ``data.max_unknown: 1`` turns this off, for a deliberate subset of a VOC set's classes;
+      whose classes are listed an unknown name is a rare slip (VOC's, COCO's and BCCD's files have none); a class list
+      that does not fit the data (the VOC default on a custom set, a misspelt list) drops whole classes, usually most
+      objects. ``data.max_unknown: 1`` turns this off, for a deliberate subset of a VOC set's classes;
     - when no box is left to train on (or to score: difficult boxes are neither), whatever the cause;
     - in training, when a class that ``data.classes`` lists has no box left: the model could never learn it,
       and it is the sign of a misspelt name whose objects a smaller share of unknown classes hides.

@@ -28,9 +28,10 @@ import torch
 from torch import Tensor
 
 from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise
+from yolo_loss.config.components import MULTI_ANCHOR_IOU_THRESH, RATIO_ANCHOR_T, STATIC_ASSIGN_RULES
 from yolo_loss.decode import grid_xy
 
-ASSIGN_RULES = ("best_anchor", "multi_anchor", "ratio")
+ASSIGN_RULES = STATIC_ASSIGN_RULES
 
 
 @dataclass
@@ -77,8 +78,8 @@ def shape_iou(wh_a: Tensor, wh_b: Tensor) -> Tensor:
     return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
 
 
-def anchor_matches(truth_wh: Tensor, anchors_wh: Tensor, rule: str, *, iou_thresh: float = 0.213,
-                   anchor_t: float = 4.0) -> Tensor:
+def anchor_matches(truth_wh: Tensor, anchors_wh: Tensor, rule: str, *,
+                   iou_thresh: float = MULTI_ANCHOR_IOU_THRESH, anchor_t: float = RATIO_ANCHOR_T) -> Tensor:
     """Which of all anchors each truth is assigned to: ``Tensor[N, K]`` bool.
 
     Args:
@@ -109,8 +110,9 @@ COLLISION_RULES = ("merge", "keep")
 @torch.no_grad()
 def assign_targets(targets: Tensor, *, num_classes: int, anchors_per_level: list[Tensor],
                    strides: tuple[int, ...], grid_sizes: list[tuple[int, int]], img_size: tuple[int, int],
-                   rule: str = "best_anchor", iou_thresh: float = 0.213, anchor_t: float = 4.0,
-                   neighbour_cells: bool = False, collisions: str = "merge") -> list[LevelTargets]:
+                   rule: str = "best_anchor", iou_thresh: float = MULTI_ANCHOR_IOU_THRESH,
+                   anchor_t: float = RATIO_ANCHOR_T, neighbour_cells: bool = False,
+                   collisions: str = "merge") -> list[LevelTargets]:
     """Assign truths to (level, anchor, cell) positives.
 
     Args:

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise, ciou_loss
 from yolo_loss.config import components as declared
-from yolo_loss.decode import EXP_WH_RULES, grid_xy, per_anchor_view
+from yolo_loss.config.schema import decode_problems
+from yolo_loss.decode import grid_xy, per_anchor_view
 from yolo_loss.head import HeadSpec
 from yolo_loss.losses import registry
 from yolo_loss.losses.assign import (ASSIGN_RULES, COLLISION_RULES, LevelTargets, anchor_boxes_at_cells,
@@ -95,8 +96,9 @@ class YoloCriterion:
     def __init__(self, head: HeadSpec, *, xy: str = "bce", wh: str = "mse", box: str = "none",
                  box_scale: str = "two_minus_wh", obj: str = "bce", obj_target: str = "one", cls: str = "bce",
                  cls_target: str = "one",
-                 label_smoothing: float = 0.0, assign: str = "best_anchor", assign_iou_thresh: float = 0.213,
-                 anchor_t: float = 4.0, neighbour_cells: bool = False, collisions: str = "merge",
+                 label_smoothing: float = 0.0, assign: str = "best_anchor",
+                 assign_iou_thresh: float = declared.MULTI_ANCHOR_IOU_THRESH,
+                 anchor_t: float = declared.RATIO_ANCHOR_T, neighbour_cells: bool = False, collisions: str = "merge",
                  ignore: str = "prediction", ignore_thresh: float = 0.7,
                  reduction: str = "sum_per_image", weights: dict[str, float] | None = None,
                  level_weights: dict[str, list[float]] | None = None,
@@ -122,12 +124,8 @@ class YoloCriterion:
                                      ("collisions", collisions, COLLISION_RULES)):
             if value not in valid:
                 raise ValueError(f"{option} {value!r}; valid: {', '.join(valid)}")
-        if head.decode not in EXP_WH_RULES and wh != declared.NONE:
-            raise ValueError(f"wh={wh} regresses tw = ln(w / a_w), darknet's decode; the head decodes by {head.decode}")
-        if "box" in self.components and self.components["box"].raw_box and head.decode != "darknet":
-            raise ValueError(f"box={box} is AB darknet's delta for darknet's decode; the head decodes by {head.decode}")
-        if (head.decode == "linear") != (xy == "mse_linear") and xy != declared.NONE:
-            raise ValueError(f"xy={xy} with the {head.decode} decode: xy=mse_linear and the linear decode go together")
+        if problems := decode_problems(xy, wh, box, head.decode):
+            raise ValueError("; ".join(message for _, message in problems))
         self.head = head
         self.box_scale, self.obj_target, self.ignore, self.reduction = box_scale, obj_target, ignore, reduction
         self.ignore_thresh, self.label_smoothing = ignore_thresh, label_smoothing

@@ -34,8 +34,8 @@ Run state is read from the folder alone, through :mod:`yolo_loss.train.run_folde
 ``train.py`` at the very end) means finished, ``failed.json`` (written by the runner) failed, ``last.pt`` without
 either interrupted (resumed from it), an empty or missing folder new; ``train.py``'s ``status.json`` tells a run
 stopped by a signal from one that failed. A launcher claims a run before it trains it (``<run folder>.claim``,
-:mod:`yolo_loss.studies.run_locks`), so several launchers, here, on other machines or as cluster jobs (:func:`submit_study`),
-share a study and train each run once.
+:mod:`yolo_loss.studies.run_locks`), so several launchers, here, on other machines or as cluster jobs
+(:func:`submit_study`), share a study and train each run once.
 
 ``tune: {seeds: [100, 101], metric: AP, select: {data.val_sets: [BCCD/val]}, grid: {...}}`` (:class:`Tune`)
 compares each variant at its own tuned setting. ``grid`` maps ``"*"`` (every variant) or a variant's name (its own
@@ -792,8 +792,8 @@ def _die_with_parent() -> None:
 
 
 class Launcher:
-    """Trains runs of a study in this process's threads, each after claiming it (:mod:`yolo_loss.studies.run_locks`); any
-    number of launchers, here or on other machines sharing the folder, can work on one study at once."""
+    """Trains runs of a study in this process's threads, each after claiming it (:mod:`yolo_loss.studies.run_locks`);
+    any number of launchers, here or on other machines sharing the folder, can work on one study at once."""
 
     def __init__(self, *, threads: str, python: str = sys.executable, nproc_per_run: int = 1,
                  claim_timeout: float = run_locks.CLAIM_TIMEOUT_SECONDS,

@@ -332,8 +332,8 @@ def findings_markdown(claims: list[Finding], questions: list[Finding], meta: dic
               f"MDE: t(0.975, n-1) sd(d) / sqrt(n). A comparison reads better or worse when its Holm p < 0.05, "
               f"equivalent when the Holm-adjusted equivalence test within +-{min_effect:g} passes, unresolved "
               f"otherwise, and preliminary below 5 paired seeds (yolo_loss/studies/stats.py). A claim is reproduced or "
-              f"contradicted only on a better, worse or equivalent comparison (yolo_loss/studies/findings.py). Measured / "
-              f"published: the ratio of the two effects in the metric's units where the paper gives a number; the "
-              f"data sets differ, so it says how much of the effect transfers, not whether the paper is right.",
+              f"contradicted only on a better, worse or equivalent comparison (yolo_loss/studies/findings.py). "
+              f"Measured / published: the ratio of the two effects in the metric's units where the paper gives a "
+              f"number; the data sets differ, so it says how much of the effect transfers, not whether the paper is right.",
               "", str(meta.get("limits", "")).strip(), ""]
     return "\n".join(lines)

@@ -2,8 +2,8 @@
 
 Per variant and metric: the mean and the sample standard deviation (``ddof=1``) over its finished seeds. Each
 variant other than the baseline is one comparison with the baseline, paired by seed; the study's comparisons in one
-metric are one family, judged together by the verdict rule of :mod:`yolo_loss.studies.stats` (its docstring defines every
-column: n, d +- SE, raw p, Holm p, BH q, MDE, the equivalence test within the study's ``min_effect``, the
+metric are one family, judged together by the verdict rule of :mod:`yolo_loss.studies.stats` (its docstring defines
+every column: n, d +- SE, raw p, Holm p, BH q, MDE, the equivalence test within the study's ``min_effect``, the
 sign-flip p from 7 seeds on, the seeds for 80% power, and the verdict word: better, worse, equivalent, unresolved,
 or preliminary below 5 seeds).
 
@@ -303,8 +303,8 @@ def markdown(info: dict[str, Any], summaries: list[VariantSummary], metrics: tup
     text = "\n".join(lines) + "\n"
     if baseline:
         text += (f"\nd: the difference from the baseline paired by seed, mean +- standard error over the seeds both "
-                 f"finished. verdict (yolo_loss/studies/stats.py): better / worse when its Holm-adjusted p < 0.05 over the "
-                 f"study's {len([s for s in summaries if s.diff is not None])} comparisons, equivalent when the "
+                 f"finished. verdict (yolo_loss/studies/stats.py): better / worse when its Holm-adjusted p < 0.05 over "
+                 f"the study's {len([s for s in summaries if s.diff is not None])} comparisons, equivalent when the "
                  f"Holm-adjusted equivalence test (TOST) within +-{info.get('min_effect', DEFAULT_MIN_EFFECT):g} passes, "
                  f"unresolved otherwise, preliminary below {MIN_SEEDS} paired seeds.\n")
     if notes:
@@ -461,8 +461,8 @@ def plot_ap_curves(curves: dict[str, dict[int, list[tuple[float, float]]]], out:
 
 def start_mismatches(rows: list[dict[str, Any]]) -> list[str]:
     """One line per seed whose finished runs did not all start from the same pretrained backbone (its
-    fingerprint, :func:`yolo_loss.train.pretrain.fingerprint`): the cache is keyed by its parameters, but another machine
-    trains other weights from them, so runs of one seed made on two machines are not exactly paired."""
+    fingerprint, :func:`yolo_loss.train.pretrain.fingerprint`): the cache is keyed by its parameters, but another
+    machine trains other weights from them, so runs of one seed made on two machines are not exactly paired."""
     lines = []
     for seed in sorted({row["seed"] for row in rows}):
         starts: dict[str, list[str]] = {}

@@ -1,7 +1,7 @@
 """Run locks: which launcher trains which run of a study, on one machine or on several sharing the study folder.
 
-Not the published claims of ``docs/claims.yaml`` (:mod:`yolo_loss.studies.findings`): a launcher's lock on a run is called
-its *claim* on it, and the lock file keeps the ``.claim`` suffix.
+Not the published claims of ``docs/claims.yaml`` (:mod:`yolo_loss.studies.findings`): a launcher's lock on a run is
+called its *claim* on it, and the lock file keeps the ``.claim`` suffix.
 
 A launcher claims a run before it starts it by creating its claim file (``<run folder>.claim``, beside the
 folder, so that setting the folder aside never moves it) with an exclusive create

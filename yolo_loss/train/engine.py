@@ -99,22 +99,21 @@ def freeze_batchnorm(model: torch.nn.Module) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, criterion: YoloCriterion | None, cfg: Config, device: torch.device,
-             ) -> tuple[dict[str, float], dict[str, float], Evaluator]:
+def evaluate(model: torch.nn.Module, loader, head: HeadSpec, criterion: YoloCriterion | None, cfg: Config,
+             device: torch.device) -> tuple[dict[str, float], dict[str, float], Evaluator]:
     """Run the model over a loader: COCO and VOC metrics, and (when a criterion is given) the mean loss terms under
     the training tags (:func:`~yolo_loss.tensorboard.log.loss_scalars`).
 
-    The detections are scored with the head description of ``cfg`` and the loader's data set
-    (:func:`~yolo_loss.head.build_head`): as the model was trained. Under ``torchrun`` every process runs its share
-    of the batches (a loader built with its rank, see :func:`~yolo_loss.data.build_loader`) and gets every
-    process's results, in single-process order, before the metrics: every process returns the metrics and losses
-    of one process evaluating the whole set.
+    The detections are scored with ``head``, the head description the model was trained with (the trainer's, or
+    :func:`~yolo_loss.head.build_head` of the run's config and the data set's classes). Under ``torchrun`` every
+    process runs its share of the batches (a loader built with its rank, see :func:`~yolo_loss.data.build_loader`)
+    and gets every process's results, in single-process order, before the metrics: every process returns the
+    metrics and losses of one process evaluating the whole set.
 
     The evaluation is in float32 whatever ``train.amp`` trained the model in: autocast is off around the model."""
     model.eval()
     dataset = loader.dataset
     evaluator = Evaluator(dataset.ground_truth_coco, dataset.category_ids)
-    head = build_head(cfg, dataset.num_classes)
     per_batch = []  # (image ids, detections in original-image pixels, loss scalars) of each batch
     with torch.autocast(device.type, enabled=False):  # float32, also when called inside an autocast region
         for images, targets, metas in loader:
@@ -493,8 +492,8 @@ def evaluate_now(trainer: Trainer, state: TrainState) -> float:
     """Evaluate the EMA (or raw) weights, log, and save ``best.pt`` at a new best AP (not for the untrained model at
     step 0); then back to training mode. Returns the seconds it took (not training time)."""
     tick = time.perf_counter()
-    metrics, val_losses, evaluator = evaluate(trainer.eval_model, trainer.val_loader, trainer.criterion,
-                                              trainer.cfg, trainer.device)
+    metrics, val_losses, evaluator = evaluate(trainer.eval_model, trainer.val_loader, trainer.head,
+                                              trainer.criterion, trainer.cfg, trainer.device)
     trainer.logger.evaluation(state.step, metrics, val_losses, evaluator)
     dist.on_main(tqdm.write)(f"step {state.step} (epoch {state.epoch + 1}): "
                              + "  ".join(f"{k} {metrics[k]:.3f}" for k in METRIC_KEYS if k in metrics))
@@ -541,7 +540,8 @@ def train(cfg: Config, run_dir: Path, *, resume: Path | None = None, force_resum
                 return TrainResult(run_dir, state.metrics, state.step, stopped=True)
             save(trainer, state, "last.pt", trainer.train_loader.generator.get_state())
     if not state.metrics:  # nothing evaluated (eval_points 0, or resumed from a checkpoint that kept no metrics)
-        state.metrics, _, _ = evaluate(trainer.eval_model, trainer.val_loader, trainer.criterion, cfg, trainer.device)
+        state.metrics, _, _ = evaluate(trainer.eval_model, trainer.val_loader, trainer.head, trainer.criterion, cfg,
+                                       trainer.device)
     trainer.logger.hparams()  # the run's settings beside its final metrics, for the HParams table
     trainer.logger.close()
     summary = RunMetrics(metrics=state.metrics, steps=state.step, final_terms=state.final_terms,
