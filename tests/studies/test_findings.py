@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolo_loss.studies.findings import (Claim, ClaimsError, Comparison, Question, evaluate_claims,
-                                        evaluate_replications, findings_markdown, load_claims)
+from yolo_loss.studies.findings import (HEADLINE_END, HEADLINE_START, Claim, ClaimsError, Comparison, Question,
+                                        evaluate_claims, evaluate_replications, findings_markdown, headline_markdown,
+                                        load_claims, replace_headline)
+
+REPO = Path(__file__).resolve().parents[2]
 
 # AP per seed (5 seeds). better - base = 0.10, 0.12, 0.08, 0.11, 0.09 (mean 0.10); same - base = 0.001, -0.002,
 # 0.003, 0.0, 0.002 (mean 0.0008, equivalent within +-0.01); noisy - base = 0.02, -0.02, 0.01, -0.015, 0.004.
@@ -183,3 +186,45 @@ def test_a_bad_replication_is_named(tmp_path: Path, replications, named: str) ->
         "replications": replications}]}))
     with pytest.raises(ClaimsError, match=named):
         load_claims(path)
+
+
+def test_the_headline_table_lists_the_labelled_items_with_their_replications(tmp_path: Path) -> None:
+    """Only items with a headline label, in order, each with its study, metric, d +- SE (n), its verdict in its
+    family and, per replication data set, the same there ("-" where it has none); the README block is replaced
+    between its markers and nowhere else."""
+    write_study(tmp_path / "toy")
+    write_study(tmp_path / "real", {"v=base": RESULTS["v=base"], "v=real": RESULTS["v=same"]})
+    path = tmp_path / "claims.yaml"
+    item = {"source": "a paper", "where": "Table 1", "claim": "it helps", "published": "+5 AP",
+            "published_effect": 0.05, "study": "toy", "variant": "v=better", "reference": "v=base", "metric": "AP",
+            "direction": "better"}
+    path.write_text(yaml.safe_dump({"claims": [
+        {**item, "headline": "better, replicated",
+         "replications": {"real": {"study": "real", "variant": "v=real", "reference": "v=base"}}},
+        {**item, "variant": "v=noisy"},
+        {**item, "variant": "v=three", "headline": "three seeds"}]}))
+    claims, questions, _ = load_claims(path)
+    judged, _ = evaluate_claims(claims, questions, tmp_path)
+    table = headline_markdown(judged, evaluate_replications(claims, questions, tmp_path))
+    lines = table.split("\n")
+    assert lines[0] == HEADLINE_START and lines[-1] == HEADLINE_END
+    assert lines[1] == "| comparison | study | metric | d +- SE (n) | verdict | on real: d +- SE (n), verdict |"
+    assert lines[3] == ("| better, replicated | `toy` | AP | +0.1000 +- 0.0071 (5) | reproduced | "
+                        "+0.0008 +- 0.0009 (5), not reproduced: equivalent within +-0.01 |")
+    assert lines[4].startswith("| three seeds | `toy` | AP | ") and lines[4].endswith("(3) | preliminary | - |")
+    assert len(lines) == 6  # the unlabelled v=noisy is not a row
+    readme = f"intro\n{HEADLINE_START}\nold rows\n{HEADLINE_END}\nrest\n"
+    assert replace_headline(readme, table) == f"intro\n{table}\nrest\n"
+    with pytest.raises(ClaimsError, match="no headline block"):
+        replace_headline("a README without the markers", table)
+
+
+def test_the_readme_headline_table_is_what_the_committed_studies_give() -> None:
+    """The README's table is written by scripts/findings.py: it must equal what the committed claims file and
+    results.csv files give now (run the script after a study changes)."""
+    claims, questions, meta = load_claims(REPO / "docs" / "claims.yaml")
+    judged_claims, judged_questions = evaluate_claims(claims, questions, REPO / "docs" / "ablations",
+                                                      meta.get("min_effect", 0.01))
+    replications = evaluate_replications(claims, questions, REPO / "docs" / "ablations", meta.get("min_effect", 0.01))
+    table = headline_markdown(judged_claims + judged_questions, replications)
+    assert table in (REPO / "README.md").read_text()

@@ -40,7 +40,10 @@ DIRECTIONS = ("better", "worse", "same")
 CLAIM_KEYS = {"source", "where", "claim", "published", "published_effect", "study", "variant", "reference",
               "metric", "direction"}
 QUESTION_KEYS = {"question", "study", "variant", "reference", "metric"}
-OPTIONAL_KEYS = {"reference_study", "replications"}
+OPTIONAL_KEYS = {"reference_study", "replications", "headline"}
+# The README's headline table is written by scripts/findings.py between these lines (headline_markdown).
+HEADLINE_START = "<!-- headline findings: written by scripts/findings.py from docs/claims.yaml; do not edit -->"
+HEADLINE_END = "<!-- end of the headline findings -->"
 REPLICATION_KEYS = {"study", "variant", "reference"}
 
 
@@ -74,6 +77,7 @@ class Claim:
     direction: str
     comparison: Comparison
     replications: tuple[tuple[str, Comparison], ...] = ()  # (data set, the same comparison there)
+    headline: str = ""  # its row's label in the README's headline table ("": not there)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class Question:
     question: str
     comparison: Comparison
     replications: tuple[tuple[str, Comparison], ...] = ()
+    headline: str = ""
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,8 @@ def load_claims(path: Path) -> tuple[list[Claim], list[Question], dict[str, Any]
                               f"-0.02 for 2 points lower) or null, got {effect!r}")
         claims.append(Claim(str(item["source"]), str(item["where"]), str(item["claim"]), str(item["published"]),
                             None if effect is None else float(effect), str(item["direction"]),
-                            _comparison(path, where, item), _replications(path, where, item)))
+                            _comparison(path, where, item), _replications(path, where, item),
+                            str(item.get("headline") or "")))
     questions = []
     for index, item in enumerate(raw.get("questions") or []):
         where = f"questions.{index}"
@@ -186,7 +192,7 @@ def load_claims(path: Path) -> tuple[list[Claim], list[Question], dict[str, Any]
         if not str(item["question"]).strip().endswith("?"):
             raise ClaimsError(f"{path}: {where}.question: word it as a question (ending in '?'), not as a claim")
         questions.append(Question(str(item["question"]), _comparison(path, where, item),
-                                  _replications(path, where, item)))
+                                  _replications(path, where, item), str(item.get("headline") or "")))
     meta = {key: value for key, value in raw.items() if key not in ("claims", "questions")}
     return claims, questions, meta
 
@@ -298,6 +304,40 @@ def replications_markdown(first: list[Finding], replications: dict[str, tuple[li
                          f"{_measured(finding.judged)} | {_stats_cells(finding.judged)} | {finding.verdict} | "
                          f"{first_verdict.get(id(item), '-')} |")
     return lines
+
+
+def headline_markdown(first: list[Finding], replications: dict[str, tuple[list[Finding], list[Finding]]]) -> str:
+    """The README's headline table: the claims and questions with a ``headline`` label, in the claims file's order
+    (claims, then questions), each with its study, d +- SE (n), the verdict in its family, and the same on each
+    replication's data set; between :data:`HEADLINE_START` and :data:`HEADLINE_END`."""
+    names = list(replications)
+    elsewhere = {(dataset, id(f.item)): f for dataset, pair in replications.items() for f in (*pair[0], *pair[1])}
+    header = "| comparison | study | metric | d +- SE (n) | verdict |" + "".join(f" on {n}: d +- SE (n), verdict |"
+                                                                              for n in names)
+    lines = [HEADLINE_START, header, "|---" * (5 + len(names)) + "|"]
+    for finding in first:
+        if not finding.item.headline:
+            continue
+        cells = [finding.item.headline, f"`{finding.comparison.study}`", finding.comparison.metric,
+                 _measured(finding.judged), finding.verdict]
+        for dataset in names:
+            other = elsewhere.get((dataset, id(finding.item)))
+            cells.append(f"{_measured(other.judged)}, {other.verdict}" if other else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [HEADLINE_END])
+
+
+def replace_headline(text: str, table: str) -> str:
+    """``text`` (the README) with the block between the headline markers replaced by ``table``.
+
+    Raises:
+        ClaimsError: the markers are missing or out of order.
+    """
+    start, end = text.find(HEADLINE_START), text.find(HEADLINE_END)
+    if start < 0 or end < start:
+        raise ClaimsError(f"the README has no headline block: put the lines {HEADLINE_START!r} and "
+                          f"{HEADLINE_END!r} where the table goes")
+    return text[:start] + table + text[end + len(HEADLINE_END):]
 
 
 def findings_markdown(claims: list[Finding], questions: list[Finding], meta: dict[str, Any],
