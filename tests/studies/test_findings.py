@@ -145,15 +145,21 @@ def test_the_shipped_claims_file_loads() -> None:
     assert not any("is darknet's" in c.claim or "trains as well as" in c.claim for c in claims)  # questions now
 
 
-def test_replications_on_a_second_data_set_are_their_own_family_beside_the_first(tmp_path: Path) -> None:
-    """A claim replicated on another data set: judged there (its own family, the claim's direction), and shown in
-    that data set's section beside the verdict on the first; a claim without a replication is left out there."""
+def two_data_sets(tmp_path: Path) -> tuple[Path, dict]:
+    """Studies "toy" (RESULTS) and "real" (v=real equal to v=base within +-0.01), the claims file's path, and a
+    claim on toy's v=better as a claims-file item."""
     write_study(tmp_path / "toy")
     write_study(tmp_path / "real", {"v=base": RESULTS["v=base"], "v=real": RESULTS["v=same"]})
-    path = tmp_path / "claims.yaml"
     item = {"source": "a paper", "where": "Table 1", "claim": "it helps", "published": "+5 AP",
             "published_effect": 0.05, "study": "toy", "variant": "v=better", "reference": "v=base", "metric": "AP",
             "direction": "better"}
+    return tmp_path / "claims.yaml", item
+
+
+def test_replications_on_a_second_data_set_are_their_own_family_beside_the_first(tmp_path: Path) -> None:
+    """A claim replicated on another data set: judged there (its own family, the claim's direction), and shown in
+    that data set's section beside the verdict on the first; a claim without a replication is left out there."""
+    path, item = two_data_sets(tmp_path)
     path.write_text(yaml.safe_dump({
         "datasets": {"real": "a real data set"},
         "claims": [{**item, "replications": {"real": {"study": "real", "variant": "v=real", "reference": "v=base"}}},
@@ -192,12 +198,7 @@ def test_the_headline_table_lists_the_labelled_items_with_their_replications(tmp
     """Only items with a headline label, in order, each with its study, metric, d +- SE (n), its verdict in its
     family and, per replication data set, the same there ("-" where it has none); the README block is replaced
     between its markers and nowhere else."""
-    write_study(tmp_path / "toy")
-    write_study(tmp_path / "real", {"v=base": RESULTS["v=base"], "v=real": RESULTS["v=same"]})
-    path = tmp_path / "claims.yaml"
-    item = {"source": "a paper", "where": "Table 1", "claim": "it helps", "published": "+5 AP",
-            "published_effect": 0.05, "study": "toy", "variant": "v=better", "reference": "v=base", "metric": "AP",
-            "direction": "better"}
+    path, item = two_data_sets(tmp_path)
     path.write_text(yaml.safe_dump({"claims": [
         {**item, "headline": "better, replicated",
          "replications": {"real": {"study": "real", "variant": "v=real", "reference": "v=base"}}},
