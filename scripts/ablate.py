@@ -9,7 +9,7 @@ Several launchers (terminals, machines sharing the folder, Slurm jobs) can work 
 run before training it (yolo_loss/studies/run_locks.py), so every run is trained once.
 
 With `seeds: {auto: [0, 1, 2, 3, 4], cap: 10}` the launcher then adds seeds, a round at a time, to the variants
-whose difference from the baseline is unresolved (yolo_loss/studies/ablation.py); --status lists the next round.
+whose difference from the baseline is unresolved (yolo_loss/studies/study.py); --status lists the next round.
 With `tune:` it first trains each variant's candidates at the tuning seeds (<variant>/tune=<candidate>/seed=<s>),
 then each variant's evaluation runs at the candidate chosen; --dry-run and --status list the search runs and say
 which variants' evaluation runs wait for their choice.
@@ -25,8 +25,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolo_loss.studies.ablation import (StudyError, describe_command, load_study, next_round, run_state, run_study,
-                                submit_study, train_command)
+from yolo_loss.studies.study import StudyError, load_study
+from yolo_loss.studies.runner import describe_command, next_round, run_state, run_study, submit_study, train_command
 from yolo_loss.studies.run_locks import CLAIM_TIMEOUT_SECONDS
 from yolo_loss.studies.report import write_report
 

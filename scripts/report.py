@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolo_loss.studies.ablation import StudyError, load_study, write_study_info
+from yolo_loss.studies.study import StudyError, load_study
+from yolo_loss.studies.runner import write_study_info
 from yolo_loss.studies.report import ReportError, write_report
 
 

@@ -426,7 +426,7 @@ def test_every_shipped_config_loads(path):
 @pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs" / "ablations").glob("*.yaml")))
 def test_every_shipped_study_expands(path):
     """Every study file expands, each of its runs' configs built and checked."""
-    from yolo_loss.studies.ablation import load_study
+    from yolo_loss.studies.study import load_study
 
     study = load_study(REPO / "configs" / "ablations" / path)
     assert study.seeds and study.axes

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolo_loss.studies.ablation import FAILED, StudyError, load_study, run_study, train_command
+from yolo_loss.studies.study import FAILED, StudyError, load_study
+from yolo_loss.studies.runner import run_study, train_command
 from yolo_loss.config.load import load_config
 from yolo_loss.studies.report import load_rows, markdown, summarize, write_report
 

@@ -1,4 +1,4 @@
-"""A study's ``tune:`` key (yolo_loss/studies/ablation.py): parsing and its errors, the search folders, the choice (best
+"""A study's ``tune:`` key (yolo_loss/studies/study.py): parsing and its errors, the search folders, the choice (best
 mean over the tuning seeds, a tie to the first listed, a warning on the edge of the grid), evaluation runs that carry
 the chosen overrides and never the selection ones, resuming, the report's section and ``--dry-run`` / ``--status``.
 
@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolo_loss.studies.ablation import RUN_INFO, STUDY_INFO, StudyError, load_study, run_study
+from yolo_loss.studies.study import RUN_INFO, STUDY_INFO, StudyError, load_study
+from yolo_loss.studies.runner import run_study
 from yolo_loss.config.load import load_config
 from yolo_loss.studies.report import write_report
 

@@ -10,7 +10,7 @@ A run folder holds, besides checkpoints (``last.pt``, ``best.pt``) and the Tenso
 - ``metrics.json`` (:class:`RunMetrics`): what the run measured, written once, at the very end; its presence
   means the run finished;
 - in a study, ``run.json`` (the variant, seed and overrides), ``train.log`` and, for a run the runner saw fail,
-  ``failed.json`` (:mod:`yolo_loss.studies.ablation`).
+  ``failed.json`` (:mod:`yolo_loss.studies.runner`).
 """
 
 from __future__ import annotations
