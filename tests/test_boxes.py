@@ -13,8 +13,8 @@ from torchvision import ops
 from yolo_loss.boxes import (alpha_ciou_loss, box_cxcywh_to_xyxy, box_iou_pairwise, box_xyxy_to_cxcywh, ciou_loss,
                              diou_loss, eiou_loss, focal_eiou_loss, iou_loss, log_iou_loss, siou_loss, wiou_loss)
 from yolo_loss.config.components import COMPONENTS
-from yolo_loss.losses.registry import FUNCTIONS
 from yolo_loss.config.schema import LossConfig
+from yolo_loss.losses.registry import FUNCTIONS
 
 # From the registry; Wise-IoU takes the criterion's running mean of 1 - IoU, and MPDIoU the input size (here a 16 x 12
 # image, for boxes in a 10 x 10 field), fixed here. The box losses of the decoded box (ciou_darknet, whose gradient

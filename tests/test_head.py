@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from yolo_loss.config.load import load_config
-from yolo_loss.head import HeadSpec, anchors_per_level, build_head, class_activation
 from yolo_loss.config.components import COMPONENTS
+from yolo_loss.config.load import load_config
 from yolo_loss.config.schema import YOLOV3_ANCHORS, Config, ModelConfig
+from yolo_loss.head import HeadSpec, anchors_per_level, build_head, class_activation
 
 
 def test_anchors_per_level_scaled_to_the_input():

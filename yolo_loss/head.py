@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from yolo_loss.config.components import component
 from yolo_loss.decode import (DECODE_RULES, STRIDES, centre_margin, decode_cxcywh, decode_level,
                                xy_sigmoid_target)
-from yolo_loss.config.components import component
 
 if TYPE_CHECKING:
     from yolo_loss.config.schema import Config, ModelConfig

@@ -22,8 +22,8 @@ import torch
 import yaml
 
 from yolo_loss.config.load import ConfigError, config_from_dict, load_config
-from yolo_loss.data import VOC_CLASSES, DataError, build_dataset, read_coco, read_voc
 from yolo_loss.config.schema import DataConfig
+from yolo_loss.data import VOC_CLASSES, DataError, build_dataset, read_coco, read_voc
 
 from test_data import coco_folder, voc_xml, write_jpeg  # noqa: F401  (coco_folder is a fixture)
 

@@ -24,12 +24,12 @@ from PIL import Image
 from pycocotools.cocoeval import COCOeval
 from torch.utils.data import Dataset
 
+from yolo_loss.config.schema import AugmentConfig, DataConfig, ShapesConfig
 from yolo_loss.data import (VOC_CLASSES, DataError, DetectionDataset, build_dataset, build_loader,
                             collate, read_coco, read_voc, seed_worker)
 from yolo_loss.data import cache as cache_module
 from yolo_loss.data.cache import cache_bytes
 from yolo_loss.data.images import check_image_file, decode_image_file
-from yolo_loss.config.schema import AugmentConfig, DataConfig, ShapesConfig
 
 # ---------------------------------------------------------------------------------------------- fixtures
 

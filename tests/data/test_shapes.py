@@ -20,10 +20,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from yolo_loss.config.schema import ShapesConfig
 from yolo_loss.data import shapes
 from yolo_loss.data.shapes import (SHAPE_CLASSES, dataset_name, generate_shapes, image_rng, render_image,
                                    shapes_dataset)
-from yolo_loss.config.schema import ShapesConfig
 
 IMAGE_SIZE = 160
 DEFAULT_PARAMS = dict(num_train=120, num_val=20, image_size=IMAGE_SIZE, max_objects=6, seed=0)

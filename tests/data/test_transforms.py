@@ -9,9 +9,9 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from yolo_loss.config.schema import AugmentConfig
 from yolo_loss.data.transforms import (PAD_VALUE, darknet_augment, distort_hsv, letterbox, letterbox_size,
                                        unletterbox_boxes)
-from yolo_loss.config.schema import AugmentConfig
 
 NO_COLOUR = dict(hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
 

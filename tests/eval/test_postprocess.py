@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from yolo_loss.eval import postprocess as postprocessing
 from yolo_loss.decode import STRIDES, per_anchor_view
-from yolo_loss.head import HeadSpec
+from yolo_loss.eval import postprocess as postprocessing
 from yolo_loss.eval.postprocess import Detections, postprocess
+from yolo_loss.head import HeadSpec
 
 # A 64 px input: grids 8 x 8, 4 x 4, 2 x 2; three anchors per level; C = 3.
 ANCHORS = [torch.tensor([[6.0, 8.0], [10.0, 14.0], [14.0, 10.0]]),

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise
+from yolo_loss.config.schema import YOLOV3_ANCHORS, LossConfig
 from yolo_loss.decode import STRIDES
 from yolo_loss.head import HeadSpec, class_activation
 from yolo_loss.losses import assign as assign_module
@@ -18,7 +19,6 @@ from yolo_loss.losses import criterion as criterion_module
 from yolo_loss.losses.assign import (_ignore_mask_all_pairs, anchor_boxes_at_cells, ignore_mask,
                                      truths_per_image)
 from yolo_loss.losses.criterion import build_criterion
-from yolo_loss.config.schema import YOLOV3_ANCHORS, LossConfig
 
 
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from yolo_loss.boxes import box_cxcywh_to_xyxy, ciou_loss
+from yolo_loss.config.schema import YOLOV3_ANCHORS, LossConfig, LossWeights
 from yolo_loss.decode import per_anchor_view
 from yolo_loss.head import HeadSpec
 from yolo_loss.losses.ciou_darknet import ciou_darknet_loss, darknet_ciou_delta
 from yolo_loss.losses.criterion import build_criterion
-from yolo_loss.config.schema import YOLOV3_ANCHORS, LossConfig, LossWeights
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = Path(os.environ.get("AB_DARKNET", ROOT.parent / "darknet"))

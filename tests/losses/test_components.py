@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from yolo_loss.config.components import COMPONENTS as REGISTRY
 from yolo_loss.losses.components import (bce_with_logits, cls_ce, cls_poly1, mse_on_sigmoid, quality_focal,
                                          sigmoid_focal, smooth_labels, varifocal, wh_l1, wh_mse, wh_smooth_l1, xy_bce,
                                          xy_mse, xy_mse_linear, xy_mse_t)
-from yolo_loss.config.components import COMPONENTS as REGISTRY
 from yolo_loss.losses.registry import FUNCTIONS
 
 

@@ -10,16 +10,16 @@ import torch
 import torchvision
 
 from yolo_loss.boxes import box_cxcywh_to_xyxy, box_iou_pairwise, ciou_loss
+from yolo_loss.config import components as declared
+from yolo_loss.config.components import COMPONENTS, Component
 from yolo_loss.config.load import ConfigError, config_from_dict
+from yolo_loss.config.schema import YOLOV3_ANCHORS, LossConfig
 from yolo_loss.decode import STRIDES, decode_cxcywh, per_anchor_view
 from yolo_loss.head import HeadSpec, build_head, class_activation
-from yolo_loss.losses.assign import anchor_boxes_at_cells, assign_targets, ignore_mask, truths_per_image
-from yolo_loss.config import components as declared
 from yolo_loss.losses import registry
+from yolo_loss.losses.assign import anchor_boxes_at_cells, assign_targets, ignore_mask, truths_per_image
 from yolo_loss.losses.components import quality_focal
 from yolo_loss.losses.criterion import YoloCriterion, build_criterion
-from yolo_loss.config.components import COMPONENTS, Component
-from yolo_loss.config.schema import YOLOV3_ANCHORS, LossConfig
 
 IMG = 128
 ANCHORS = [torch.tensor(YOLOV3_ANCHORS[3 * level:3 * level + 3], dtype=torch.float64) * IMG / 416

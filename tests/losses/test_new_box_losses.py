@@ -15,13 +15,13 @@ import torch
 
 from yolo_loss.boxes import (ciou_loss, diou_loss, focaler_iou, giou_loss, inner_iou, iou_loss, log_iou_loss,
                              modified_iou_loss, mpdiou_loss, nwd_loss, shape_iou_loss, siou_loss)
+from yolo_loss.config import components as declared
 from yolo_loss.config.load import ConfigError, config_from_dict, load_config
+from yolo_loss.config.schema import YOLOV3_ANCHORS, LossConfig
 from yolo_loss.decode import STRIDES
 from yolo_loss.head import HeadSpec
-from yolo_loss.config import components as declared
 from yolo_loss.losses import registry
 from yolo_loss.losses.criterion import build_criterion
-from yolo_loss.config.schema import YOLOV3_ANCHORS, LossConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 A, B = (0.0, 0.0, 2.0, 2.0), (1.0, 1.0, 3.0, 3.0)  # IoU 1/7, centres (1, 1) and (2, 2), enclosing 3 x 3

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from yolo_loss.model import Darknet53, Residual, YOLOv3, build_model
 from yolo_loss.config.schema import ModelConfig
+from yolo_loss.model import Darknet53, Residual, YOLOv3, build_model
 
 NANO = {"width": 0.25, "depth": 0.33}  # the default CPU setting (configs/shapes_nano.yaml)
 YOLOV3_COCO_PARAMETERS = 61_949_149  # yolov3.cfg with 80 classes, as counted by the PyTorch ports

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolo_loss.studies.study import FAILED, StudyError, load_study
-from yolo_loss.studies.runner import run_study, train_command
 from yolo_loss.config.load import load_config
 from yolo_loss.studies.report import load_rows, markdown, summarize, write_report
+from yolo_loss.studies.runner import run_study, train_command
+from yolo_loss.studies.study import FAILED, StudyError, load_study
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from yolo_loss.studies import run_locks
-from yolo_loss.studies.study import load_study
 from yolo_loss.studies.runner import claim_path, next_round, run_state, run_study, submit_study
+from yolo_loss.studies.study import load_study
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPES_NANO = REPO / "configs" / "shapes_nano.yaml"
@@ -46,8 +46,8 @@ json.dump({{"metrics": {{"AP": 0.25, "AP50": 0.5, "AP75": 0.2}}, "steps": 6, "fi
 
 LAUNCHER = '''
 import sys
-from yolo_loss.studies.study import load_study
 from yolo_loss.studies.runner import run_study
+from yolo_loss.studies.study import load_study
 run_study(load_study(sys.argv[1]), python=sys.argv[2], heartbeat_seconds=0.2)
 '''
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolo_loss.studies.study import RUN_INFO, STUDY_INFO, StudyError, load_study
-from yolo_loss.studies.runner import run_study
 from yolo_loss.config.load import load_config
 from yolo_loss.studies.report import write_report
+from yolo_loss.studies.runner import run_study
+from yolo_loss.studies.study import RUN_INFO, STUDY_INFO, StudyError, load_study
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPES_NANO = REPO / "configs" / "shapes_nano.yaml"

@@ -21,15 +21,15 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.util import tensor_util
 
 from yolo_loss.config.load import config_from_dict, config_to_dict, load_config
-from yolo_loss.train.engine import train
+from yolo_loss.config.schema import YOLOV3_ANCHORS, LevelWeights, LossConfig, LossWeights
 from yolo_loss.eval.metrics import Evaluator, voc_ap_area, voc_pr_curve
+from yolo_loss.eval.postprocess import Detections
 from yolo_loss.head import HeadSpec
 from yolo_loss.losses.criterion import build_criterion
 from yolo_loss.losses.criterion import LossResult
-from yolo_loss.eval.postprocess import Detections
-from yolo_loss.config.schema import YOLOV3_ANCHORS, LevelWeights, LossConfig, LossWeights
 from yolo_loss.tensorboard.log import PR_NUM_THRESHOLDS, loss_scalars, pr_curve_counts, term_gradient_norms
 from yolo_loss.tensorboard.tags import DIAGNOSTICS, LEVEL_NAMES, METRIC_TAGS, describe, hparam_values, hparams_summaries
+from yolo_loss.train.engine import train
 
 REPO = Path(__file__).resolve().parents[2]
 TERMS = ("xy", "wh", "obj_pos", "obj_neg", "cls")  # the darknet preset's terms (no IoU box term)

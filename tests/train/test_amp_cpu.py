@@ -15,14 +15,14 @@ import pytest
 import torch
 from test_engine import scalar_series, tiny_config
 
-from yolo_loss.train import engine
 from yolo_loss.checkpoint import load_checkpoint
 from yolo_loss.data import build_dataset, build_loader
-from yolo_loss.train.engine import METRIC_KEYS, amp_dtype, evaluate, memory_format, precision_name, train
 from yolo_loss.head import build_head
 from yolo_loss.losses.criterion import build_criterion
 from yolo_loss.model import build_model
 from yolo_loss.tensorboard.log import RunLogger, read_scalars
+from yolo_loss.train import engine
+from yolo_loss.train.engine import METRIC_KEYS, amp_dtype, evaluate, memory_format, precision_name, train
 
 pytestmark = pytest.mark.slow
 

@@ -23,15 +23,15 @@ import pytest
 import torch
 import yaml
 
-from yolo_loss.train import distributed as dist
 from yolo_loss.checkpoint import load_checkpoint
 from yolo_loss.config.load import config_from_dict, load_config
 from yolo_loss.data import build_dataset, build_loader
 from yolo_loss.data.loader import EpochSampler, RankBatchSampler
-from yolo_loss.train.engine import evaluate, train
 from yolo_loss.head import build_head
 from yolo_loss.losses.criterion import build_criterion
 from yolo_loss.model import build_model
+from yolo_loss.train import distributed as dist
+from yolo_loss.train.engine import evaluate, train
 
 REPO = Path(__file__).resolve().parents[2]
 

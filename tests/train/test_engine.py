@@ -22,9 +22,9 @@ from yolo_loss.checkpoint import load_checkpoint
 from yolo_loss.config.load import config_from_dict, config_to_dict, load_config
 from yolo_loss.data import build_dataset, build_loader
 from yolo_loss.head import build_head
-from yolo_loss.train.engine import METRIC_KEYS, ResumeError, evaluate, train
 from yolo_loss.model import build_model
 from yolo_loss.tensorboard.tags import LEVEL_NAMES
+from yolo_loss.train.engine import METRIC_KEYS, ResumeError, evaluate, train
 from yolo_loss.train.run_folder import RunStatus
 
 REPO = Path(__file__).resolve().parents[2]

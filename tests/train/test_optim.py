@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint
-from yolo_loss.train.optim import ModelEMA, build_optimizer, grad_norm_and_clip, lr_at, set_lr
 from yolo_loss.config.schema import TrainConfig
+from yolo_loss.train.optim import ModelEMA, build_optimizer, grad_norm_and_clip, lr_at, set_lr
 
 
 class ConvBNConvBias(nn.Module):

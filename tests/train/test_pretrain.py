@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from yolo_loss.train import pretrain
 from yolo_loss.config.load import config_from_dict
-from yolo_loss.model import build_model
 from yolo_loss.data.bad_input import DataError
+from yolo_loss.model import build_model
+from yolo_loss.train import pretrain
 from yolo_loss.train.pretrain import (ObjectCrops, cache_path, cut_crops, fingerprint, load_pretrained_backbone,
                                pretrained_backbone)
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
-from yolo_loss.decode import EXP_WH_RULES
 from yolo_loss.config.components import (MULTI_ANCHOR_IOU_THRESH, RATIO_ANCHOR_T, HyperParam, assign_names,
                                          assigner, component, component_names, hyperparameters, modifier_problems)
+from yolo_loss.decode import EXP_WH_RULES
 
 # YOLOv3 anchors in input pixels at 416 px: three per level, strides 8, 16, 32.
 YOLOV3_ANCHORS: list[list[float]] = [

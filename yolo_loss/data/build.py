@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from yolo_loss.config.schema import DataConfig
 from yolo_loss.data.bad_input import BadInputReport, DataError
 from yolo_loss.data.coco import read_coco
 from yolo_loss.data.dataset import DetectionDataset
 from yolo_loss.data.records import AnnotationSet, ImageRecord
 from yolo_loss.data.shapes import shapes_dataset
 from yolo_loss.data.voc import read_voc
-from yolo_loss.config.schema import DataConfig
 
 
 def _existing(path: Path, what: str) -> Path:

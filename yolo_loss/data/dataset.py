@@ -17,13 +17,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from yolo_loss.boxes import box_xyxy_to_cxcywh
+from yolo_loss.config.schema import AugmentConfig
 from yolo_loss.data.bad_input import SIZE_MISMATCH, BadImageError, BadInputReport
 from yolo_loss.data.cache import IO_THREADS, ImageCache
 from yolo_loss.data.coco import to_coco_gt
 from yolo_loss.data.images import check_image_file, decode_image_file
 from yolo_loss.data.records import ImageRecord
 from yolo_loss.data.transforms import PAD_VALUE, Placement, darknet_augment, letterbox, letterbox_size
-from yolo_loss.config.schema import AugmentConfig
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from yolo_loss.config.schema import ModelConfig
 from yolo_loss.decode import STRIDES
 from yolo_loss.model.darknet import ConvBNAct, Darknet53, scale_channels
-from yolo_loss.config.schema import ModelConfig
 
 BOX_CHANNELS = 4  # tx, ty, tw, th; objectness follows, then the classes
 

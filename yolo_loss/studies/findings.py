@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
-from yolo_loss.train.run_folder import FLOAT32
 from yolo_loss.studies.stats import DEFAULT_MIN_EFFECT, METRICS, Difference, Judged, format_p, judge_family
+from yolo_loss.train.run_folder import FLOAT32
 
 DIRECTIONS = ("better", "worse", "same")
 CLAIM_KEYS = {"source", "where", "claim", "published", "published_effect", "study", "variant", "reference",

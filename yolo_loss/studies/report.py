@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yolo_loss.train import run_folder
-from yolo_loss.studies.study import FAILED, RUN_INFO, STUDY_INFO
-from yolo_loss.train.run_folder import FLOAT32, RunMetrics
 from yolo_loss.studies.stats import (DEFAULT_MIN_EFFECT, METRICS, MIN_SEEDS, SIGN_FLIP_MIN_N, TABLE_METRICS, Difference,
                              Judged, format_p, judge_family, t_quantile)
+from yolo_loss.studies.study import FAILED, RUN_INFO, STUDY_INFO
+from yolo_loss.train import run_folder
+from yolo_loss.train.run_folder import FLOAT32, RunMetrics
 
 
 

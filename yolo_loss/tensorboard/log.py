@@ -26,13 +26,13 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
+from yolo_loss.config.schema import Config
 from yolo_loss.data.transforms import letterbox_boxes
 from yolo_loss.decode import per_anchor_view
 from yolo_loss.eval.metrics import Evaluator
 from yolo_loss.head import HeadSpec
 from yolo_loss.losses.assign import LevelTargets
 from yolo_loss.losses.criterion import LossResult
-from yolo_loss.config.schema import Config
 from yolo_loss.tensorboard.images import batch_with_targets, truth_and_prediction_panel
 from yolo_loss.tensorboard.tags import (COUNT_DIAGNOSTICS, DIAGNOSTICS, LEVEL_NAMES, hparams_summaries, layout,
                                         scalar_summary, tag_name)

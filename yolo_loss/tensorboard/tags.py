@@ -27,8 +27,8 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata as hparams_metadata, plugin_data_pb2
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
-from yolo_loss.eval.metrics import COCO_METRIC_KEYS, VOC_METRIC_KEYS
 from yolo_loss.config.schema import Config
+from yolo_loss.eval.metrics import COCO_METRIC_KEYS, VOC_METRIC_KEYS
 
 LEVEL_NAMES = ("P3", "P4", "P5")  # strides 8, 16, 32
 LEVEL_TEXT = {"P3": "level P3 (stride 8, small objects)", "P4": "level P4 (stride 16)",

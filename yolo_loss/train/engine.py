@@ -24,23 +24,23 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from yolo_loss.train import distributed as dist
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint, state_has_nonfinite
 from yolo_loss.config.load import config_hash, config_to_dict
+from yolo_loss.config.schema import Config
 from yolo_loss.darknet.weights import load_darknet_weights
 from yolo_loss.data import DetectionDataset, build_dataset, build_loader
 from yolo_loss.data.transforms import unletterbox_boxes
 from yolo_loss.eval.metrics import Evaluator
+from yolo_loss.eval.postprocess import postprocess
 from yolo_loss.head import HeadSpec, build_head
 from yolo_loss.losses.criterion import LossResult, YoloCriterion, build_criterion
 from yolo_loss.model import build_model
+from yolo_loss.tensorboard.log import LEVEL_NAMES, RunLogger, loss_scalars
+from yolo_loss.train import distributed as dist
 from yolo_loss.train.optim import BATCH_NORMS, ModelEMA, build_optimizer, grad_norm_and_clip, lr_at, set_lr
-from yolo_loss.eval.postprocess import postprocess
 from yolo_loss.train.pretrain import backbone_start, load_pretrained_backbone
 from yolo_loss.train.run_folder import FINISHED, RUNNING, STOPPED, RunMetrics, RunStatus
 from yolo_loss.train.runtime import rng_state, seed_everything, set_rng_state
-from yolo_loss.config.schema import Config
-from yolo_loss.tensorboard.log import LEVEL_NAMES, RunLogger, loss_scalars
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "VOC07_AP50", "VOC_AP50")
 

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint
+from yolo_loss.config.schema import Config
 from yolo_loss.data.bad_input import DataError
 from yolo_loss.model.darknet import Darknet53
-from yolo_loss.config.schema import Config
 
 # Bump whenever a change would alter the trained weights: it is part of the cache file's hash.
 PRETRAIN_VERSION = 1
