@@ -139,7 +139,8 @@ def test_validation_shares_the_training_tags_and_metrics_are_in_range(run_dir: P
 def test_every_scalar_tag_has_a_description_and_the_layout_names_existing_tags(run_dir: Path) -> None:
     """The description TensorBoard shows with each tag comes from yolo_loss.tensorboard.tags.describe; the Custom
     Scalars layout (written with the run) has losses and metrics first, and each of its patterns matches a tag of the
-    run.""" import re
+    run."""
+    import re
 
     train_events, val_events = events(run_dir, "train"), events(run_dir, "val")
     tags = set()
