@@ -14,9 +14,9 @@ from yolo_loss.config.load import ConfigError, config_from_dict
 from yolo_loss.config.schema import YOLOV3_ANCHORS, LossConfig
 from yolo_loss.decode import STRIDES
 from yolo_loss.head import HeadSpec, class_activation
+from yolo_loss.losses.assign import padded_truths
 from yolo_loss.losses.assigners.atss import atss_assign
-from yolo_loss.losses.assigners.candidates import (DYNAMIC_RULES, head_candidates, padded_truths,
-                                                   predictions_at_candidates)
+from yolo_loss.losses.assigners.candidates import DYNAMIC_RULES, head_candidates, predictions_at_candidates
 from yolo_loss.losses.assigners.simota import simota_assign
 from yolo_loss.losses.assigners.tal import tal_assign
 from yolo_loss.losses.criterion import build_criterion

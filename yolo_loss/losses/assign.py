@@ -223,23 +223,34 @@ def _level_targets(targets: Tensor, box_cxcywh: Tensor, image: Tensor, label: Te
 
 
 def truths_per_image(targets: Tensor, batch_size: int, img_size: tuple[int, int]) -> Tensor:
-    """Pad the truth boxes into ``Tensor[B, T, 4]`` xyxy input pixels (T = most truths in one image).
+    """The truth boxes padded into ``Tensor[B, T, 4]`` xyxy input pixels (T = most truths in one image): the boxes of
+    :func:`padded_truths`. Padding rows are zero-size boxes, whose IoU with anything is 0, so they never pass an
+    ignore threshold."""
+    return padded_truths(targets, batch_size, img_size)[0]
 
-    Padding rows are zero-size boxes, whose IoU with anything is 0, so they never pass an ignore threshold.
+
+def padded_truths(targets: Tensor, batch_size: int, img_size: tuple[int, int]) -> tuple[Tensor, ...]:
+    """The truths of each image, padded to the most in one image, in the order of ``targets``' rows.
+
+    Returns:
+        ``(boxes, labels, mask, rows)``: ``Tensor[B, M, 4]`` xyxy input pixels, ``Tensor[B, M]`` int64 classes,
+        ``Tensor[B, M]`` bool (``False`` on padding, which comes after an image's truths) and ``Tensor[B, M]``
+        int64 the row of ``targets`` (-1 on padding).
     """
     img_h, img_w = img_size
     image = targets[:, 0].long()
     counts = torch.bincount(image, minlength=batch_size)
     most = int(counts.max()) if targets.shape[0] else 0
-    padded = targets.new_zeros(batch_size, most, 4)
-    if most:
-        order = torch.sort(image, stable=True).indices
-        start = torch.cumsum(counts, 0) - counts
-        sorted_image = image[order]
-        rank = torch.arange(order.numel(), device=targets.device) - start[sorted_image]
-        box = targets[order, 2:6] * targets.new_tensor([img_w, img_h, img_w, img_h])
-        padded[sorted_image, rank] = box_cxcywh_to_xyxy(box)
-    return padded
+    order = torch.sort(image, stable=True).indices
+    slot = torch.arange(order.numel(), device=targets.device) - (torch.cumsum(counts, 0) - counts)[image[order]]
+    rows = torch.full((batch_size, most), -1, dtype=torch.long, device=targets.device)
+    rows[image[order], slot] = order
+    mask = rows >= 0
+    safe = rows.clamp(min=0)
+    box = targets[safe, 2:6] * targets.new_tensor([img_w, img_h, img_w, img_h])
+    boxes = torch.where(mask[..., None], box_cxcywh_to_xyxy(box), torch.zeros_like(box))
+    labels = torch.where(mask, targets[safe, 1].long(), torch.zeros_like(safe))
+    return boxes, labels, mask, rows
 
 
 # The ignore rule compares a box only with the truths it could pass the threshold with. In real arithmetic, for

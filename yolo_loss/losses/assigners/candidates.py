@@ -28,7 +28,7 @@ from torch import Tensor
 from yolo_loss.boxes import box_cxcywh_to_xyxy
 from yolo_loss.decode import grid_xy, per_anchor_view
 from yolo_loss.head import HeadSpec
-from yolo_loss.losses.assign import LevelTargets
+from yolo_loss.losses.assign import LevelTargets, padded_truths
 from yolo_loss.losses.assigners import Assignment
 from yolo_loss.losses.assigners.atss import atss_assign
 from yolo_loss.losses.assigners.simota import simota_assign
@@ -82,30 +82,6 @@ def head_candidates(anchors_per_level: list[Tensor], strides: tuple[int, ...],
     flat = {key: torch.cat(values) for key, values in parts.items()}
     anchor_boxes = box_cxcywh_to_xyxy(torch.cat((flat["points"], flat["anchor_wh"]), -1))
     return Candidates(anchor_boxes=anchor_boxes, level_sizes=sizes, **flat)
-
-
-def padded_truths(targets: Tensor, batch_size: int, img_size: tuple[int, int]) -> tuple[Tensor, ...]:
-    """The truths of each image, padded to the most in one image, in the order of ``targets``' rows.
-
-    Returns:
-        ``(boxes, labels, mask, rows)``: ``Tensor[B, M, 4]`` xyxy input pixels, ``Tensor[B, M]`` int64 classes,
-        ``Tensor[B, M]`` bool (``False`` on padding, which comes after an image's truths) and ``Tensor[B, M]``
-        int64 the row of ``targets`` (-1 on padding).
-    """
-    img_h, img_w = img_size
-    image = targets[:, 0].long()
-    counts = torch.bincount(image, minlength=batch_size)
-    most = int(counts.max()) if targets.shape[0] else 0
-    order = torch.sort(image, stable=True).indices
-    slot = torch.arange(order.numel(), device=targets.device) - (torch.cumsum(counts, 0) - counts)[image[order]]
-    rows = torch.full((batch_size, most), -1, dtype=torch.long, device=targets.device)
-    rows[image[order], slot] = order
-    mask = rows >= 0
-    safe = rows.clamp(min=0)
-    box = targets[safe, 2:6] * targets.new_tensor([img_w, img_h, img_w, img_h])
-    boxes = torch.where(mask[..., None], box_cxcywh_to_xyxy(box), torch.zeros_like(box))
-    labels = torch.where(mask, targets[safe, 1].long(), torch.zeros_like(safe))
-    return boxes, labels, mask, rows
 
 
 @torch.no_grad()
