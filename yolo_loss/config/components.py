@@ -216,11 +216,10 @@ RATIO_ANCHOR_T = 4.0  # ratio: ultralytics' hyp anchor_t
 @dataclass(frozen=True)
 class Assigner:
     """A dynamic label assigner: its ``loss.assign`` name, its hyper-parameters (bound to the keywords of its
-    function in ``losses/assigners/``), whether it reads the predictions, its class target and its source."""
+    function in ``losses/assigners/``), and, as documentation, its class target and its source."""
 
     name: str
     params: tuple[HyperParam, ...] = ()
-    reads_predictions: bool = True
     class_target: str = ""
     source: str = ""
 
@@ -243,7 +242,7 @@ ASSIGNERS: tuple[Assigner, ...] = (
              source="Feng et al., TOOD, ICCV 2021; ultralytics TaskAlignedAssigner (YOLOv8)"),
     Assigner("simota", (SIMOTA_RADIUS, SIMOTA_TOPK, SIMOTA_IOU_WEIGHT), class_target="the IoU with its truth",
              source="Ge et al., YOLOX, 2021; YOLOX get_assignments / simota_matching"),
-    Assigner("atss", (ATSS_TOPK,), reads_predictions=False, class_target="one-hot",
+    Assigner("atss", (ATSS_TOPK,), class_target="one-hot",
              source="Zhang et al., ATSS, CVPR 2020; mmdetection ATSSAssigner"),
 )
 
