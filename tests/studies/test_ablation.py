@@ -89,6 +89,13 @@ def test_values_of_any_type_survive_the_command_line(tmp_path: Path) -> None:
     ({"seeds": {"auto": [0, 1], "cap": 5}}, "seeds: auto adds seeds while a variant's difference from the "
                                             "baseline is unresolved: the study needs a baseline with a value"),
     ({"axis": {}}, "unknown key(s) axis"),
+    ({"extra_seeds": {"xy=mse,cls=ce": [2]}, "seeds": {"auto": [0, 1], "cap": 5}, "combine": "one_at_a_time",
+      "baseline": {"xy": "bce", "cls": "bce"}}, "extra_seeds: not with seeds: auto"),
+    ({"extra_seeds": {"xy=huh,cls=ce": [2]}}, "extra_seeds.xy=huh,cls=ce: not a variant of this study"),
+    ({"extra_seeds": {"xy=mse,cls=ce": [1, 2]}}, "extra_seeds.xy=mse,cls=ce: seed(s) 1 already in seeds [0, 1]"),
+    ({"extra_seeds": {"xy=mse,cls=ce": [2, 2]}}, "extra_seeds.xy=mse,cls=ce: expected a list of distinct integers"),
+    ({"extra_seeds": {"xy=bce,cls=bce": [2]}, "combine": "one_at_a_time", "baseline": {"xy": "bce", "cls": "bce"}},
+     "extra_seeds.xy=bce,cls=bce: the baseline has every seed any variant has"),
     ({"include": [{"xy": "huh", "cls": "bce"}]}, "include:"),
     ({"axes": {"x/y": {"a": {}}}}, "may not contain"),
 ])

@@ -279,3 +279,36 @@ def test_auto_seeds_add_rounds_until_decided_or_the_cap(tmp_path: Path, monkeypa
     assert next_round(load_study(path)) == []  # no round is planned while a listed run is still to train
     run_study(load_study(path), python=str(fake), echo=lines.append)
     assert starts(tmp_path) == first + rounds + [f"{folder}/v=v3/seed=5"]
+
+
+def test_extra_seeds_give_one_variant_a_seed_and_the_baseline_its_pair(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """extra_seeds: {v=v1: [2]} beside seeds [0, 1]: v1 and the baseline train seed 2, v2 does not; with v1's seed 0
+    failed (no metrics.json), the report pairs v1 at seeds 1 and 2 and names seed 0 as missing, 2 of 3."""
+    from yolo_loss.studies.report import write_report
+
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_AP_TRAIN.format(python=sys.executable))
+    fake.chmod(0o755)
+    table = {str(k): {str(s): 0.3 + 0.01 * k + 0.001 * s for s in range(3)} for k in (1, 2, 3)}
+    (tmp_path / "ap.json").write_text(json.dumps(table))
+    monkeypatch.setenv("FAKE_AP", str(tmp_path / "ap.json"))
+    monkeypatch.setenv("FAKE_STARTS", str(tmp_path / "starts.txt"))
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "base": str(SHAPES_NANO), "out": str(tmp_path / "study"), "combine": "one_at_a_time",
+        "baseline": {"v": "v0"}, "seeds": [0, 1], "extra_seeds": {"v=v1": [2]},
+        "axes": {"v": {f"v{k}": {"train.epochs": k + 1} for k in range(3)}}}, sort_keys=False))
+    run_study(load_study(path), python=str(fake), echo=lambda line: None)
+
+    folder = tmp_path / "study"
+    assert load_study(path).variant_seeds() == {"v=v0": [0, 1, 2], "v=v1": [0, 1, 2], "v=v2": [0, 1]}
+    assert sorted(starts(tmp_path)) == sorted([f"{folder}/v=v{k}/seed={s}" for k in range(3) for s in (0, 1)]
+                                              + [f"{folder}/v=v0/seed=2", f"{folder}/v=v1/seed=2"])
+    (folder / "v=v1" / "seed=0" / "metrics.json").unlink()  # as if it had diverged
+    write_report(folder)
+    results = (folder / "results.md").read_text()
+    assert "| v=v1 | 2/3 |" in results and "| **v=v0** (baseline) | 3/3 |" in results and "| v=v2 | 2/2 |" in results
+    assert "v=v1: seed(s) 0 missing" in results
+    (row,) = [line for line in results.splitlines() if line.startswith("| v=v1 | 2/3 |")]
+    assert "+0.010 +- 0.000" in row  # paired at seeds 1 and 2, each +0.010

@@ -78,6 +78,7 @@ def write_study_info(study: Study) -> None:
             "labels": study.labels}
     if study.auto is not None:
         info["auto"] = {"first": study.seeds, "cap": study.auto.cap, "metric": study.auto.metric}
+    if study.auto is not None or study.extra_seeds:
         info["variant_seeds"] = seeds
     if study.tune is not None:
         info["tune"] = {"seeds": list(study.tune.seeds), "metric": study.tune.metric,

@@ -10,6 +10,7 @@ A study file (``configs/ablations/*.yaml``)::
     min_effect: 0.01                   # optional: the smallest difference of interest (the equivalence margin)
     labels: {"xy=mse,box=mse,cls=bce": "paper's SSE on x, y"}  # optional: names for the plots
     seeds: [0, 1, 2]                   # train.seed of each repetition, or {auto: [0, 1, 2], cap: 8} (below)
+    extra_seeds: {"xy=mse,cls=bce": [3]}  # optional: a variant's seeds beyond ``seeds`` (below)
     overrides: {train.epochs: 6}       # dotted overrides applied to every run, before the variant's
     axes:                              # axis -> variant name -> dotted overrides (applied in axis order)
       xy: {bce: {loss.xy: bce}, mse: {loss.xy: mse}}
@@ -29,6 +30,11 @@ is not yet decided by the verdict rule of :mod:`yolo_loss.studies.stats` (better
 or has ``cap`` seeds. The seeds added are read back from
 the run folders (a run that started has ``run.json``), so a stopped study resumes its round and plans the same
 next one from the same finished results.
+
+``extra_seeds: {variant: [seeds]}`` gives a variant seeds of its own beyond the study's, with the baseline at each of
+them too (a seed of the baseline pairs with every variant that has it): the way to a fifth finished pair when a run
+diverged. The failed run is not replaced in the report: it stays named there as missing beside the added seed, so a
+loss that diverges is seen to. Not with ``seeds: auto``, which adds its own seeds.
 
 ``tune: {seeds: [100, 101], metric: AP, select: {data.val_sets: [BCCD/val]}, grid: {...}}`` (:class:`Tune`)
 compares each variant at its own tuned setting. ``grid`` maps ``"*"`` (every variant) or a variant's name (its own
@@ -60,8 +66,8 @@ from yolo_loss.config.load import ConfigError, config_to_dict, load_config
 from yolo_loss.studies.stats import DEFAULT_MIN_EFFECT, METRICS
 from yolo_loss.train import run_folder
 
-STUDY_KEYS = {"base", "out", "combine", "baseline", "include", "seeds", "overrides", "axes", "reuse", "min_effect",
-              "labels", "tune"}
+STUDY_KEYS = {"base", "out", "combine", "baseline", "include", "seeds", "extra_seeds", "overrides", "axes", "reuse",
+              "min_effect", "labels", "tune"}
 TUNE_KEYS = ("seeds", "metric", "select", "grid")
 COMBINE_MODES = ("grid", "one_at_a_time")
 
@@ -195,6 +201,7 @@ class Study:
     # variant name -> (the study that owns identical runs, its variant's name): those runs are not trained again
     reuse: dict[str, tuple["Study", str]] = field(default_factory=dict)
     auto: AutoSeeds | None = None  # seeds: {auto: ..., cap: ...}; ``seeds`` is then the first round's
+    extra_seeds: dict[str, list[int]] = field(default_factory=dict)  # variant name -> its seeds beyond ``seeds``
     min_effect: float = DEFAULT_MIN_EFFECT  # the smallest difference of interest: the equivalence margin
     labels: dict[str, str] = field(default_factory=dict)  # variant name -> how the papers name it (the plots)
     tune: Tune | None = None  # tune: each variant evaluated at the candidate its search chose
@@ -308,27 +315,28 @@ class Study:
         return [choice.variant for choice in self.choices() if not choice.chosen]
 
     def seed_pool(self) -> list[int]:
-        """The seeds a run may have, in training order: the listed ones, then (auto seeds) the next integers after
-        the largest up to the cap."""
+        """The seeds a run may have, in training order: the listed ones, then those of ``extra_seeds`` or (auto
+        seeds) the next integers after the largest up to the cap."""
         if self.auto is None:
-            return list(self.seeds)
+            extra = sorted({seed for own in self.extra_seeds.values() for seed in own})
+            return [*self.seeds, *extra]
         extra = range(max(self.seeds) + 1, max(self.seeds) + 1 + self.auto.cap - len(self.seeds))
         return [*self.seeds, *extra]
 
     def variant_seeds(self) -> dict[str, list[int]]:
-        """Each variant's seeds: the listed ones and, with auto seeds, those added so far (the run started: its
-        folder has ``run.json``); the baseline's are all that any variant has, as each is the other half of a
-        pair."""
+        """Each variant's seeds: the listed ones, its ``extra_seeds`` and, with auto seeds, those added so far (the
+        run started: its folder has ``run.json``); the baseline's are all that any variant has, as each is the other
+        half of a pair."""
         variants = self.variants()
-        seeds = {variant.name: list(self.seeds) for variant in variants}
-        if self.auto is None:
-            return seeds
+        seeds = {variant.name: [*self.seeds, *sorted(self.extra_seeds.get(variant.name, ()))] for variant in variants}
         pool = self.seed_pool()
-        for variant in variants:
-            if variant.name != self.baseline_name:
-                seeds[variant.name] += [seed for seed in pool[len(self.seeds):]
-                                        if (self.run(variant, seed).folder / RUN_INFO).is_file()]
-        seeds[self.baseline_name] = [seed for seed in pool if any(seed in own for own in seeds.values())]
+        if self.auto is not None:
+            for variant in variants:
+                if variant.name != self.baseline_name:
+                    seeds[variant.name] += [seed for seed in pool[len(self.seeds):]
+                                            if (self.run(variant, seed).folder / RUN_INFO).is_file()]
+        if (self.auto is not None or self.extra_seeds) and self.baseline_name is not None:
+            seeds[self.baseline_name] = [seed for seed in pool if any(seed in own for own in seeds.values())]
         return seeds
 
     def varied_keys(self) -> tuple[str, ...]:
@@ -422,6 +430,7 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
                   combine=combine, seeds=seeds, axes=axes, baseline=baseline, include=include,
                   overrides=overrides, auto=auto, min_effect=float(min_effect))
     study.labels = _labels(study, raw.get("labels") or {})
+    study.extra_seeds = _extra_seeds(study, raw.get("extra_seeds") or {})
     if auto is not None and set(baseline) != set(axes):
         raise StudyError(f"{path}: seeds: auto adds seeds while a variant's difference from the baseline is "
                          f"unresolved: the study needs a baseline with a value for every axis ({', '.join(axes)})")
@@ -463,6 +472,32 @@ def _labels(study: Study, raw: Any) -> dict[str, str]:
     if unknown:
         raise StudyError(f"{study.path}: labels.{unknown[0]}: not a variant of this study ({', '.join(names)})")
     return {str(name): label for name, label in raw.items()}
+
+
+def _extra_seeds(study: Study, raw: Any) -> dict[str, list[int]]:
+    """The ``extra_seeds`` key: ``{variant name: [seeds]}``, integers none of which the study already lists."""
+    where = f"{study.path}: extra_seeds"
+    if not isinstance(raw, dict):
+        raise StudyError(f"{where}: expected a mapping of variant name -> [seeds]")
+    if raw and study.auto is not None:
+        raise StudyError(f"{where}: not with seeds: auto, which adds seeds of its own")
+    names = [variant.name for variant in study.variants()]
+    extra = {}
+    for name, seeds in raw.items():
+        if str(name) not in names:
+            raise StudyError(f"{where}.{name}: not a variant of this study ({', '.join(names)})")
+        if str(name) == study.baseline_name:
+            raise StudyError(f"{where}.{name}: the baseline has every seed any variant has; give the seed to the "
+                             "variant that needs it")
+        if (not isinstance(seeds, list) or not seeds
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds)):
+            raise StudyError(f"{where}.{name}: expected a list of distinct integers, got {seeds!r}")
+        listed = sorted(set(seeds) & set(study.seeds))
+        if listed:
+            raise StudyError(f"{where}.{name}: seed(s) {', '.join(map(str, listed))} already in seeds "
+                             f"{study.seeds}")
+        extra[str(name)] = list(seeds)
+    return extra
 
 
 def _seeds(path: Path, raw: Any) -> tuple[list[int], AutoSeeds | None]:
