@@ -340,13 +340,19 @@ def replace_headline(text: str, table: str) -> str:
     return text[:start] + table + text[end + len(HEADLINE_END):]
 
 
+def _family_size(findings: list[Finding]) -> str:
+    """``"26 comparisons, one family; 18 tested so far"``: Holm's m counts only the comparisons with a p-value."""
+    tested = sum(not math.isnan(finding.judged.p) for finding in findings)
+    return f"{len(findings)} comparisons, one family" + (f"; {tested} tested so far" if tested < len(findings) else "")
+
+
 def findings_markdown(claims: list[Finding], questions: list[Finding], meta: dict[str, Any],
                       replications: dict[str, tuple[list[Finding], list[Finding]]] | None = None) -> str:
     """``docs/findings.md``: the claims file's title and introduction, the claims table, the questions table, the
     replications on other data sets (:func:`evaluate_replications`), the verdict rule, then its limits."""
     min_effect = meta.get("min_effect", DEFAULT_MIN_EFFECT)
     lines = [f"# {meta.get('title', 'Findings')}", "", str(meta.get("intro", "")).strip(), "",
-             f"## Published claims ({len(claims)} comparisons, one family)", "",
+             f"## Published claims ({_family_size(claims)})", "",
              "| source (where) | claim | published | study: variant vs the paper's reference | metric | "
              "d +- SE (n) | measured / published | p | Holm p | BH q | MDE | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -357,7 +363,7 @@ def findings_markdown(claims: list[Finding], questions: list[Finding], meta: dic
         lines.append(f"| {c.source} ({c.where}) | {c.claim} | {c.published}{effect} | {_where(c.comparison)} | "
                      f"{c.comparison.metric} | {_measured(finding.judged)} | {ratio} | "
                      f"{_stats_cells(finding.judged)} | {finding.verdict} |")
-    lines += ["", f"## This project's questions ({len(questions)} comparisons, one family)", "",
+    lines += ["", f"## This project's questions ({_family_size(questions)})", "",
               "Not claims of a paper: what this project asks of its own presets and of its noise floor. Their verdict is "
               "the statistical word alone.", "",
               "| question | study: variant vs reference | metric | d +- SE (n) | p | Holm p | BH q | MDE | verdict |",
