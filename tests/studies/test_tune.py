@@ -234,3 +234,41 @@ def test_another_study_cannot_reuse_a_tuned_variant(tmp_path: Path) -> None:
     write_study(owner)  # tunes v=a
     with pytest.raises(StudyError, match=r"reuse\.v=a: study\.yaml tunes v=a \(its tune\.grid\)"):
         load_study(write_study(tmp_path, tune=None, reuse={"v=a": {"study": "owner/study.yaml", "variant": "v=a"}}))
+
+
+def test_untuned_runs_of_another_study_are_reported_beside_the_tuned_ones(tmp_path: Path, fake: Path) -> None:
+    """``untuned`` names another study's runs of v=a (the baseline), v=b and v=d at their own settings (box weight
+    1): never trained by the tuned study, reported beside it at its seeds. Paired dAP: tuned v=b at w3 0.451 - 0.5 =
+    -0.049, untuned 0.419 - 0.499 = -0.080; v=c (-0.001 tuned) has no untuned runs; v=d (no candidates) -0.001 tuned, 0 untuned."""
+    other = tmp_path / "other"
+    other.mkdir()
+    run_study(load_study(write_study(other, tune=None)), python=str(fake), echo=lambda line: None)
+    trained_before = len(starts(tmp_path))
+    untuned = {name: {"study": "other/study.yaml", "variant": name} for name in ("v=a", "v=b", "v=d")}
+    study = load_study(write_study(tmp_path, untuned=untuned))
+    run_study(study, python=str(fake), echo=lambda line: None)
+    assert not any("/other/" in line for line in starts(tmp_path)[trained_before:])
+    assert json.loads((study.out / STUDY_INFO).read_text())["untuned"]["v=b"] == "../other/study/v=b"
+    write_report(study.out)
+    md = (study.out / "results.md").read_text()
+    section = md[md.index("## Tuned beside untuned"):]
+    assert "| **v=a** (baseline) | w2 | 2 |  |  | 2 |  |  |" in section
+    assert "| v=b | w3 | 2 | -0.0490 +- 0.0000 | preliminary | 2 | -0.0800 +- 0.0000 | preliminary |" in section
+    assert "| v=c | x | 2 | -0.0010 +- 0.0000 | preliminary | - | - | not in untuned |" in section
+    assert "| v=d | (no candidates) | 2 | -0.0010 +- 0.0000 | preliminary | 2 | +0.0000 +- 0.0000 | preliminary |" \
+        in section
+
+
+@pytest.mark.parametrize("untuned, tune, message", [
+    ({"v=b": {"study": "other/study.yaml", "variant": "v=b"}}, TUNE, "untuned: name the baseline's runs too (v=a)"),
+    ({"v=a": {"study": "other/study.yaml", "variant": "v=a"}}, None, "untuned: only with tune"),
+    ({"v=a": {"study": "other/study.yaml", "variant": "v=a"}, "v=b": {"study": "other/study.yaml", "variant": "v=c"}},
+     TUNE, "untuned.v=b: its config differs from study.yaml's v=c at train.epochs"),
+])
+def test_untuned_runs_are_checked(untuned: dict, tune: dict | None, message: str, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    write_study(other, tune=None)
+    with pytest.raises(StudyError) as err:
+        load_study(write_study(tmp_path, untuned=untuned, tune=tune))
+    assert message in str(err.value), str(err.value)

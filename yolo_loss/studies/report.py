@@ -16,6 +16,9 @@ Plots: ``forest.png``, each comparison's paired difference in AP with its 95% t-
 variants named as the papers name them (the study file's ``labels``); ``metrics.png``, each variant's AP, AP50 and
 AP75. Training-loss curves are not drawn: the totals of different loss definitions are not on one scale.
 
+A tuned study (``tune``) adds its search (:func:`tuning_markdown`) and, with ``untuned``, the same comparison at
+the variants' own settings from the runs of other studies beside the tuned one (:func:`untuned_markdown`).
+
 Runs evaluated more than once (``train.eval_points``; ``metrics.json`` keeps every evaluation) add a convergence
 table (:func:`convergence_markdown`): each variant's mean AP at each evaluation and its rise over the last quarter of
 the schedule as a share of its final AP, the study protocol's 10% rule; and ``ap_curves.png``.
@@ -59,6 +62,11 @@ def load_rows(study_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any
     training time and images per second (empty for runs that did not finish)."""
     study_dir = Path(study_dir)
     info = json.loads((study_dir / STUDY_INFO).read_text())
+    return info, study_rows(study_dir, info)
+
+
+def study_rows(study_dir: Path, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per run that ``info`` (a study.json) expects, read from its folder below ``study_dir``."""
     rows = []
     for variant in info["variants"]:
         for seed in seeds_of(info, variant):
@@ -80,7 +88,7 @@ def load_rows(study_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any
                 row["backbone"] = summary.start.get("backbone", "")
                 row["precision"] = summary.precision
             rows.append(row)
-    return info, rows
+    return rows
 
 
 def seeds_of(info: dict[str, Any], variant: str) -> list[int]:
@@ -138,6 +146,42 @@ def tuning_markdown(info: dict[str, Any]) -> str:
     if edges:
         lines += ["Warning: choices on the edge of their grid:", *edges, ""]
     return "\n".join(lines)
+
+
+def untuned_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The study.json of the ``untuned`` comparison: the variants that name runs at their own settings (the baseline
+    among them), in those runs' folders, at this study's seeds."""
+    untuned = info["untuned"]
+    return {**info, "variants": [variant for variant in info["variants"] if variant in untuned],
+            "folders": untuned, "variant_seeds": {}, "auto": None, "tune": None}
+
+
+def untuned_markdown(info: dict[str, Any], untuned: list[VariantSummary], tuned: list[VariantSummary],
+                     metric: str = "AP") -> str:
+    """The tuned comparison beside the untuned one (``untuned``: another study's runs of each variant at its own
+    settings), each judged as its own family by the verdict rule, and each variant's chosen candidate."""
+    chosen = {variant: search["chosen"] or "not chosen yet"
+              for variant, search in ((info.get("tune") or {}).get("variants") or {}).items()}
+    at_default = {s.name: s for s in untuned}
+    lines = ["## Tuned beside untuned", "",
+             f"d{metric} against the baseline with every variant at the candidate its search chose (the tables above), "
+             f"and at its own settings before tuning: the runs other studies trained (`untuned` in the study file: "
+             + ", ".join(f"{variant} from `{folder}`" for variant, folder in info["untuned"].items())
+             + f"), at this study's seeds. Each column is its own family of comparisons, judged by the verdict rule.", "",
+             "| variant | chosen | n tuned | d tuned | verdict tuned | n untuned | d untuned | verdict untuned |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in tuned:
+        label = f"**{s.name}** (baseline)" if s.name == info.get("baseline") else s.name
+        cells = [label, chosen.get(s.name, "(no candidates)")]
+        for summary in (s, at_default.get(s.name)):
+            if summary is None:
+                cells += ["-", "-", "not in untuned"]
+                continue
+            judged = summary.diff[metric] if summary.diff is not None else None
+            cells += [str(summary.n)] + (["", ""] if judged is None
+                                         else [_difference_cell(judged.difference, 4), judged.verdict])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def evaluation_curves(rows: list[dict[str, Any]], metric: str = "AP") -> dict[str, dict[int, list[tuple[float, float]]]]:
@@ -489,6 +533,9 @@ def write_report(study_dir: str | Path) -> list[Path]:
     text = f"# {Path(info['study_file']).stem}\n\n" + markdown(info, summaries)
     if info.get("tune"):
         text += "\n" + tuning_markdown(info)
+    if info.get("untuned"):
+        plain = untuned_info(info)
+        text += "\n" + untuned_markdown(info, summarize(plain, study_rows(study_dir, plain)), summaries)
     if info.get("auto"):
         text += "\n" + auto_seeds_markdown(info, summarize(info, rows, metrics=(info["auto"]["metric"],)))
     curves = evaluation_curves(rows)

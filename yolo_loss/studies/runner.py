@@ -80,6 +80,8 @@ def write_study_info(study: Study) -> None:
         info["auto"] = {"first": study.seeds, "cap": study.auto.cap, "metric": study.auto.metric}
     if study.auto is not None or study.extra_seeds:
         info["variant_seeds"] = seeds
+    if study.untuned:
+        info["untuned"] = study.untuned_folders()
     if study.tune is not None:
         info["tune"] = {"seeds": list(study.tune.seeds), "metric": study.tune.metric,
                         "select": dotted(study.tune.select),
@@ -290,9 +292,9 @@ def run_study(study: Study, *, jobs: int = 1, devices: list[str] | None = None, 
     restarting failed ones after setting their folder aside), ``jobs`` at a time, each of ``nproc_per_run``
     processes (torchrun when more than one) with ``cpu_count // (jobs * nproc_per_run)`` threads each, or with
     ``nproc_per_run`` devices of ``devices`` per run. A failed run is recorded in its folder and does not stop the
-    others. ``only``: run just these variants (by name). With ``tune``, the search runs first (with the untuned
-    variants' evaluation runs), then the evaluation runs of each variant whose search has chosen. Returns what this
-    call ran (``held`` for the runs other launchers had).
+    others. ``only``: run just these variants (by name). With ``tune``, the search runs first (with the evaluation
+    runs of the variants without candidates), then the evaluation runs of each variant whose search has chosen.
+    Returns what this call ran (``held`` for the runs other launchers had).
 
     Raises:
         ValueError: ``devices`` cannot be shared out ``nproc_per_run`` to a run, or ``only`` names a variant the

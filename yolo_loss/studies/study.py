@@ -31,6 +31,10 @@ or has ``cap`` seeds. The seeds added are read back from
 the run folders (a run that started has ``run.json``), so a stopped study resumes its round and plans the same
 next one from the same finished results.
 
+``untuned: {variant: {study: other.yaml, variant: its name}}`` (with ``tune``) names another study's runs of a
+variant at its own settings, before tuning (checked as ``reuse`` is, the baseline among them): the report sets the
+comparison at those settings beside the tuned one, at this study's seeds. They are never trained here.
+
 ``extra_seeds: {variant: [seeds]}`` gives a variant seeds of its own beyond the study's, with the baseline at each of
 them too (a seed of the baseline pairs with every variant that has it): the way to a fifth finished pair when a run
 diverged. The failed run is not replaced in the report: it stays named there as missing beside the added seed, so a
@@ -67,7 +71,7 @@ from yolo_loss.studies.stats import DEFAULT_MIN_EFFECT, METRICS
 from yolo_loss.train import run_folder
 
 STUDY_KEYS = {"base", "out", "combine", "baseline", "include", "seeds", "extra_seeds", "overrides", "axes", "reuse",
-              "min_effect", "labels", "tune"}
+              "min_effect", "labels", "tune", "untuned"}
 TUNE_KEYS = ("seeds", "metric", "select", "grid")
 COMBINE_MODES = ("grid", "one_at_a_time")
 
@@ -205,6 +209,8 @@ class Study:
     min_effect: float = DEFAULT_MIN_EFFECT  # the smallest difference of interest: the equivalence margin
     labels: dict[str, str] = field(default_factory=dict)  # variant name -> how the papers name it (the plots)
     tune: Tune | None = None  # tune: each variant evaluated at the candidate its search chose
+    # variant name -> (the study that trained it at its own settings, its variant's name): the untuned comparison
+    untuned: dict[str, tuple["Study", str]] = field(default_factory=dict)
 
     @property
     def baseline_name(self) -> str | None:
@@ -289,7 +295,8 @@ class Study:
         return runs
 
     def choice(self, variant: Variant) -> Choice | None:
-        """The state of ``variant``'s search, read from its runs' ``metrics.json``; None for an untuned variant."""
+        """The state of ``variant``'s search, read from its runs' ``metrics.json``; None for a variant without
+        candidates."""
         if self.tune is None or variant.name not in self.tune.grid:
             return None
         by_candidate: dict[str, list[float | None]] = {}
@@ -351,6 +358,15 @@ class Study:
     def folders(self) -> dict[str, str]:
         """The folder of each reused variant relative to :attr:`out` (the others are ``out/<variant>``)."""
         return {listed: os.path.relpath(owner.out / name, self.out) for listed, (owner, name) in self.reuse.items()}
+
+    def untuned_folders(self) -> dict[str, str]:
+        """The folder of each ``untuned`` variant's runs relative to :attr:`out`: where its owner keeps them (the
+        owner's own reuse followed)."""
+        folders = {}
+        for listed, (owner, name) in self.untuned.items():
+            (variant,) = [variant for variant in owner.variants() if variant.name == name]
+            folders[listed] = os.path.relpath(owner.run(variant, self.seeds[0]).folder.parent, self.out)
+        return folders
 
 
 def dotted(overrides: dict[str, Any]) -> list[str]:
@@ -441,6 +457,7 @@ def load_study(path: str | Path, *, check_configs: bool = True) -> Study:
     study.reuse = _reused_runs(study, raw.get("reuse") or {}, check_configs)
     if "tune" in raw:
         study.tune = _tune(study, raw["tune"], check_configs)
+    study.untuned = _untuned_runs(study, raw.get("untuned") or {}, check_configs)
     return study
 
 
@@ -530,13 +547,35 @@ def _reused_runs(study: Study, raw: Any, check_configs: bool) -> dict[str, tuple
     of both studies and, with ``check_configs``, the same resolved config for every seed (so the runs are the same
     runs). A seed the other study does not list is trained in its folder all the same, as its variant at that seed
     (its own report lists only its seeds)."""
+    return _same_runs(study, "reuse", raw, check_configs)
+
+
+def _untuned_runs(study: Study, raw: Any, check_configs: bool) -> dict[str, tuple[Study, str]]:
+    """The ``untuned`` key (with ``tune`` only): ``{variant: {study: other.yaml, variant: its variant}}``, another
+    study's runs of the variant at its own settings (no candidate's overrides), checked as ``reuse`` is; the baseline
+    needs one too, as the untuned comparisons are against it. Never trained by this study: the report sets the
+    comparison at those settings beside the tuned one, at this study's seeds."""
+    if raw and study.tune is None:
+        raise StudyError(f"{study.path}: untuned: only with tune (the runs it names are the variants' settings "
+                         "before tuning)")
+    untuned = _same_runs(study, "untuned", raw, check_configs)
+    if untuned and study.baseline_name is not None and study.baseline_name not in untuned:
+        raise StudyError(f"{study.path}: untuned: name the baseline's runs too ({study.baseline_name}): every "
+                         "untuned comparison is against them")
+    return untuned
+
+
+def _same_runs(study: Study, key: str, raw: Any, check_configs: bool) -> dict[str, tuple[Study, str]]:
+    """``{variant: (the other study, its variant)}`` from ``key``'s mapping, each checked to name a variant of both
+    studies that the other does not tune and, with ``check_configs``, the same resolved config as this study's
+    variant at its own settings for each of this study's seeds."""
     path = study.path
     if not isinstance(raw, dict):
-        raise StudyError(f"{path}: reuse: expected a mapping of variant -> {{study: file, variant: name}}")
+        raise StudyError(f"{path}: {key}: expected a mapping of variant -> {{study: file, variant: name}}")
     names = {variant.name: variant for variant in study.variants()}
-    reuse = {}
+    found = {}
     for listed, target in raw.items():
-        where = f"{path}: reuse.{listed}"
+        where = f"{path}: {key}.{listed}"
         if listed not in names:
             raise StudyError(f"{where}: not a variant of this study ({', '.join(names)})")
         if not isinstance(target, dict) or set(target) != {"study", "variant"}:
@@ -552,15 +591,14 @@ def _reused_runs(study: Study, raw: Any, check_configs: bool) -> dict[str, tuple
             for seed in study.seeds:
                 mine = config_to_dict(load_config(study.base, tuple(dotted(study.overrides))
                                                   + names[listed].overrides + (f"train.seed={seed}",)))
-                (theirs,) = [variant for variant in owner.variants() if variant.name == str(target["variant"])]
-                theirs_run = owner.run(theirs, seed)
+                theirs_run = owner.run(owned[str(target["variant"])], seed)
                 theirs = config_to_dict(load_config(theirs_run.base, theirs_run.overrides))
                 if mine != theirs:
                     differ = sorted(key for key in _flatten(mine) if _flatten(mine)[key] != _flatten(theirs).get(key))
                     raise StudyError(f"{where}: its config differs from {owner.path.name}'s {target['variant']} "
                                      f"at {', '.join(differ[:5])}: the runs would not be the same")
-        reuse[listed] = (owner, str(target["variant"]))
-    return reuse
+        found[listed] = (owner, str(target["variant"]))
+    return found
 
 
 def _tune(study: Study, raw: Any, check_configs: bool) -> Tune:
