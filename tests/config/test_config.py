@@ -449,3 +449,20 @@ def test_print_config_shows_the_later_recipes() -> None:
             assert (printed["loss"]["box"], printed["loss"]["obj"], printed["loss"]["cls"]) == ("wiou", "varifocal",
                                                                                               "qfl")
             assert printed["model"]["scale_x_y"] == [1.2, 1.1, 1.05] and printed["loss"]["wiou_momentum"] == 0.01
+
+
+def test_config_changes_leaves_out_keys_added_since_at_their_defaults() -> None:
+    """config_changes(saved, cfg): a changed value is a change; a key the saved config lacks is one unless cfg holds
+    it at its default (added since); a key only the saved config has (removed since) is one."""
+    from yolo_loss.config.load import config_changes
+
+    cfg = Config()
+    saved = config_to_dict(cfg)
+    assert config_changes(saved, cfg) == []
+    del saved["loss"]["assign"]  # written before loss.assign existed
+    assert config_changes(saved, cfg) == []
+    cfg.loss.assign = "tal"
+    assert config_changes(saved, cfg) == ["loss.assign"]
+    saved["loss"]["retired_key"] = 1.0
+    cfg.train.lr = 0.5
+    assert config_changes(saved, cfg) == ["loss.assign", "loss.retired_key", "train.lr"]

@@ -369,3 +369,26 @@ def test_real_subsets_train_and_evaluate(config: str, folder: str, tmp_path: Pat
     assert result.steps == 2
     assert all(torch.isfinite(torch.tensor(scalar_series(run_dir, "loss/total"))))
     assert all(0.0 <= result.metrics[key] <= 1.0 for key in METRIC_KEYS)
+
+
+def test_resume_names_the_changed_keys_and_accepts_keys_added_since(shapes_root: Path, tmp_path: Path) -> None:
+    """A changed value is refused with its key named; a checkpoint whose config predates keys (absent there) that
+    are at their defaults here resumes, as a checkpoint of an older version would, and still refuses a change."""
+    from yolo_loss.checkpoint import load_checkpoint, save_checkpoint
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    train(tiny_config(shapes_root, tmp_path, max_steps=4, epochs=1), run_dir)
+    changed = tiny_config(shapes_root, tmp_path, max_steps=4, epochs=1)
+    changed.loss.ignore_thresh = 0.6
+    with pytest.raises(ResumeError, match=r"differing: loss\.ignore_thresh\)"):
+        train(changed, run_dir, resume=run_dir / "last.pt")
+
+    saved = load_checkpoint(run_dir / "last.pt", map_location="cpu")
+    del saved["config"]["loss"]["assign"], saved["config"]["loss"]["tal_topk"]  # as written before those keys
+    saved["config_hash"] = "0123456789ab"
+    save_checkpoint(saved, run_dir / "older.pt")
+    result = train(tiny_config(shapes_root, tmp_path, max_steps=4, epochs=1), run_dir, resume=run_dir / "older.pt")
+    assert result.metrics
+    with pytest.raises(ResumeError, match=r"differing: loss\.ignore_thresh\)"):
+        train(changed, run_dir, resume=run_dir / "older.pt")

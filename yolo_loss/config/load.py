@@ -188,6 +188,32 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return _to_plain(cfg, type(cfg))
 
 
+def flatten_config(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict (:func:`config_to_dict`) as ``{dotted.key: value}``, nested sections flattened."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat |= flatten_config(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: Mapping[str, Any], cfg: Config) -> list[str]:
+    """The dotted keys whose value in ``cfg`` differs from ``saved`` (a config dict written earlier, e.g. a
+    checkpoint's), sorted. A key ``saved`` does not have and ``cfg`` holds at its default is not a change: it was
+    added to the schema after ``saved`` was written, and a new key's default keeps the behaviour from before it.
+    A key only ``saved`` has (since removed) is one."""
+    mine, theirs = flatten_config(config_to_dict(cfg)), flatten_config(saved)
+    defaults = flatten_config(config_to_dict(Config()))
+    return sorted(key for key in mine.keys() | theirs.keys()
+                  if (mine.get(key, _MISSING) != theirs.get(key, _MISSING)
+                      and not (key not in theirs and key in defaults and mine[key] == defaults[key])))
+
+
+_MISSING = object()
+
+
 def dump_config(cfg: Config) -> str:
     """The config as YAML text that :func:`load_config` reads back to an equal config."""
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None, allow_unicode=True)

@@ -66,7 +66,7 @@ from typing import Any
 
 import yaml
 
-from yolo_loss.config.load import ConfigError, config_to_dict, load_config
+from yolo_loss.config.load import ConfigError, config_to_dict, flatten_config, load_config
 from yolo_loss.studies.stats import DEFAULT_MIN_EFFECT, METRICS
 from yolo_loss.train import run_folder
 
@@ -594,7 +594,8 @@ def _same_runs(study: Study, key: str, raw: Any, check_configs: bool) -> dict[st
                 theirs_run = owner.run(owned[str(target["variant"])], seed)
                 theirs = config_to_dict(load_config(theirs_run.base, theirs_run.overrides))
                 if mine != theirs:
-                    differ = sorted(key for key in _flatten(mine) if _flatten(mine)[key] != _flatten(theirs).get(key))
+                    mine, theirs = flatten_config(mine), flatten_config(theirs)
+                    differ = sorted(key for key in mine if mine[key] != theirs.get(key))
                     raise StudyError(f"{where}: its config differs from {owner.path.name}'s {target['variant']} "
                                      f"at {', '.join(differ[:5])}: the runs would not be the same")
         found[listed] = (owner, str(target["variant"]))
@@ -696,16 +697,6 @@ def _check_tune_configs(study: Study, tune: Tune, source_key: dict[str, str]) ->
                 load_config(study.base, shared + variant.overrides + mine, override_sources=own + where)
             except ConfigError as err:
                 raise StudyError(f"{study.path}: variant {variant.name}, candidate {candidate}: {err}") from None
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def finished_metric(run: Run, metric: str) -> float | None:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint, state_has_nonfinite
-from yolo_loss.config.load import config_hash, config_to_dict
+from yolo_loss.config.load import config_changes, config_hash, config_to_dict
 from yolo_loss.config.schema import Config
 from yolo_loss.darknet.weights import load_darknet_weights
 from yolo_loss.data import DetectionDataset, build_dataset, build_loader
@@ -312,14 +312,25 @@ def restore(trainer: Trainer, path: Path, *, force: bool) -> TrainState:
     """Load a checkpoint into the trainer's model, optimiser, EMA and scaler, the random states and the training
     loader's position; returns the training state it holds.
 
+    A checkpoint whose config lacks keys added to the schema since, held here at their defaults, resumes
+    (:func:`~yolo_loss.config.load.config_changes`): a new key's default keeps the behaviour from before it.
+
     Raises:
-        ResumeError: the checkpoint was written with another config or process count (unless ``force``).
+        ResumeError: the checkpoint was written with another config (the differing keys named) or process count
+            (unless ``force``).
     """
     cfg = trainer.cfg
     saved = load_checkpoint(path, map_location="cpu")  # load_state_dict copies onto the model's device
-    if saved["config_hash"] != config_hash(cfg) and not force:
-        raise ResumeError(f"{path} was written with a different config (hash {saved['config_hash']} vs "
-                          f"{config_hash(cfg)}); pass --force-resume to continue anyway")
+    if saved["config_hash"] != config_hash(cfg):
+        changed = config_changes(saved["config"], cfg) if "config" in saved else ["(the checkpoint has no config)"]
+        if changed and not force:
+            raise ResumeError(f"{path} was written with a different config (hash {saved['config_hash']} vs "
+                              f"{config_hash(cfg)}; differing: {', '.join(changed[:8])}"
+                              f"{f' and {len(changed) - 8} more' if len(changed) > 8 else ''}); pass "
+                              "--force-resume to continue anyway")
+        if not changed:
+            dist.on_main(tqdm.write)(f"{path}: its config predates keys this version added; they are at their "
+                                     "defaults here, so it resumes")
     saved_world = saved.get("world_size", 1)
     if saved_world != dist.world_size() and not force:
         raise ResumeError(f"{path} was written by {saved_world} process(es), a batch of "
