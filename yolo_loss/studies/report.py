@@ -62,10 +62,10 @@ def load_rows(study_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any
     training time and images per second (empty for runs that did not finish)."""
     study_dir = Path(study_dir)
     info = json.loads((study_dir / STUDY_INFO).read_text())
-    return info, study_rows(study_dir, info)
+    return info, expected_rows(study_dir, info)
 
 
-def study_rows(study_dir: Path, info: dict[str, Any]) -> list[dict[str, Any]]:
+def expected_rows(study_dir: Path, info: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per run that ``info`` (a study.json) expects, read from its folder below ``study_dir``."""
     rows = []
     for variant in info["variants"]:
@@ -535,7 +535,7 @@ def write_report(study_dir: str | Path) -> list[Path]:
         text += "\n" + tuning_markdown(info)
     if info.get("untuned"):
         plain = untuned_info(info)
-        text += "\n" + untuned_markdown(info, summarize(plain, study_rows(study_dir, plain)), summaries)
+        text += "\n" + untuned_markdown(info, summarize(plain, expected_rows(study_dir, plain)), summaries)
     if info.get("auto"):
         text += "\n" + auto_seeds_markdown(info, summarize(info, rows, metrics=(info["auto"]["metric"],)))
     curves = evaluation_curves(rows)
