@@ -239,7 +239,8 @@ def test_another_study_cannot_reuse_a_tuned_variant(tmp_path: Path) -> None:
 def test_untuned_runs_of_another_study_are_reported_beside_the_tuned_ones(tmp_path: Path, fake: Path) -> None:
     """``untuned`` names another study's runs of v=a (the baseline), v=b and v=d at their own settings (box weight
     1): never trained by the tuned study, reported beside it at its seeds. Paired dAP: tuned v=b at w3 0.451 - 0.5 =
-    -0.049, untuned 0.419 - 0.499 = -0.080; v=c (-0.001 tuned) has no untuned runs; v=d (no candidates) -0.001 tuned, 0 untuned."""
+    -0.049, untuned 0.419 - 0.499 = -0.080; v=c (-0.001 tuned) has no untuned runs; v=d (no candidates) -0.001
+    tuned, 0 untuned."""
     other = tmp_path / "other"
     other.mkdir()
     run_study(load_study(write_study(other, tune=None)), python=str(fake), echo=lambda line: None)

@@ -165,9 +165,10 @@ def untuned_markdown(info: dict[str, Any], untuned: list[VariantSummary], tuned:
     at_default = {s.name: s for s in untuned}
     lines = ["## Tuned beside untuned", "",
              f"d{metric} against the baseline with every variant at the candidate its search chose (the tables above), "
-             f"and at its own settings before tuning: the runs other studies trained (`untuned` in the study file: "
+             "and at its own settings before tuning: the runs other studies trained (`untuned` in the study file: "
              + ", ".join(f"{variant} from `{folder}`" for variant, folder in info["untuned"].items())
-             + f"), at this study's seeds. Each column is its own family of comparisons, judged by the verdict rule.", "",
+             + "), at this study's seeds. Each column is its own family of comparisons, judged by the verdict rule.",
+             "",
              "| variant | chosen | n tuned | d tuned | verdict tuned | n untuned | d untuned | verdict untuned |",
              "|---|---|---|---|---|---|---|---|"]
     for s in tuned:

@@ -506,8 +506,8 @@ def _extra_seeds(study: Study, raw: Any) -> dict[str, list[int]]:
         if str(name) == study.baseline_name:
             raise StudyError(f"{where}.{name}: the baseline has every seed any variant has; give the seed to the "
                              "variant that needs it")
-        if (not isinstance(seeds, list) or not seeds
-                or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds)):
+        if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
             raise StudyError(f"{where}.{name}: expected a list of distinct integers, got {seeds!r}")
         listed = sorted(set(seeds) & set(study.seeds))
         if listed:
