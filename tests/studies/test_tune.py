@@ -273,3 +273,20 @@ def test_untuned_runs_are_checked(untuned: dict, tune: dict | None, message: str
     with pytest.raises(StudyError) as err:
         load_study(write_study(tmp_path, untuned=untuned, tune=tune))
     assert message in str(err.value), str(err.value)
+
+
+def test_the_choice_follows_the_selection_split_not_the_reporting_one(tmp_path: Path, fake: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in whose optimum depends on the split it is evaluated on (box weight 2 on the selection split, 3 on the
+    reporting one): the search chooses w2, the selection split's best, though w3 would score higher where the results
+    are reported; so nothing of the choice reads the reporting split."""
+    source = FAKE_TRAIN.replace('target = 10.0 if sets.get("train.epochs") == "2" else 2.0',
+                                'target = 3.0 if sets.get("data.val_sets") == "[reporting]" else 2.0')
+    assert source != FAKE_TRAIN
+    fake.write_text(source.format(python=sys.executable))
+    study = load_study(write_study(tmp_path, axes={"v": {"a": {}, "b": {"train.epochs": 2}}},
+                                   tune={**TUNE, "grid": {"*": BOX}}))
+    run_study(study, python=str(fake), echo=lambda line: None)
+    assert {choice.variant: choice.chosen for choice in study.choices()} == {"v=a": "w2", "v=b": "w2"}
+    for run in study.runs():  # evaluated where the results are reported, at the selection split's choice
+        assert json.loads((run.folder / "args.json").read_text())["loss.weights.box"] == "2.0"
