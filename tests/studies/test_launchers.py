@@ -234,6 +234,24 @@ json.dump({{"metrics": {{"AP": ap, "AP50": 2 * ap, "AP75": ap / 2}}, "steps": 6,
 '''
 
 
+def fake_ap_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: dict, variants: int,
+                  **study: object) -> tuple[Path, Path]:
+    """A one-at-a-time study of ``variants`` variants (v<k>: train.epochs k + 1, v0 the baseline) and the stand-in
+    whose AP is ``table[epochs][seed]``: ``(the stand-in, the study file)``."""
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_AP_TRAIN.format(python=sys.executable))
+    fake.chmod(0o755)
+    (tmp_path / "ap.json").write_text(json.dumps(table))
+    monkeypatch.setenv("FAKE_AP", str(tmp_path / "ap.json"))
+    monkeypatch.setenv("FAKE_STARTS", str(tmp_path / "starts.txt"))
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "base": str(SHAPES_NANO), "out": str(tmp_path / "study"), "combine": "one_at_a_time",
+        "baseline": {"v": "v0"}, **study,
+        "axes": {"v": {f"v{k}": {"train.epochs": k + 1} for k in range(variants)}}}, sort_keys=False))
+    return fake, path
+
+
 def test_auto_seeds_add_rounds_until_decided_or_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """seeds: {auto: [0, 1, 2, 3, 4], cap: 7}; the verdict rule over the family of three (Holm) decides. Paired dAP
     by seed: v1 +0.05, +0.055, +0.05, +0.052, +0.048 (better at 5 seeds); v2 +0.02, -0.02, +0.01, -0.015, +0.004,
@@ -243,21 +261,11 @@ def test_auto_seeds_add_rounds_until_decided_or_the_cap(tmp_path: Path, monkeypa
     and nothing else is added."""
     from yolo_loss.studies.report import write_report
 
-    fake = tmp_path / "fake_python"
-    fake.write_text(FAKE_AP_TRAIN.format(python=sys.executable))
-    fake.chmod(0o755)
     base = [0.30, 0.32, 0.28, 0.31, 0.29, 0.30, 0.31]
     diffs = {1: [0.0] * 7, 2: [0.05, 0.055, 0.05, 0.052, 0.048, 0.0, 0.0],
              3: [0.02, -0.02, 0.01, -0.015, 0.004, -0.01, 0.012], 4: [0.02, 0.01, 0.03, 0.0, 0.025, 0.02, 0.0]}
     table = {str(k): {str(s): base[s] + d[s] for s in range(7)} for k, d in diffs.items()}
-    (tmp_path / "ap.json").write_text(json.dumps(table))
-    monkeypatch.setenv("FAKE_AP", str(tmp_path / "ap.json"))
-    monkeypatch.setenv("FAKE_STARTS", str(tmp_path / "starts.txt"))
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": str(SHAPES_NANO), "out": str(tmp_path / "study"), "combine": "one_at_a_time",
-        "baseline": {"v": "v0"}, "seeds": {"auto": [0, 1, 2, 3, 4], "cap": 7},
-        "axes": {"v": {f"v{k}": {"train.epochs": k + 1} for k in range(4)}}}, sort_keys=False))
+    fake, path = fake_ap_study(tmp_path, monkeypatch, table, 4, seeds={"auto": [0, 1, 2, 3, 4], "cap": 7})
     lines: list[str] = []
     run_study(load_study(path), python=str(fake), echo=lines.append)
 
@@ -287,18 +295,8 @@ def test_extra_seeds_give_one_variant_a_seed_and_the_baseline_its_pair(tmp_path:
     failed (no metrics.json), the report pairs v1 at seeds 1 and 2 and names seed 0 as missing, 2 of 3."""
     from yolo_loss.studies.report import write_report
 
-    fake = tmp_path / "fake_python"
-    fake.write_text(FAKE_AP_TRAIN.format(python=sys.executable))
-    fake.chmod(0o755)
     table = {str(k): {str(s): 0.3 + 0.01 * k + 0.001 * s for s in range(3)} for k in (1, 2, 3)}
-    (tmp_path / "ap.json").write_text(json.dumps(table))
-    monkeypatch.setenv("FAKE_AP", str(tmp_path / "ap.json"))
-    monkeypatch.setenv("FAKE_STARTS", str(tmp_path / "starts.txt"))
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": str(SHAPES_NANO), "out": str(tmp_path / "study"), "combine": "one_at_a_time",
-        "baseline": {"v": "v0"}, "seeds": [0, 1], "extra_seeds": {"v=v1": [2]},
-        "axes": {"v": {f"v{k}": {"train.epochs": k + 1} for k in range(3)}}}, sort_keys=False))
+    fake, path = fake_ap_study(tmp_path, monkeypatch, table, 3, seeds=[0, 1], extra_seeds={"v=v1": [2]})
     run_study(load_study(path), python=str(fake), echo=lambda line: None)
 
     folder = tmp_path / "study"
