@@ -153,7 +153,7 @@ def untuned_info(info: dict[str, Any]) -> dict[str, Any]:
     among them), in those runs' folders, at this study's seeds."""
     untuned = info["untuned"]
     return {**info, "variants": [variant for variant in info["variants"] if variant in untuned],
-            "folders": untuned, "variant_seeds": {}, "auto": None, "tune": None}
+            "folders": untuned, "variant_seeds": {}}
 
 
 def untuned_markdown(info: dict[str, Any], untuned: list[VariantSummary], tuned: list[VariantSummary],
