@@ -19,6 +19,7 @@ import torch
 from yolo_loss.allocator import ALLOCATOR_ENV, ALLOCATOR_OPT_OUT
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint
 from yolo_loss.train.runtime import (
+    describe_cpu,
     make_run_dir,
     rng_state,
     seed_everything,
@@ -156,8 +157,21 @@ def test_write_config_and_command_records_each_invocation(tmp_path: Path) -> Non
     assert [shlex.split(command) for command in commands] == [first_argv, resume_argv]
     assert text.count(f"# python: {platform.python_version()}") == 2
     assert f"torch: {torch.__version__}" in text
-    assert "device: cpu" in text or "device: cuda" in text
+    assert "device: cpu: " in text or "device: cuda: " in text
+    assert torch.cuda.is_available() or f"ATen {torch.backends.cpu.get_cpu_capability()}" in text  # which machine
     assert f"# cwd: {os.getcwd()}" in text
+
+
+def test_describe_cpu_names_the_model_the_kernels_and_the_bfloat16_instructions(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    core = "processor\t: {}\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse avx512f amx_bf16 avx512_bf16 amx_tile\n\n"
+    cpuinfo.write_text(core.format(0) + core.format(1))
+    capability = torch.backends.cpu.get_cpu_capability()
+    # the first processor's entries (every core repeats them); the named flags in a fixed order
+    assert describe_cpu(cpuinfo) == f"Some CPU 9000, ATen {capability}, avx512_bf16, amx_bf16"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Plain CPU\nflags\t\t: fpu sse avx2\n")
+    assert describe_cpu(cpuinfo) == f"Plain CPU, ATen {capability}"
+    assert describe_cpu(tmp_path / "absent").endswith(f", ATen {capability}")  # off Linux: the platform's name
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator settings apply to glibc only")

@@ -160,10 +160,35 @@ def remove_unstarted_run_dir(run_dir: Path) -> bool:
     return True
 
 
+CPU_FLAGS_NAMED = ("avx512_bf16", "amx_bf16")  # the instructions that change which bfloat16 kernels run
+
+
+def describe_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor, as far as it decides a CPU run's floating-point results: its model name (``cpuinfo``; the
+    platform's processor string off Linux), the vector instruction set ATen dispatches to and the bfloat16 and AMX
+    instructions it has. Two machines that differ here can train the same command to different weights (their
+    kernels round differently), so runs paired by seed should come from one of them.
+
+    Example: ``"AMD EPYC, ATen AVX512, avx512_bf16"``.
+    """
+    name, flags = "", set()
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    parts = [name or platform.processor() or "unknown processor", f"ATen {torch.backends.cpu.get_cpu_capability()}"]
+    return ", ".join(parts + [flag for flag in CPU_FLAGS_NAMED if flag in flags])
+
+
 def describe_device() -> str:
-    """What this host offers torch: the CUDA devices by name, or that there is none."""
+    """What this host offers torch: the CUDA devices by name, or the processor (:func:`describe_cpu`)."""
     if not torch.cuda.is_available():
-        return f"cpu ({os.cpu_count()} cores; CUDA not available)"
+        return f"cpu: {describe_cpu()} ({os.cpu_count()} cores; CUDA not available)"
     names = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
     return f"cuda: {', '.join(names)}"
 
