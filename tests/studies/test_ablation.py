@@ -274,6 +274,24 @@ def test_report_names_seeds_whose_runs_started_from_different_backbones(tmp_path
     assert "Not exactly paired" not in (folder / "results.md").read_text()
 
 
+def test_report_names_seeds_whose_runs_were_trained_on_different_processors(tmp_path: Path) -> None:
+    """command.txt's processor: seed 1's variant ran on another CPU, so results.md names seed 1; a run whose
+    processor was not recorded (written before it was, or on CUDA) is not counted against the others."""
+    folder = fake_study(tmp_path / "s", {"v=base": {0: 0.5, 1: 0.5}, "v=x": {0: 0.6, 1: 0.6}}, [0, 1], "v=base")
+    host = "# host: vm, device: cpu: {} (2 cores; CUDA not available)\n"
+    cpus = {("v=base", 0): "CPU A, ATen AVX512, avx512_bf16", ("v=x", 0): None,
+            ("v=base", 1): "CPU A, ATen AVX512, avx512_bf16", ("v=x", 1): "CPU B, ATen AVX2"}
+    for (variant, seed), cpu in cpus.items():
+        older = "# host: vm, device: cpu (2 cores; CUDA not available)\n"  # the line before processors were named
+        (folder / variant / f"seed={seed}" / "command.txt").write_text(
+            "# 2026-12-07T00:00:00+00:00\ntrain.py\n" + (older if cpu is None else host.format(cpu)))
+    write_report(folder)
+    text = (folder / "results.md").read_text()
+    assert ("- seed 1: processor CPU A, ATen AVX512, avx512_bf16: v=base; processor CPU B, ATen AVX2: v=x" in text
+            and "- seed 0" not in text)
+    assert "processor" in (folder / "results.csv").read_text().splitlines()[0]
+
+
 def test_convergence_table_and_curves_on_known_numbers(tmp_path: Path) -> None:
     """Runs evaluated after epochs 3, 6, 9 and 12 (``metrics.json`` ``evaluations``). Worked by hand: the baseline's
     mean AP 0.11, 0.21, 0.28, 0.30 rises 0.02 over the last quarter (from epoch 9), 7% of 0.30: converged; v=x's

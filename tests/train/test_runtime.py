@@ -21,6 +21,7 @@ from yolo_loss.checkpoint import load_checkpoint, save_checkpoint
 from yolo_loss.train.runtime import (
     describe_cpu,
     make_run_dir,
+    recorded_processor,
     rng_state,
     seed_everything,
     select_device,
@@ -172,6 +173,18 @@ def test_describe_cpu_names_the_model_the_kernels_and_the_bfloat16_instructions(
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Plain CPU\nflags\t\t: fpu sse avx2\n")
     assert describe_cpu(cpuinfo) == f"Plain CPU, ATen {capability}"
     assert describe_cpu(tmp_path / "absent").endswith(f", ATen {capability}")  # off Linux: the platform's name
+
+
+def test_recorded_processor_reads_the_last_invocation_of_command_txt(tmp_path: Path) -> None:
+    assert recorded_processor(tmp_path) == ""  # no command.txt
+    write_config_and_command(tmp_path, "", ["train.py"])
+    assert recorded_processor(tmp_path) == ("" if torch.cuda.is_available() else describe_cpu())
+    with (tmp_path / "command.txt").open("a") as stream:  # a resume on another machine; then an older format
+        stream.write("\n# t\ntrain.py --resume x\n# host: h, device: cpu: Intel(R) Xeon(R) 8480+, ATen AVX512, "
+                     "amx_bf16 (8 cores; CUDA not available)\n")
+    assert recorded_processor(tmp_path) == "Intel(R) Xeon(R) 8480+, ATen AVX512, amx_bf16"
+    (tmp_path / "command.txt").write_text("# t\ntrain.py\n# host: h, device: cpu (2 cores; CUDA not available)\n")
+    assert recorded_processor(tmp_path) == ""
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator settings apply to glibc only")

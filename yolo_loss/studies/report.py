@@ -39,6 +39,7 @@ from yolo_loss.studies.stats import (DEFAULT_MIN_EFFECT, METRICS, MIN_SEEDS, SIG
 from yolo_loss.studies.study import FAILED, RUN_INFO, STUDY_INFO
 from yolo_loss.train import run_folder
 from yolo_loss.train.run_folder import FLOAT32, RunMetrics
+from yolo_loss.train.runtime import recorded_processor
 
 
 
@@ -86,6 +87,7 @@ def expected_rows(study_dir: Path, info: dict[str, Any]) -> list[dict[str, Any]]
                 row["train_seconds"] = summary.train_seconds
                 row["images_per_sec"] = summary.images_per_sec
                 row["backbone"] = summary.start.get("backbone", "")
+                row["processor"] = recorded_processor(folder)
                 row["precision"] = summary.precision
             rows.append(row)
     return rows
@@ -505,18 +507,24 @@ def plot_ap_curves(curves: dict[str, dict[int, list[tuple[float, float]]]], out:
 
 
 def start_mismatches(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per seed whose finished runs did not all start from the same pretrained backbone (its
-    fingerprint, :func:`yolo_loss.train.pretrain.fingerprint`): the cache is keyed by its parameters, but another
-    machine trains other weights from them, so runs of one seed made on two machines are not exactly paired."""
+    """One line per seed whose finished runs were not all made alike: from different pretrained backbones (their
+    fingerprints, :func:`yolo_loss.train.pretrain.fingerprint`; the cache is keyed by its parameters, but another
+    machine trains other weights from them), or on different processors (as ``command.txt`` records them; two
+    machines can train one command to different weights). Either way the runs of that seed are not exactly
+    paired. Runs whose processor was not recorded (older runs, CUDA runs) are left out of the processor check."""
     lines = []
     for seed in sorted({row["seed"] for row in rows}):
-        starts: dict[str, list[str]] = {}
-        for row in rows:
-            if row["seed"] == seed and row["status"] == "finished" and "backbone" in row:
-                starts.setdefault(row["backbone"] or "not recorded", []).append(row["variant"])
-        if len(starts) > 1:
-            lines.append(f"- seed {seed}: " + "; ".join(f"backbone {fp}: {', '.join(variants)}"
-                                                       for fp, variants in sorted(starts.items())))
+        finished = [row for row in rows if row["seed"] == seed and row["status"] == "finished"]
+        parts = []
+        for key, name in (("backbone", "backbone"), ("processor", "processor")):
+            groups: dict[str, list[str]] = {}
+            for row in finished:
+                if key in row and (row[key] or key == "backbone"):
+                    groups.setdefault(row[key] or "not recorded", []).append(row["variant"])
+            if len(groups) > 1:
+                parts += [f"{name} {value}: {', '.join(variants)}" for value, variants in sorted(groups.items())]
+        if parts:
+            lines.append(f"- seed {seed}: " + "; ".join(parts))
     return lines
 
 
@@ -545,8 +553,9 @@ def write_report(study_dir: str | Path) -> list[Path]:
     mismatched = start_mismatches(rows)
     if mismatched:
         text += ("\nNot exactly paired: these seeds' runs started from different pretrained backbones (the same "
-                 "parameters trained on different machines give different weights), so their paired differences "
-                 "hold that noise too:\n" + "\n".join(mismatched) + "\n")
+                 "parameters trained on different machines give different weights) or were trained on different "
+                 "processors (which round differently), so their paired differences hold that noise too:\n"
+                 + "\n".join(mismatched) + "\n")
     if failed:
         text += "\nFailed runs:\n" + "".join(f"- {r['variant']}/seed={r['seed']}: {r['error']}\n" for r in failed)
     text += ("\nPlots: `forest.png` (each comparison's dAP with its 95% t-interval, coloured by verdict) and "

@@ -193,6 +193,20 @@ def describe_device() -> str:
     return f"cuda: {', '.join(names)}"
 
 
+def recorded_processor(run_dir: Path) -> str:
+    """The processor that last trained in ``run_dir``, as :func:`write_config_and_command` recorded it in
+    ``command.txt`` (its last ``# host:`` line, the :func:`describe_cpu` part); ``""`` when the file is absent, the
+    run trained on CUDA, or it was written before the processor was recorded."""
+    try:
+        lines = (Path(run_dir) / RUN_START_FILES[1]).read_text().splitlines()
+    except OSError:
+        return ""
+    hosts = [line for line in lines if line.startswith("# host: ")]
+    if not hosts or ", device: cpu: " not in hosts[-1]:
+        return ""
+    return hosts[-1].split(", device: cpu: ", 1)[1].rsplit(" (", 1)[0]
+
+
 def write_config_and_command(run_dir: Path, config_yaml: str, argv: list[str]) -> None:
     """Write ``config.yaml`` (the resolved config) and append this invocation to ``command.txt``.
 
