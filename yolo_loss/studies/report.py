@@ -516,13 +516,13 @@ def start_mismatches(rows: list[dict[str, Any]]) -> list[str]:
     for seed in sorted({row["seed"] for row in rows}):
         finished = [row for row in rows if row["seed"] == seed and row["status"] == "finished"]
         parts = []
-        for key, name in (("backbone", "backbone"), ("processor", "processor")):
+        for key in ("backbone", "processor"):
             groups: dict[str, list[str]] = {}
             for row in finished:
-                if key in row and (row[key] or key == "backbone"):
+                if key in row and (row[key] or key == "backbone"):  # an unrecorded processor is no evidence
                     groups.setdefault(row[key] or "not recorded", []).append(row["variant"])
             if len(groups) > 1:
-                parts += [f"{name} {value}: {', '.join(variants)}" for value, variants in sorted(groups.items())]
+                parts += [f"{key} {value}: {', '.join(variants)}" for value, variants in sorted(groups.items())]
         if parts:
             lines.append(f"- seed {seed}: " + "; ".join(parts))
     return lines
