@@ -175,15 +175,21 @@ def test_describe_cpu_names_the_model_the_kernels_and_the_bfloat16_instructions(
     assert describe_cpu(tmp_path / "absent").endswith(f", ATen {capability}")  # off Linux: the platform's name
 
 
-def test_recorded_processor_reads_the_last_invocation_of_command_txt(tmp_path: Path) -> None:
+def test_recorded_processor_names_every_processor_a_run_trained_on(tmp_path: Path) -> None:
     assert recorded_processor(tmp_path) == ""  # no command.txt
     write_config_and_command(tmp_path, "", ["train.py"])
-    assert recorded_processor(tmp_path) == ("" if torch.cuda.is_available() else describe_cpu())
-    with (tmp_path / "command.txt").open("a") as stream:  # a resume on another machine; then an older format
+    here = "" if torch.cuda.is_available() else describe_cpu()
+    assert recorded_processor(tmp_path) == here
+    write_config_and_command(tmp_path, "", ["train.py", "--resume", "x"])  # resumed on the same machine
+    assert recorded_processor(tmp_path) == here
+    with (tmp_path / "command.txt").open("a") as stream:  # resumed on another machine
         stream.write("\n# t\ntrain.py --resume x\n# host: h, device: cpu: Intel(R) Xeon(R) 8480+, ATen AVX512, "
                      "amx_bf16 (8 cores; CUDA not available)\n")
-    assert recorded_processor(tmp_path) == "Intel(R) Xeon(R) 8480+, ATen AVX512, amx_bf16"
-    (tmp_path / "command.txt").write_text("# t\ntrain.py\n# host: h, device: cpu (2 cores; CUDA not available)\n")
+    other = "Intel(R) Xeon(R) 8480+, ATen AVX512, amx_bf16"
+    assert recorded_processor(tmp_path) == (f"{here} + {other}" if here else other)
+    # the format before processors were recorded, and a CUDA run: nothing to go on
+    (tmp_path / "command.txt").write_text("# t\ntrain.py\n# host: h, device: cpu (2 cores; CUDA not available)\n"
+                                          "# t\ntrain.py\n# host: h, device: cuda: NVIDIA H100 (CUDA 12.8)\n")
     assert recorded_processor(tmp_path) == ""
 
 

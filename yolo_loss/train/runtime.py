@@ -194,17 +194,19 @@ def describe_device() -> str:
 
 
 def recorded_processor(run_dir: Path) -> str:
-    """The processor that last trained in ``run_dir``, as :func:`write_config_and_command` recorded it in
-    ``command.txt`` (its last ``# host:`` line, the :func:`describe_cpu` part); ``""`` when the file is absent, the
-    run trained on CUDA, or it was written before the processor was recorded."""
+    """The processors that trained in ``run_dir``, as :func:`write_config_and_command` recorded them in
+    ``command.txt`` (the :func:`describe_cpu` part of each invocation's ``# host:`` line): one, or several joined by
+    ``" + "`` in the order they first trained it (a run resumed on another machine), so that such a run differs
+    from one trained on either alone. ``""`` when the file is absent, the run trained on CUDA, or it was written
+    before the processor was recorded; invocations that recorded none are left out."""
     try:
         lines = (Path(run_dir) / RUN_START_FILES[1]).read_text().splitlines()
     except OSError:
         return ""
-    hosts = [line for line in lines if line.startswith("# host: ")]
-    if not hosts or ", device: cpu: " not in hosts[-1]:
-        return ""
-    return hosts[-1].split(", device: cpu: ", 1)[1].rsplit(" (", 1)[0]
+    marker = ", device: cpu: "
+    processors = [line.split(marker, 1)[1].rsplit(" (", 1)[0]
+                  for line in lines if line.startswith("# host: ") and marker in line]
+    return " + ".join(dict.fromkeys(processors))
 
 
 def write_config_and_command(run_dir: Path, config_yaml: str, argv: list[str]) -> None:
