@@ -86,10 +86,7 @@ def main() -> None:
             if choice.chosen:
                 print(f"tune: {choice.describe()}")
             else:
-                done = sum(value is not None for values in choice.values.values() for value in values)
-                total = sum(len(values) for values in choice.values.values())
-                print(f"tune: {choice.variant}: its evaluation runs (seeds {', '.join(map(str, study.seeds))}) wait "
-                      f"for the choice of its tuning ({done} of {total} search runs finished)")
+                print(f"tune: {choice.describe_wait(study.seeds)}")
         for run in next_round(study):  # seeds: auto, once every listed run has ended
             print(f"{run.name}: next round (auto seeds), {run.state()}")
         return

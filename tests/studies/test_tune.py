@@ -202,6 +202,17 @@ def test_report_has_the_tuning_section(tmp_path: Path, fake: Path) -> None:
     assert "| **v=a** (baseline) | 2/2 |" in md and "| v=d | 2/2 |" in md
 
 
+def test_report_says_which_evaluations_wait_for_their_search(tmp_path: Path, fake: Path) -> None:
+    study = load_study(write_study(tmp_path))
+    run_study(study, python=str(fake), only=["v=a"], echo=lambda line: None)  # v=a searched and evaluated
+    write_report(study.out)
+    incomplete = (study.out / "results.md").read_text().split("Incomplete:\n")[1].split("\n\n")[0]
+    assert incomplete.splitlines() == [
+        "- v=b: its evaluation runs (seeds 0, 1) wait for the choice of its tuning (0 of 6 search runs finished).",
+        "- v=c: its evaluation runs (seeds 0, 1) wait for the choice of its tuning (0 of 4 search runs finished).",
+        "- v=d: seed(s) 0, 1 missing (failed or not run): its row averages 0 of 2 seeds."]
+
+
 def test_dry_run_and_status_list_the_search_and_what_waits(tmp_path: Path, fake: Path) -> None:
     path = write_study(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

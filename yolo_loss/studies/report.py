@@ -36,7 +36,7 @@ from typing import Any
 
 from yolo_loss.studies.stats import (DEFAULT_MIN_EFFECT, METRICS, MIN_SEEDS, SIGN_FLIP_MIN_N, TABLE_METRICS, Difference,
                              Judged, format_p, judge_family, t_quantile)
-from yolo_loss.studies.study import FAILED, RUN_INFO, STUDY_INFO
+from yolo_loss.studies.study import FAILED, RUN_INFO, STUDY_INFO, Choice
 from yolo_loss.train import run_folder
 from yolo_loss.train.run_folder import FLOAT32, RunMetrics
 from yolo_loss.train.runtime import recorded_processor
@@ -344,7 +344,12 @@ def markdown(info: dict[str, Any], summaries: list[VariantSummary], metrics: tup
             judged = s.diff[metrics[0]] if s.diff is not None else None
             cells += ["", ""] if judged is None else [_difference_cell(judged.difference), judged.verdict]
         lines.append("| " + " | ".join(cells) + " |")
-        if s.missing:
+        search = ((info.get("tune") or {}).get("variants") or {}).get(s.name)
+        if search and not search["chosen"] and not s.n:  # evaluation runs are planned once the search has chosen
+            tune = info["tune"]
+            choice = Choice(s.name, tune["metric"], tuple(tune["seeds"]), search["values"], "")
+            notes.append(f"- {choice.describe_wait(s.missing)}.")
+        elif s.missing:
             notes.append(f"- {s.name}: seed(s) {', '.join(map(str, s.missing))} missing (failed or not run): "
                          f"its row averages {s.n} of {s.n + len(s.missing)} seeds.")
     text = "\n".join(lines) + "\n"

@@ -135,6 +135,13 @@ class Choice:
                 if self.on_edge else "")
         return f"{self.variant}: chose {self.chosen} (mean {self.metric} over seeds {list(self.seeds)}: {means}){edge}"
 
+    def describe_wait(self, evaluation_seeds: list[int]) -> str:
+        """What an unchosen search holds back, and how far it got."""
+        done = sum(value is not None for values in self.values.values() for value in values)
+        total = sum(len(values) for values in self.values.values())
+        return (f"{self.variant}: its evaluation runs (seeds {', '.join(map(str, evaluation_seeds))}) wait for the "
+                f"choice of its tuning ({done} of {total} search runs finished)")
+
 
 @dataclass(frozen=True)
 class Variant:
