@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.image
 import pytest
 import yaml
 
@@ -200,6 +201,9 @@ def test_report_has_the_tuning_section(tmp_path: Path, fake: Path) -> None:
     assert "v=a: w2" not in tuning.split("Warning:")[1]  # an interior choice is not warned about
     # the comparisons are on the evaluation runs: 2 seeds each, the baseline v=a at its chosen w2
     assert "| **v=a** (baseline) | 2/2 |" in md and "| v=d | 2/2 |" in md
+    # tuning.png: a panel per tuned variant (v=a, v=b, v=c; v=d is not tuned), three to a row, 3.6 x 2.8 in at 100 dpi
+    assert "`tuning.png` (each variant's search" in md
+    assert matplotlib.image.imread(study.out / "tuning.png").shape[:2] == (280, 3 * 360)
 
 
 def test_report_says_which_evaluations_wait_for_their_search(tmp_path: Path, fake: Path) -> None:
@@ -211,6 +215,15 @@ def test_report_says_which_evaluations_wait_for_their_search(tmp_path: Path, fak
         "- v=b: its evaluation runs (seeds 0, 1) wait for the choice of its tuning (0 of 6 search runs finished).",
         "- v=c: its evaluation runs (seeds 0, 1) wait for the choice of its tuning (0 of 4 search runs finished).",
         "- v=d: seed(s) 0, 1 missing (failed or not run): its row averages 0 of 2 seeds."]
+    assert matplotlib.image.imread(study.out / "tuning.png").shape[:2] == (280, 360)  # v=a's panel alone
+
+
+def test_no_tuning_plot_before_a_search_run_has_finished(tmp_path: Path, fake: Path) -> None:
+    study = load_study(write_study(tmp_path))
+    run_study(study, python=str(fake), only=["v=d"], echo=lambda line: None)  # not tuned: no search runs
+    write_report(study.out)
+    assert not (study.out / "tuning.png").exists()
+    assert "tuning.png" not in (study.out / "results.md").read_text()
 
 
 def test_dry_run_and_status_list_the_search_and_what_waits(tmp_path: Path, fake: Path) -> None:

@@ -16,8 +16,9 @@ Plots: ``forest.png``, each comparison's paired difference in AP with its 95% t-
 variants named as the papers name them (the study file's ``labels``); ``metrics.png``, each variant's AP, AP50 and
 AP75. Training-loss curves are not drawn: the totals of different loss definitions are not on one scale.
 
-A tuned study (``tune``) adds its search (:func:`tuning_markdown`) and, with ``untuned``, the same comparison at
-the variants' own settings from the runs of other studies beside the tuned one (:func:`untuned_markdown`).
+A tuned study (``tune``) adds its search (:func:`tuning_markdown`; ``tuning.png``, :func:`plot_tuning`) and, with
+``untuned``, the same comparison at the variants' own settings from the runs of other studies beside the tuned
+one (:func:`untuned_markdown`).
 
 Runs evaluated more than once (``train.eval_points``; ``metrics.json`` keeps every evaluation) add a convergence
 table (:func:`convergence_markdown`): each variant's mean AP at each evaluation and its rise over the last quarter of
@@ -511,6 +512,55 @@ def plot_ap_curves(curves: dict[str, dict[int, list[tuple[float, float]]]], out:
     return path
 
 
+def searched_variants(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The tuned variants of study.json with at least one finished search run, and their searches."""
+    return {variant: search for variant, search in (info.get("tune") or {}).get("variants", {}).items()
+            if any(value is not None for values in search["values"].values() for value in values)}
+
+
+def plot_tuning(info: dict[str, Any], out: Path) -> Path:
+    """``tuning.png``: the search of each variant in :func:`searched_variants`, one panel a variant on one y scale:
+    the selection metric of every finished search run against its candidate (in the grid's order), the mean over the
+    tuning seeds where all have finished, the chosen candidate starred."""
+    searches = searched_variants(info)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, seeds = info["tune"]["metric"], info["tune"]["seeds"]
+    columns = min(3, len(searches))
+    rows = math.ceil(len(searches) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), sharey=True, squeeze=False)
+    for ax, (variant, search) in zip(axes.flat, searches.items()):
+        names = list(search["values"])
+        for k, seed in enumerate(seeds):
+            points = [(x, values[k]) for x, values in enumerate(search["values"].values()) if values[k] is not None]
+            ax.plot(*zip(*points), linestyle="none", marker="o", markersize=4, alpha=0.6, label=f"seed {seed}")
+        means = [(x, statistics.fmean(values)) for x, values in enumerate(search["values"].values())
+                 if None not in values]
+        if means:
+            ax.plot(*zip(*means), color="black", label="mean")
+        if search["chosen"]:
+            x = names.index(search["chosen"])
+            ax.plot([x], [statistics.fmean(search["values"][search["chosen"]])], marker="*", markersize=14,
+                    color="tab:red", linestyle="none", label="chosen")
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_title(f"{variant_label(info, variant)}: {search['chosen'] or 'not chosen yet'}", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(searches):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{metric}, selection split")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{Path(info['study_file']).stem}: the search, candidate x tuning seed", fontsize=10)
+    fig.tight_layout()
+    path = out / "tuning.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def start_mismatches(rows: list[dict[str, Any]]) -> list[str]:
     """One line per seed whose finished runs were not all made alike: from different pretrained backbones (their
     fingerprints, :func:`yolo_loss.train.pretrain.fingerprint`; the cache is keyed by its parameters, but another
@@ -552,7 +602,7 @@ def write_report(study_dir: str | Path) -> list[Path]:
         text += "\n" + untuned_markdown(info, summarize(plain, expected_rows(study_dir, plain)), summaries)
     if info.get("auto"):
         text += "\n" + auto_seeds_markdown(info, summarize(info, rows, metrics=(info["auto"]["metric"],)))
-    curves = evaluation_curves(rows)
+    curves, searched = evaluation_curves(rows), searched_variants(info)
     if curves:
         text += "\n" + convergence_markdown(curves, info.get("baseline"))
     mismatched = start_mismatches(rows)
@@ -566,6 +616,8 @@ def write_report(study_dir: str | Path) -> list[Path]:
     text += ("\nPlots: `forest.png` (each comparison's dAP with its 95% t-interval, coloured by verdict) and "
              "`metrics.png` (each variant's AP, AP50, AP75, every finished run of it, reused ones included)"
              + (", `ap_curves.png` (validation AP by epoch)" if curves else "")
+             + (", `tuning.png` (each variant's search: the selection metric by candidate and tuning seed)"
+                if searched else "")
              + ". Training-loss curves are not drawn: the totals of different loss definitions are not on one scale; "
              "each run's terms are in its TensorBoard events where it was trained.\n")
     (study_dir / "results.md").write_text(text)
@@ -575,4 +627,6 @@ def write_report(study_dir: str | Path) -> list[Path]:
         written += plot(info, summaries, study_dir)
     if curves:
         written.append(plot_ap_curves(curves, study_dir))
+    if searched:
+        written.append(plot_tuning(info, study_dir))
     return written
