@@ -206,6 +206,28 @@ def test_report_has_the_tuning_section(tmp_path: Path, fake: Path) -> None:
     assert matplotlib.image.imread(study.out / "tuning.png").shape[:2] == (280, 3 * 360)
 
 
+def test_report_names_candidates_that_did_not_start_alike(tmp_path: Path, fake: Path) -> None:
+    """v=a's candidates at tuning seed 102 started from two backbones (another machine trained one): the Tuning
+    section names that variant and seed and which candidate started where; seed 100 and the other variants, all
+    alike, are not named."""
+    study = load_study(write_study(tmp_path))
+    run_study(study, python=str(fake), echo=lambda line: None)
+    for candidate in ("w1", "w2", "w3"):
+        for seed in (100, 102):
+            path = study.out / "v=a" / f"tune={candidate}" / f"seed={seed}" / "metrics.json"
+            backbone = "bbbbbbbbbbbb" if (candidate, seed) == ("w2", 102) else "aaaaaaaaaaaa"
+            path.write_text(json.dumps(dict(json.loads(path.read_text()), start={"backbone": backbone})))
+    write_report(study.out)
+    tuning = (study.out / "results.md").read_text().split("## Tuning")[1]
+    assert "Not exactly comparable" in tuning
+    named = [line for line in tuning.splitlines() if line.startswith("- v=") and "backbone" in line]
+    assert named == ["- v=a, seed 102: backbone aaaaaaaaaaaa: w1, w3; backbone bbbbbbbbbbbb: w2"]
+    path = study.out / "v=a" / "tune=w2" / "seed=102" / "metrics.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), start={"backbone": "aaaaaaaaaaaa"})))
+    write_report(study.out)
+    assert "Not exactly comparable" not in (study.out / "results.md").read_text()
+
+
 def test_report_says_which_evaluations_wait_for_their_search(tmp_path: Path, fake: Path) -> None:
     study = load_study(write_study(tmp_path))
     run_study(study, python=str(fake), only=["v=a"], echo=lambda line: None)  # v=a searched and evaluated

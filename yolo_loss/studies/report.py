@@ -87,11 +87,16 @@ def expected_rows(study_dir: Path, info: dict[str, Any]) -> list[dict[str, Any]]
                 row.update({f"loss_{name}": value for name, value in summary.final_terms.items()})
                 row["train_seconds"] = summary.train_seconds
                 row["images_per_sec"] = summary.images_per_sec
-                row["backbone"] = summary.start.get("backbone", "")
-                row["processor"] = recorded_processor(folder)
+                row.update(run_start(folder, summary))
                 row["precision"] = summary.precision
             rows.append(row)
     return rows
+
+
+def run_start(folder: Path, summary: RunMetrics) -> dict[str, str]:
+    """What a finished run started from and trained on: its pretrained backbone's fingerprint and its processor(s)
+    (the two :func:`start_mismatches` compares)."""
+    return {"backbone": summary.start.get("backbone", ""), "processor": recorded_processor(folder)}
 
 
 def seeds_of(info: dict[str, Any], variant: str) -> list[int]:
@@ -118,10 +123,11 @@ def auto_seeds_markdown(info: dict[str, Any], summaries: list[VariantSummary]) -
     return "\n".join(lines) + "\n"
 
 
-def tuning_markdown(info: dict[str, Any]) -> str:
+def tuning_markdown(info: dict[str, Any], study_dir: Path) -> str:
     """What ``tune`` did (study.json's ``tune``): the selection overrides, each tuned variant's chosen candidate and
-    its overrides, the search table (candidate x tuning seed, and the mean), and a warning for each choice on the
-    edge of its grid."""
+    its overrides, the search table (candidate x tuning seed, and the mean), a warning for each choice on the edge
+    of its grid, and one for each variant whose candidates at a tuning seed were not all started alike
+    (:func:`search_mismatches`)."""
     tune = info["tune"]
     metric, seeds = tune["metric"], tune["seeds"]
     lines = ["## Tuning", "",
@@ -148,7 +154,28 @@ def tuning_markdown(info: dict[str, Any]) -> str:
                          " candidate of its grid: the best setting may lie beyond it; widen the grid.")
     if edges:
         lines += ["Warning: choices on the edge of their grid:", *edges, ""]
+    mismatched = search_mismatches(info, study_dir)
+    if mismatched:
+        lines += ["Not exactly comparable: at these tuning seeds a variant's candidates started from different "
+                  "pretrained backbones or were trained on different processors, so the differences between those "
+                  "candidates hold that noise too:", *mismatched, ""]
     return "\n".join(lines)
+
+
+def search_mismatches(info: dict[str, Any], study_dir: Path) -> list[str]:
+    """:func:`start_mismatches` within each tuned variant's search: one line per variant and tuning seed whose
+    finished candidates (``<variant>/tune=<candidate>/seed=<s>``) were not all started alike."""
+    lines = []
+    for variant, search in searched_variants(info).items():
+        rows = []
+        for candidate in search["values"]:
+            for seed in info["tune"]["seeds"]:
+                folder = study_dir / variant / f"tune={candidate}" / f"seed={seed}"
+                if run_folder.finished(folder):
+                    rows.append({"variant": candidate, "seed": seed, "status": "finished",
+                                 **run_start(folder, RunMetrics.read(folder))})
+        lines += [line.replace("- seed ", f"- {variant}, seed ", 1) for line in start_mismatches(rows)]
+    return lines
 
 
 def untuned_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -596,7 +623,7 @@ def write_report(study_dir: str | Path) -> list[Path]:
     failed = [row for row in rows if row["status"] == "failed"]
     text = f"# {Path(info['study_file']).stem}\n\n" + markdown(info, summaries)
     if info.get("tune"):
-        text += "\n" + tuning_markdown(info)
+        text += "\n" + tuning_markdown(info, study_dir)
     if info.get("untuned"):
         plain = untuned_info(info)
         text += "\n" + untuned_markdown(info, summarize(plain, expected_rows(study_dir, plain)), summaries)
