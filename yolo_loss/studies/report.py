@@ -37,7 +37,7 @@ from typing import Any
 
 from yolo_loss.studies.stats import (DEFAULT_MIN_EFFECT, METRICS, MIN_SEEDS, SIGN_FLIP_MIN_N, TABLE_METRICS, Difference,
                              Judged, format_p, judge_family, t_quantile)
-from yolo_loss.studies.study import FAILED, RUN_INFO, STUDY_INFO, Choice
+from yolo_loss.studies.study import FAILED, RUN_INFO, STUDY_INFO, Choice, search_label
 from yolo_loss.train import run_folder
 from yolo_loss.train.run_folder import FLOAT32, RunMetrics
 from yolo_loss.train.runtime import recorded_processor
@@ -170,7 +170,7 @@ def search_mismatches(info: dict[str, Any], study_dir: Path) -> list[str]:
         rows = []
         for candidate in search["values"]:
             for seed in info["tune"]["seeds"]:
-                folder = study_dir / variant / f"tune={candidate}" / f"seed={seed}"
+                folder = study_dir / search_label(variant, candidate, seed)
                 if run_folder.finished(folder):
                     rows.append({"variant": candidate, "seed": seed, "status": "finished",
                                  **run_start(folder, RunMetrics.read(folder))})

@@ -82,6 +82,11 @@ FAILED = "failed.json"
 LOG = "train.log"
 
 
+def search_label(variant: str, candidate: str, seed: int) -> str:
+    """A search run's folder below its study's: ``<variant>/tune=<candidate>/seed=<seed>``."""
+    return f"{variant}/tune={candidate}/seed={seed}"
+
+
 class StudyError(ValueError):
     """A study file that cannot be expanded; the message names the file, the variant and the key."""
 
@@ -179,8 +184,9 @@ class Run:
     @property
     def label(self) -> str:
         """``variant/seed=N``, or a search run's ``variant/tune=candidate/seed=N``: its folder below the study's."""
-        tune = f"tune={self.candidate}/" if self.search else ""
-        return f"{self.variant.name}/{tune}seed={self.seed}"
+        if self.search:
+            return search_label(self.variant.name, self.candidate, self.seed)
+        return f"{self.variant.name}/seed={self.seed}"
 
     @property
     def name(self) -> str:
@@ -295,7 +301,7 @@ class Study:
             for variant in self._selected(only):
                 for candidate, overrides in self.tune.grid.get(variant.name, {}).items():
                     own = tuple(dotted(overrides))
-                    runs.append(Run(variant, seed, self.out / variant.name / f"tune={candidate}" / f"seed={seed}",
+                    runs.append(Run(variant, seed, self.out / search_label(variant.name, candidate, seed),
                                     tuple(dotted(self.overrides)) + variant.overrides + tuple(dotted(self.tune.select))
                                     + own + (f"train.seed={seed}",), self.base, self.path, varied=self.varied_keys(),
                                     candidate=candidate, candidate_overrides=own, search=True))
