@@ -2,7 +2,7 @@
 
     python scripts/ablate.py configs/ablations/loss_axes.yaml [--jobs N | --devices 0,1] [--dry-run]
     python scripts/ablate.py STUDY --devices 0,1,2,3 --nproc-per-run 2   # each run: torchrun over 2 GPUs
-    python scripts/ablate.py STUDY --status                              # each run's state and owner
+    python scripts/ablate.py STUDY --status                              # each run's state, owner and AP
     python scripts/ablate.py STUDY --launcher slurm --partition gpu --gpus-per-run 1 --time 120
 
 Several launchers (terminals, machines sharing the folder, Slurm jobs) can work on one study at once: each claims a
@@ -25,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolo_loss.studies.study import StudyError, load_study
+from yolo_loss.studies.study import StudyError, finished_metric, load_study
 from yolo_loss.studies.runner import describe_command, next_round, run_state, run_study, submit_study, train_command
 from yolo_loss.studies.run_locks import CLAIM_TIMEOUT_SECONDS
 from yolo_loss.studies.report import write_report
@@ -75,8 +75,10 @@ def main() -> None:
     if args.dry_run or args.status:
         for run in runs:
             state = run_state(run, timeout=args.claim_timeout)
-            if args.status:
-                print(f"{run.name}: {state}")
+            if args.status:  # a finished run with its final metric: the search's, or AP
+                metric = study.tune.metric if run.search else "AP"
+                value = finished_metric(run, metric) if state == "finished" else None
+                print(f"{run.name}: {state}" + ("" if value is None else f" ({metric} {value:.4f})"))
             else:
                 command = train_command(run, nproc_per_run=args.nproc_per_run)
                 print(f"# {run.name} [{state}]\n{describe_command(command)}")

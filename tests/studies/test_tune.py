@@ -268,7 +268,8 @@ def test_dry_run_and_status_list_the_search_and_what_waits(tmp_path: Path, fake:
 
     run_study(load_study(path), python=str(fake), only=["v=a"], echo=lambda line: None)
     status = ablate("--status")
-    assert "v=a/tune=w2/seed=102: finished" in status and "v=a/seed=1: finished" in status
+    # finished runs with their metric: the fake's AP, 0.5 - 0.001 (w - 2)^2 + 0.0001 (seed % 10)
+    assert "v=a/tune=w2/seed=102: finished (AP 0.5002)" in status and "v=a/seed=1: finished (AP 0.5001)" in status
     assert "v=b/tune=w1/seed=100: new" in status and "v=b/seed=0" not in status
     assert "tune: v=a: chose w2 (mean AP over seeds [100, 102]: w1 0.4991, w2 0.5001, w3 0.4991)" in status
     assert "tune: v=b: its evaluation runs (seeds 0, 1) wait for the choice of its tuning (0 of 6" in status
