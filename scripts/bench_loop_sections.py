@@ -1,6 +1,6 @@
 """Where train.py's training loop spends a step, part by part, in float32 and with bfloat16 autocast.
 
-    python scripts/bench_loop_sections.py --config configs/shapes_nano.yaml [--steps 60] [--repeats 2]
+    python scripts/bench_loop_sections.py --config configs/shapes_nano.yaml [--steps 60] [--repeats 2] [--ops 12]
 
 Trains ``--steps`` steps of the config's loop (the real loader, augmentation, logging; no evaluation timed) in each
 precision in turn, ``--repeats`` times, with timers wrapped around the parts of :func:`yolo_loss.train.engine.
@@ -11,6 +11,11 @@ after the step; "loader" is the time between two steps (the loader, its augmenta
 Prints each part's mean milliseconds a step (the first 3 steps left out) and its bfloat16 speed-up (float32's time
 over bfloat16's), then the same for the model (forward + backward), the rest of the loop and the whole step: what
 the whole loop's speed-up is made of.
+
+``--ops N`` adds one more pass per precision under ``torch.profiler`` (after the timed ones, whose timers it would
+slow) and prints the N ATen operators with the most self CPU time a step over both precisions: which operators the
+precision speeds up. Run it at ``OMP_NUM_THREADS=1`` and at 2 to see which operators do not use the second thread.
+The profiler's own cost inflates the small operators; compare the large ones.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ class Timers:
         self.last_end: float | None = None
         self.patches: list[tuple[object, str, object]] = []
         self.names: list[str] = []  # the wrapped parts, in the order they were wrapped
+        self.profiler: torch.profiler.profile | None = None  # records steps SKIP + 1 to last_step
+        self.last_step = 0
+        self.steps_begun = 0
 
     def wrap(self, owner: object, name: str, part: str) -> None:
         """Replace ``owner.name`` by a timed call of it, adding to ``part``; undone by :meth:`restore`."""
@@ -73,9 +81,14 @@ class Timers:
         original = engine.train_step
 
         def timed(*args, **kwargs):
+            self.steps_begun += 1
+            if self.profiler is not None and self.steps_begun == SKIP + 1:
+                self.profiler.start()
             start = time.perf_counter()
             self.step = {} if self.last_end is None else {"loader": start - self.last_end}
             result = original(*args, **kwargs)
+            if self.profiler is not None and self.steps_begun == self.last_step:
+                self.profiler.stop()
             self.last_end = end = time.perf_counter()
             self.step["rest"] = end - start - sum(v for k, v in self.step.items() if k != "loader")
             for part in [*self.names, "rest", "loader"]:  # 0 for a part this step did not run (logging, mostly)
@@ -92,9 +105,13 @@ class Timers:
         self.patches.clear()
 
 
-def measure(cfg, steps: int) -> dict[str, float]:
-    """Mean milliseconds a step of each part over ``steps`` steps of ``cfg``'s loop (the first SKIP left out)."""
+def measure(cfg, steps: int, profiler: torch.profiler.profile | None = None) -> dict[str, float]:
+    """Mean milliseconds a step of each part over ``steps`` steps of ``cfg``'s loop (the first SKIP left out).
+
+    With ``profiler``, it records from the first timed step to the end of the last (the loader between them
+    included, the evaluation after them not)."""
     timers = Timers()
+    timers.profiler, timers.last_step = profiler, steps + SKIP
     timers.wrap(YOLOv3, "forward", "forward")
     timers.wrap(YoloCriterion, "__call__", "loss")
     timers.wrap(RunLogger, "before_backward", "term gradients")
@@ -124,6 +141,8 @@ def main() -> None:
     add_config_arguments(parser)
     parser.add_argument("--steps", type=int, default=60, help="timed steps per measurement")
     parser.add_argument("--repeats", type=int, default=2, help="measurements per precision, in turn")
+    parser.add_argument("--ops", type=int, default=0, metavar="N",
+                        help="then profile one pass per precision; print the N operators of most self CPU time")
     args = parser.parse_args()
     cfg = config_from_args(args)
     runs: dict[str, list[dict[str, float]]] = {"float32": [], "bfloat16": []}
@@ -144,6 +163,27 @@ def main() -> None:
         f32 = sum(means["float32"].get(part, 0.0) for part in selected)
         b16 = sum(means["bfloat16"].get(part, 0.0) for part in selected)
         print(f"| {label} | {f32:.1f} | {b16:.1f} | {f32 / b16 if b16 else float('nan'):.2f} |")
+    if args.ops > 0:
+        print_top_ops(cfg, args.steps, args.ops)
+
+
+def print_top_ops(cfg, steps: int, count: int) -> None:
+    """Profile one pass of ``steps`` steps per precision; print the ``count`` operators with the most self CPU
+    time a step (float32's and bfloat16's together), in milliseconds a step, with bfloat16's speed-up."""
+    per_step: dict[str, dict[str, float]] = {}
+    for precision, amp in (("float32", "false"), ("bfloat16", "true")):
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        measure(apply_overrides(cfg, [f"train.amp={amp}"]), steps, profiler)  # starts and stops it
+        per_step[precision] = {event.key: event.self_cpu_time_total / 1000 / steps
+                               for event in profiler.key_averages()}
+    names = sorted(set(per_step["float32"]) | set(per_step["bfloat16"]),
+                   key=lambda name: -(per_step["float32"].get(name, 0.0) + per_step["bfloat16"].get(name, 0.0)))
+    print(f"\nself CPU time a step under torch.profiler, one pass of {steps} steps each, the loader included; "
+          f"{torch.get_num_threads()} threads")
+    print("| operator | float32 ms | bfloat16 ms | speed-up |\n|---|---|---|---|")
+    for name in names[:count]:
+        f32, b16 = per_step["float32"].get(name, 0.0), per_step["bfloat16"].get(name, 0.0)
+        print(f"| `{name}` | {f32:.1f} | {b16:.1f} | {f32 / b16 if b16 else float('nan'):.2f} |")
 
 
 if __name__ == "__main__":
