@@ -21,6 +21,10 @@ For each model, images per second of:
       ``speed/images_per_sec`` scalars (every 10 steps; the first window, with the kernels' warm-up, left out).
 (a) and (b) autocast the model's forward as train.py's training step does (:func:`yolo_loss.train.engine.amp_dtype`).
 (a), (b) and (c) are measured in turn, ``--repeats`` times; the table gives medians and (b)/(a), (c)/(a).
+With ``--precision both`` the two precisions are measured back to back within each repeat, and their ratio is the
+median (and range) of the repeats' own ratios: the speed of a shared machine drifts by more than a tenth between
+repeats, and a ratio of two measurements taken minutes apart carries that drift; one taken seconds apart mostly does
+not.
 Targets: (b)/(a) >= 1/1.1 (the loss costs at most 10%); (c)/(a) >= 0.85 on the CPU model with the cache on.
 """
 
@@ -103,6 +107,12 @@ def loop_rate(cfg, steps: int) -> float:
     return statistics.median(windows[1:])  # the first window (step 1) holds the warm-up
 
 
+def paired_ratio(amp_rates: list[float], float32_rates: list[float]) -> str:
+    """``'median (min-max)'`` of the repeats' own AMP / float32 ratios (each repeat measures both, back to back)."""
+    ratios = [amp / float32 for amp, float32 in zip(amp_rates, float32_rates, strict=True)]
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def with_amp(cfg, amp: bool):
     """``cfg`` with ``train.amp`` set."""
     return apply_overrides(cfg, [f"train.amp={str(amp).lower()}"])
@@ -135,8 +145,8 @@ def bench(label: str, cfg, repeats: int, steps: int, precisions: tuple[bool, ...
         row = (f"| {label}, {precision_name(amp_dtype(run_cfg, device))} | {a:.1f} ({spread['a']}) "
                f"| {b:.1f} ({spread['b']}) | {c:.1f} ({spread['c']}) | {b / a:.2f} | {c / a:.2f} |")
         if len(precisions) > 1:
-            row += (" " + " | ".join(f"{medians[True][k] / medians[False][k]:.2f}" for k in "abc") + " |"
-                    if amp else " - | - | - |")
+            row += " " + " | ".join(paired_ratio(rates[True][k], rates[False][k]) if amp else "-"
+                                    for k in "abc") + " |"
         print(row, flush=True)
 
 
@@ -159,7 +169,8 @@ def main() -> None:
     amp_name = precision_name(amp_dtype(with_amp(cfg, True), device))
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"median images/s of {args.repeats} repeats (range), {args.steps} steps each; "
-          f"{'channels-last' if cfg.train.channels_last else 'contiguous'}")
+          f"{'channels-last' if cfg.train.channels_last else 'contiguous'}"
+          + ("; AMP / float32: median (range) of the repeats' own ratios" if precisions == (False, True) else ""))
     ratios = f" (a) {amp_name}/float32 | (b) {amp_name}/float32 | (c) {amp_name}/float32 |"
     both = precisions is not None and len(precisions) > 1
     print("| model | (a) model | (b) + loss | (c) training loop | (b)/(a) | (c)/(a) |" + (ratios if both else ""))
