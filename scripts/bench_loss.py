@@ -1,6 +1,7 @@
 """Time the loss forward + backward against a floor that touches the same head tensors.
 
     python scripts/bench_loss.py [--repeats 15] [--threads N] [--default-malloc] [--only NAME ...] [--cpu-time]
+                                 [--processes N]
 
 For batch 16 at 416 px with 80 classes and 6 boxes per image, and batch 64 with 20 boxes per image, prints the
 median time of: the floor (``sum(p).backward()`` over the three head maps), the darknet, yolov4 and yolov5
@@ -12,12 +13,19 @@ The script re-executes itself with the entry points' glibc malloc settings (``yo
 ``--default-malloc`` is given, which runs it with glibc's defaults (dropping those settings from the environment
 if they are there). ``--only`` times the named variants alone; ``--cpu-time`` times with the process's CPU clock
 rather than the wall clock (steadier while another job shares the cores; with ``--threads 1`` only).
+
+``--processes N`` measures in N fresh processes, one after another, and prints each row's median floor and loss
+over them and the median (range) of their ratios. The ratio depends on the process as well as on the code: on a
+2-core AMD EPYC (2026-12-07), two of seven processes ran the floor at batch 64 in 10 ms instead of 16-18 and
+darknet's loss in 37-38 ms instead of 27-34, 3.8-4.0x against 1.65-1.89x.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import statistics
 import sys
 import time
@@ -84,11 +92,59 @@ def main() -> None:
     parser.add_argument("--default-malloc", action="store_true", help="glibc's malloc defaults (see above)")
     parser.add_argument("--only", nargs="+", choices=VARIANTS, help="time these variants alone")
     parser.add_argument("--cpu-time", action="store_true", help="the process's CPU time, not the wall clock")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="measure in this many fresh processes; medians and the ratios' range over them")
+    parser.add_argument("--rows-json", action="store_true", help=argparse.SUPPRESS)  # a child of --processes
     args = parser.parse_args()
     if args.cpu_time and args.threads != 1:
         parser.error("--cpu-time adds up the threads' time: use it with --threads 1")
+    if args.processes < 1:
+        parser.error(f"--processes must be at least 1, got {args.processes}")
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.cpu_time else time.perf_counter
+    malloc = {k: os.environ.get(k) for k in ALLOCATOR_ENV}
+    header = (f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, glibc malloc env {malloc}, "
+              f"{'CPU' if args.cpu_time else 'wall'} time")
+    if args.processes > 1:
+        print(f"{header}; medians over {args.processes} processes, the ratio's range in brackets")
+        print("| batch | boxes/img | floor ms | variant | loss ms | ratio |")
+        print("|---|---|---|---|---|---|")
+        print_across_processes(args)
+        return
+    if not args.rows_json:
+        print(header)
+        print("| batch | boxes/img | floor ms | variant | loss ms | ratio |")
+        print("|---|---|---|---|---|---|")
+    for batch, boxes, floor, name, loss in measure(args, clock):
+        if args.rows_json:
+            print(json.dumps([batch, boxes, floor, name, loss]), flush=True)
+        else:
+            print(f"| {batch} | {boxes} | {floor:.1f} | {name} | {loss:.1f} | {loss / floor:.2f}x |", flush=True)
+
+
+def print_across_processes(args: argparse.Namespace) -> None:
+    """Run this script ``args.processes`` times with the same settings (one child at a time, each printing its rows
+    as JSON) and print each row's median floor and loss over the children and the median (range) of their ratios."""
+    argv = ["--repeats", str(args.repeats), "--threads", str(args.threads), "--rows-json"]
+    argv += (["--default-malloc"] if args.default_malloc else []) + (["--cpu-time"] if args.cpu_time else [])
+    argv += ["--only", *args.only] if args.only else []
+    rows: dict[tuple[int, int, str], list[tuple[float, float]]] = {}
+    for _ in range(args.processes):
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), *argv],
+                               capture_output=True, text=True, check=True)
+        for line in child.stdout.splitlines():
+            if line.startswith("["):
+                batch, boxes, floor, name, loss = json.loads(line)
+                rows.setdefault((batch, boxes, name), []).append((floor, loss))
+    for (batch, boxes, name), measured in rows.items():
+        floors, losses = [f for f, _ in measured], [loss for _, loss in measured]
+        ratios = [loss / f for f, loss in measured]
+        print(f"| {batch} | {boxes} | {statistics.median(floors):.1f} | {name} | {statistics.median(losses):.1f} | "
+              f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |", flush=True)
+
+
+def measure(args, clock) -> list[tuple[int, int, float, str, float]]:
+    """``(batch, boxes per image, floor ms, variant, loss ms)`` for each size and variant, in this process."""
     img, num_classes = 416, 80
     variants = {name: load_config(PRESETS / f"{name}.yaml", (f"data.img_size={img}",))
                 for name in ("darknet", "yolov4", "yolov5")}
@@ -96,11 +152,7 @@ def main() -> None:
     for rule in ("tal", "simota", "atss"):
         variants[f"ciou+{rule}"] = Config(loss=LossConfig(xy="none", wh="none", box="ciou", assign=rule))
     variants = {name: cfg for name, cfg in variants.items() if not args.only or name in args.only}
-    malloc = {k: os.environ.get(k) for k in ALLOCATOR_ENV}
-    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, glibc malloc env {malloc}, "
-          f"{'CPU' if args.cpu_time else 'wall'} time")
-    print("| batch | boxes/img | floor ms | variant | loss ms | ratio |")
-    print("|---|---|---|---|---|---|")
+    rows = []
     for batch, boxes in ((16, 6), (64, 20)):
         preds, targets = make_inputs(batch, boxes, img, num_classes)
         floor = median_ms(lambda: sum(p.sum() for p in preds).backward(), preds, args.repeats, clock)
@@ -110,7 +162,8 @@ def main() -> None:
                                          scale_x_y=tuple(cfg.model.scale_x_y))
             criterion = build_criterion(cfg.loss, head, img_size=img)
             loss = median_ms(lambda: criterion(preds, targets, img).total.backward(), preds, args.repeats, clock)
-            print(f"| {batch} | {boxes} | {floor:.1f} | {name} | {loss:.1f} | {loss / floor:.2f}x |")
+            rows.append((batch, boxes, floor, name, loss))
+    return rows
 
 
 if __name__ == "__main__":
