@@ -21,10 +21,9 @@ For each model, images per second of:
       ``speed/images_per_sec`` scalars (every 10 steps; the first window, with the kernels' warm-up, left out).
 (a) and (b) autocast the model's forward as train.py's training step does (:func:`yolo_loss.train.engine.amp_dtype`).
 (a), (b) and (c) are measured in turn, ``--repeats`` times; the table gives medians and (b)/(a), (c)/(a).
-With ``--precision both`` the two precisions are measured back to back within each repeat, and their ratio is the
-median (and range) of the repeats' own ratios: the speed of a shared machine drifts by more than a tenth between
-repeats, and a ratio of two measurements taken minutes apart carries that drift; one taken seconds apart mostly does
-not.
+With ``--precision both`` the two precisions are measured in turn within each repeat, and their ratio is the median
+(and range) of the repeats' own ratios: the speed of a shared machine drifts by more than a tenth between repeats, and
+a ratio of medians taken from different repeats carries that drift, where one taken within a repeat carries less.
 Targets: (b)/(a) >= 1/1.1 (the loss costs at most 10%); (c)/(a) >= 0.85 on the CPU model with the cache on.
 """
 
@@ -108,7 +107,7 @@ def loop_rate(cfg, steps: int) -> float:
 
 
 def paired_ratio(amp_rates: list[float], float32_rates: list[float]) -> str:
-    """``'median (min-max)'`` of the repeats' own AMP / float32 ratios (each repeat measures both, back to back)."""
+    """``'median (min-max)'`` of the repeats' own AMP / float32 ratios (each repeat measures both, in turn)."""
     ratios = [amp / float32 for amp, float32 in zip(amp_rates, float32_rates, strict=True)]
     return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
