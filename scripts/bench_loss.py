@@ -105,16 +105,14 @@ def main() -> None:
     malloc = {k: os.environ.get(k) for k in ALLOCATOR_ENV}
     header = (f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, glibc malloc env {malloc}, "
               f"{'CPU' if args.cpu_time else 'wall'} time")
-    if args.processes > 1:
-        print(f"{header}; medians over {args.processes} processes, the ratio's range in brackets")
+    if not args.rows_json:
+        print(header + (f"; medians over {args.processes} processes, the ratio's range in brackets"
+                        if args.processes > 1 else ""))
         print("| batch | boxes/img | floor ms | variant | loss ms | ratio |")
         print("|---|---|---|---|---|---|")
+    if args.processes > 1:
         print_across_processes(args)
         return
-    if not args.rows_json:
-        print(header)
-        print("| batch | boxes/img | floor ms | variant | loss ms | ratio |")
-        print("|---|---|---|---|---|---|")
     for batch, boxes, floor, name, loss in measure(args, clock):
         if args.rows_json:
             print(json.dumps([batch, boxes, floor, name, loss]), flush=True)
