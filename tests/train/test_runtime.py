@@ -20,6 +20,7 @@ from yolo_loss.allocator import ALLOCATOR_ENV, ALLOCATOR_OPT_OUT
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint
 from yolo_loss.train.runtime import (
     describe_cpu,
+    native_bfloat16,
     make_run_dir,
     recorded_processor,
     rng_state,
@@ -173,6 +174,15 @@ def test_describe_cpu_names_the_model_the_kernels_and_the_bfloat16_instructions(
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Plain CPU\nflags\t\t: fpu sse avx2\n")
     assert describe_cpu(cpuinfo) == f"Plain CPU, ATen {capability}"
     assert describe_cpu(tmp_path / "absent").endswith(f", ATen {capability}")  # off Linux: the platform's name
+
+
+def test_native_bfloat16_reads_the_bfloat16_instructions(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    for flags, native in (("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 amx_bf16 amx_tile", True),
+                          ("fpu avx2 avx512f avx512bw", False), ("fpu sse avx2", False)):
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: A CPU\nflags\t\t: {flags}\n")
+        assert native_bfloat16(cpuinfo) is native, flags
+    assert native_bfloat16(tmp_path / "absent") is None  # off Linux: not known
 
 
 def test_recorded_processor_names_every_processor_a_run_trained_on(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from yolo_loss.train import distributed as dist
 from yolo_loss.train.optim import BATCH_NORMS, ModelEMA, build_optimizer, grad_norm_and_clip, lr_at, set_lr
 from yolo_loss.train.pretrain import backbone_start, load_pretrained_backbone
 from yolo_loss.train.run_folder import FINISHED, RUNNING, STOPPED, RunMetrics, RunStatus
-from yolo_loss.train.runtime import rng_state, seed_everything, set_rng_state
+from yolo_loss.train.runtime import native_bfloat16, rng_state, seed_everything, set_rng_state
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "VOC07_AP50", "VOC_AP50")
 
@@ -298,14 +298,21 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
-def precision_line(cfg: Config, device: torch.device) -> str:
-    """The console line that says in what precision a run trains."""
+def precision_line(cfg: Config, device: torch.device, *, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The console line that says in what precision a run trains; bfloat16 on a CPU without bfloat16 instructions
+    (:func:`~yolo_loss.train.runtime.native_bfloat16` of ``cpuinfo``) adds a warning line: it trains, but slower
+    than float32 would."""
     dtype = amp_dtype(cfg, device)
     if dtype is None:
         return "precision: float32 (train.amp off)"
     where = "CUDA, with loss scaling" if dtype == torch.float16 else device.type.upper()
-    return (f"precision: {precision_name(dtype)} autocast around the model ({where}); "
+    line = (f"precision: {precision_name(dtype)} autocast around the model ({where}); "
             "loss and evaluation in float32")
+    if dtype == torch.bfloat16 and native_bfloat16(cpuinfo) is False:
+        line += ("\nwarning: train.amp=true on a CPU without bfloat16 instructions (avx512_bf16, amx_bf16): "
+                 "bfloat16 is emulated here, about ten times slower than float32 on a 2-core AVX2 AMD EPYC "
+                 "(docs/speed.md); train.amp=false trains in float32")
+    return line
 
 
 def restore(trainer: Trainer, path: Path, *, force: bool) -> TrainState:
