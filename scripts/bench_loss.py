@@ -52,10 +52,11 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 from yolo_loss.config.load import load_config  # noqa: E402
+from yolo_loss.config.schema import Config, LossConfig  # noqa: E402
 from yolo_loss.decode import STRIDES  # noqa: E402
 from yolo_loss.head import HeadSpec, anchors_per_level, class_activation  # noqa: E402
 from yolo_loss.losses.criterion import build_criterion  # noqa: E402
-from yolo_loss.config.schema import Config, LossConfig  # noqa: E402
+from yolo_loss.train.runtime import describe_cpu  # noqa: E402
 
 VARIANTS = ("darknet", "yolov4", "yolov5", "ciou+focal", "ciou+tal", "ciou+simota", "ciou+atss")
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "presets"
@@ -103,8 +104,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.cpu_time else time.perf_counter
     malloc = {k: os.environ.get(k) for k in ALLOCATOR_ENV}
-    header = (f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, glibc malloc env {malloc}, "
-              f"{'CPU' if args.cpu_time else 'wall'} time")
+    header = (f"torch {torch.__version__}, {describe_cpu()}, {args.threads} threads, {os.cpu_count()} cores, "
+              f"glibc malloc env {malloc}, {'CPU' if args.cpu_time else 'wall'} time")
     if not args.rows_json:
         print(header + (f"; medians over {args.processes} processes, the ratio's range in brackets"
                         if args.processes > 1 else ""))
