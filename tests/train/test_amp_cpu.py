@@ -134,17 +134,17 @@ def test_bfloat16_on_a_cpu_without_its_instructions_warns(tmp_path: Path) -> Non
     """Without avx512_bf16 or amx_bf16, bfloat16 is emulated: 4.6 against 48.2 images/s of float32 on a 2-core
     AVX2 AMD EPYC (bench_train.py). The run trains as configured, with a warning that says so and what to set."""
     amp, off = tiny_config(tmp_path, tmp_path, amp=True), tiny_config(tmp_path, tmp_path)
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2\n")
-    first, warning = engine.precision_line(amp, CPU, cpuinfo=cpuinfo).split("\n")
+    avx2, bf16 = tmp_path / "avx2", tmp_path / "bf16"
+    avx2.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2\n")
+    bf16.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n")
+    first, warning = engine.precision_line(amp, CPU, cpuinfo=avx2).split("\n")
     assert first == "precision: bfloat16 autocast around the model (CPU); loss and evaluation in float32"
     assert warning.startswith("warning: train.amp=true on a CPU without bfloat16 instructions")
     assert "train.amp=false trains in float32" in warning
-    assert engine.precision_line(off, CPU, cpuinfo=cpuinfo) == "precision: float32 (train.amp off)"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n")
-    assert engine.precision_line(amp, CPU, cpuinfo=cpuinfo) == first
+    assert engine.precision_line(amp, CPU, cpuinfo=bf16) == first
     assert engine.precision_line(amp, CPU, cpuinfo=tmp_path / "absent") == first  # not known: no warning
-    assert "warning" not in engine.precision_line(amp, torch.device("cuda"), cpuinfo=cpuinfo.with_name("x"))
+    assert engine.precision_line(off, CPU, cpuinfo=avx2) == "precision: float32 (train.amp off)"
+    assert "warning" not in engine.precision_line(amp, torch.device("cuda"), cpuinfo=avx2)  # float16 there
 
 
 def test_amp_off_trains_in_float32_throughout(shapes_root: Path, tmp_path: Path, monkeypatch,

@@ -20,8 +20,8 @@ from yolo_loss.allocator import ALLOCATOR_ENV, ALLOCATOR_OPT_OUT
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint
 from yolo_loss.train.runtime import (
     describe_cpu,
-    native_bfloat16,
     make_run_dir,
+    native_bfloat16,
     recorded_processor,
     rng_state,
     seed_everything,
