@@ -51,7 +51,7 @@ from yolo_loss.head import build_head  # noqa: E402
 from yolo_loss.losses.criterion import build_criterion  # noqa: E402
 from yolo_loss.model import build_model  # noqa: E402
 from yolo_loss.train.optim import build_optimizer  # noqa: E402
-from yolo_loss.train.runtime import describe_device, select_device  # noqa: E402
+from yolo_loss.train.runtime import describe_cpu, select_device  # noqa: E402
 from yolo_loss.tensorboard.log import read_scalars  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def main() -> None:
     device = select_device(cfg.train.device)
     precisions = {"config": None, "float32": (False,), "amp": (True,), "both": (False, True)}[args.precision]
     amp_name = precision_name(amp_dtype(with_amp(cfg, True), device))
-    print(f"torch {torch.__version__}, {describe_device() if device.type == 'cpu' else device}, "
+    print(f"torch {torch.__version__}, {describe_cpu() if device.type == 'cpu' else device}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"median images/s of {args.repeats} repeats (range), {args.steps} steps each; "
           f"{'channels-last' if cfg.train.channels_last else 'contiguous'}"
