@@ -6,11 +6,10 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
@@ -27,6 +26,9 @@ from yolo_loss.config.load import (
     load_config,
 )
 from yolo_loss.config.schema import YOLOV3_ANCHORS, Config, LossConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from conftest import RunScript
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOSS_KEYS = ", ".join(field.name for field in dataclasses.fields(LossConfig))
@@ -383,23 +385,23 @@ SCRIPT = """\
 import argparse
 from yolo_loss.config.load import add_config_arguments, config_from_args, exit_on_config_error
 
-parser = argparse.ArgumentParser()
-add_config_arguments(parser)
-args = parser.parse_args()
-with exit_on_config_error():
-    cfg = config_from_args(args)
-print(cfg.train.epochs)
+
+def main():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args()
+    with exit_on_config_error():
+        cfg = config_from_args(args)
+    print(cfg.train.epochs)
 """
 
 
-def test_exit_on_config_error_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+def test_exit_on_config_error_prints_one_line_and_exits_2(tmp_path: Path, run_script: RunScript) -> None:
     script = write(tmp_path / "script.py", SCRIPT)
     bad = write(tmp_path / "bad.yaml", "train: {epohcs: 3}\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, timeout=60)
+        return run_script(script, *argv, cwd=tmp_path)
 
     failed = run("--config", str(bad))  # run in tmp_path: the file is shown relative to it
     assert failed.returncode == 2
@@ -432,14 +434,13 @@ def test_every_shipped_study_expands(path):
     assert study.seeds and study.axes
 
 
-def test_print_config_shows_the_later_recipes() -> None:
+def test_print_config_shows_the_later_recipes(run_script: RunScript) -> None:
     """train.py --print-config on a preset and on single later components: the resolved keys as YAML, exit 0."""
     for args in (["--config", "configs/presets/yolov5.yaml"],
                  ["--config", "configs/shapes_nano.yaml", "--set", "loss.xy=none", "loss.wh=none", "loss.box=wiou",
                   "loss.obj=varifocal", "loss.obj_target=iou", "loss.cls=qfl", "loss.cls_target=iou",
                   "model.scale_x_y=[1.2,1.1,1.05]"]):
-        done = subprocess.run([sys.executable, "train.py", *args, "--print-config"], cwd=REPO, capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        done = run_script("train.py", *args, "--print-config")
         assert done.returncode == 0, done.stderr
         printed = yaml.safe_load(done.stdout)
         if "yolov5" in args[1]:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -26,6 +26,9 @@ from yolo_loss.config.schema import DataConfig
 from yolo_loss.data import VOC_CLASSES, DataError, build_dataset, read_coco, read_voc
 
 from test_data import coco_folder, voc_xml, write_jpeg  # noqa: F401  (coco_folder is a fixture)
+
+if TYPE_CHECKING:
+    from conftest import RunScript
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -205,13 +208,9 @@ def test_coco_classes_narrow_the_categories_by_name(coco_folder: Path) -> None: 
 # ---------------------------------------------------------------------------------------------- train.py, eval.py
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
-def test_train_and_evaluate_a_custom_voc_set_through_the_command_lines(widgets: Path, tmp_path: Path) -> None:
+def test_train_and_evaluate_a_custom_voc_set_through_the_command_lines(widgets: Path, tmp_path: Path,
+                                                                        run_script: RunScript) -> None:
     """A few steps of train.py on the widgets with data.classes, then eval.py: the class names reach the
     checkpoint, the TensorBoard per-class AP and PR curves and eval.py's table; the 'gizmo' is counted under skip and
     stops the run under error, naming the file and the class; without data.classes the run stops at once."""
@@ -227,7 +226,7 @@ def test_train_and_evaluate_a_custom_voc_set_through_the_command_lines(widgets: 
         "train": {"epochs": 1, "batch_size": 4, "lr": 0.01, "burn_in": 1, "eval_points": 1, "eval_at_start": False,
                   "log_images": 2, "device": "cpu", "out_dir": str(tmp_path / "runs")},
         "eval": {"batch_size": 4}}))
-    done = run_cli("train.py", "--config", str(config_file))
+    done = run_script("train.py", "--config", str(config_file))
     assert done.returncode == 0, done.stderr
     assert "unknown_class: 1" in done.stdout and "t3.xml" in done.stdout
     run_dir = tmp_path / "runs" / "widgets"
@@ -246,17 +245,17 @@ def test_train_and_evaluate_a_custom_voc_set_through_the_command_lines(widgets: 
     assert {"pr/widget", "pr/gadget"} <= set(tags["tensors"])
     assert any(tag.startswith("images/val_") for tag in tags["images"])
 
-    done = run_cli("eval.py", "--checkpoint", str(run_dir / "last.pt"), "--out", str(tmp_path / "eval"))
+    done = run_script("eval.py", "--checkpoint", str(run_dir / "last.pt"), "--out", str(tmp_path / "eval"))
     assert done.returncode == 0, done.stderr
     assert re.search(r"\| widget \| \d\.\d{3} \| 4 \|", done.stdout) and re.search(r"\| gadget \| \d\.\d{3} \| 4 \|",
                                                                                   done.stdout), done.stdout
     evaluated = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert evaluated == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["metrics"], abs=1e-9)
 
-    done = run_cli("train.py", "--config", str(config_file), "--set", "data.on_bad=error")
+    done = run_script("train.py", "--config", str(config_file), "--set", "data.on_bad=error")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert re.search(r"error: .*CUSTOM/Annotations/t3\.xml: object 3 \('gizmo'\): not in data\.classes", done.stderr)
-    done = run_cli("train.py", "--config", str(config_file), "--set", "data.classes=[]")
+    done = run_script("train.py", "--config", str(config_file), "--set", "data.classes=[]")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "no box to train on" in done.stderr and "e.g. data.classes: [widget, gadget, gizmo]" in done.stderr
 

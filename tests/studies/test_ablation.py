@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
@@ -16,6 +15,9 @@ from yolo_loss.config.load import load_config
 from yolo_loss.studies.report import load_rows, markdown, summarize, write_report
 from yolo_loss.studies.runner import run_study, train_command
 from yolo_loss.studies.study import FAILED, StudyError, load_study
+
+if TYPE_CHECKING:
+    from conftest import RunScript
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,9 +109,9 @@ def test_invalid_studies_fail_before_anything_runs(change: dict, message: str, t
     assert not (tmp_path / "study").exists()
 
 
-def test_invalid_variant_names_the_key_from_the_command_line(tmp_path: Path) -> None:
+def test_invalid_variant_names_the_key_from_the_command_line(tmp_path: Path, run_script: RunScript) -> None:
     path = write_study(tmp_path, SHAPES_NANO, combine="grid", axes={"xy": {"typo": {"loss.xy": "bec"}}})
-    done = subprocess.run([sys.executable, "scripts/ablate.py", str(path)], cwd=REPO, capture_output=True, text=True)
+    done = run_script("scripts/ablate.py", str(path))
     assert done.returncode == 2 and "variant xy=typo" in done.stderr and "loss.xy" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -334,7 +336,7 @@ def test_a_run_stopped_by_a_signal_is_resumed_not_failed(tmp_path: Path) -> None
     assert run.state() == "interrupted" and "--resume" in train_command(run, python=str(fake))
 
 
-def test_runs_can_be_handed_to_torchrun(tmp_path: Path) -> None:
+def test_runs_can_be_handed_to_torchrun(tmp_path: Path, run_script: RunScript) -> None:
     """--nproc-per-run N: each run is train.py under torchrun (one node, a port of its own), which --dry-run prints
     for a scheduler; --devices are shared out N to a run."""
     study = load_study(write_study(tmp_path, SHAPES_NANO, combine="grid", seeds=[0], axes={"xy": {"bce": {}}}))
@@ -343,11 +345,10 @@ def test_runs_can_be_handed_to_torchrun(tmp_path: Path) -> None:
     assert command[:6] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(REPO / "train.py")]
     assert command[6:] == train_command(run, python="python")[2:]  # the same train.py arguments
-    done = subprocess.run([sys.executable, "scripts/ablate.py", str(tmp_path / "study.yaml"), "--dry-run",
-                           "--nproc-per-run", "2"], cwd=REPO, capture_output=True, text=True)
+    done = run_script("scripts/ablate.py", str(tmp_path / "study.yaml"), "--dry-run", "--nproc-per-run", "2")
     assert done.returncode == 0 and "-m torch.distributed.run --standalone --nproc_per_node=2 " in done.stdout
-    done = subprocess.run([sys.executable, "scripts/ablate.py", str(tmp_path / "study.yaml"), "--devices", "0,1,2",
-                           "--nproc-per-run", "2"], cwd=REPO, capture_output=True, text=True)
+    done = run_script("scripts/ablate.py", str(tmp_path / "study.yaml"), "--devices", "0,1,2",
+                      "--nproc-per-run", "2")
     assert done.returncode == 2 and "cannot share out" in done.stderr
 
 

@@ -16,10 +16,9 @@ edge); v=d has no candidates and is evaluated at once.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.image
 import pytest
@@ -29,6 +28,9 @@ from yolo_loss.config.load import load_config
 from yolo_loss.studies.report import write_report
 from yolo_loss.studies.runner import run_study
 from yolo_loss.studies.study import RUN_INFO, STUDY_INFO, StudyError, load_study
+
+if TYPE_CHECKING:
+    from conftest import RunScript
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPES_NANO = REPO / "configs" / "shapes_nano.yaml"
@@ -248,13 +250,11 @@ def test_no_tuning_plot_before_a_search_run_has_finished(tmp_path: Path, fake: P
     assert "tuning.png" not in (study.out / "results.md").read_text()
 
 
-def test_dry_run_and_status_list_the_search_and_what_waits(tmp_path: Path, fake: Path) -> None:
+def test_dry_run_and_status_list_the_search_and_what_waits(tmp_path: Path, fake: Path, run_script: RunScript) -> None:
     path = write_study(tmp_path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def ablate(*flags: str) -> str:
-        done = subprocess.run([sys.executable, "scripts/ablate.py", str(path), *flags], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=120)
+        done = run_script("scripts/ablate.py", str(path), *flags)
         assert done.returncode == 0, done.stderr
         return done.stdout
 

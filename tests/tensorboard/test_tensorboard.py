@@ -8,9 +8,8 @@ import contextlib
 import io
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -30,6 +29,9 @@ from yolo_loss.losses.criterion import LossResult
 from yolo_loss.tensorboard.log import PR_NUM_THRESHOLDS, loss_scalars, pr_curve_counts, term_gradient_norms
 from yolo_loss.tensorboard.tags import DIAGNOSTICS, LEVEL_NAMES, METRIC_TAGS, describe, hparam_values, hparams_summaries
 from yolo_loss.train.engine import train
+
+if TYPE_CHECKING:
+    from conftest import RunScript
 
 REPO = Path(__file__).resolve().parents[2]
 TERMS = ("xy", "wh", "obj_pos", "obj_neg", "cls")  # the darknet preset's terms (no IoU box term)
@@ -365,15 +367,13 @@ def test_voc_matches_reproduce_the_evaluators_ap() -> None:
         evaluator.detections(99)
 
 
-def test_plot_run_writes_pngs(run_dir: Path, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "plot_run.py"), str(run_dir), "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+def test_plot_run_writes_pngs(run_dir: Path, tmp_path: Path, run_script: RunScript) -> None:
+    done = run_script("scripts/plot_run.py", str(run_dir), "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     names = {"losses.png", "diagnostics.png", "gradients.png", "metrics.png", "per_class.png", "training.png"}
     assert {p.name for p in tmp_path.iterdir()} == names
     assert all((tmp_path / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
-    missing = subprocess.run([sys.executable, str(REPO / "scripts" / "plot_run.py"), str(tmp_path / "nothing")],
-                             capture_output=True, text=True, timeout=60)
+    missing = run_script("scripts/plot_run.py", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no TensorBoard events" in missing.stderr
 
 

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -26,6 +27,9 @@ from yolo_loss.model import build_model
 from yolo_loss.tensorboard.tags import LEVEL_NAMES
 from yolo_loss.train.engine import METRIC_KEYS, ResumeError, evaluate, train
 from yolo_loss.train.run_folder import RunStatus
+
+if TYPE_CHECKING:
+    from conftest import RunScript
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -112,8 +116,8 @@ def test_a_dynamic_assigner_trains_through_the_engine(assign: str, shapes_root: 
 
 
 @pytest.mark.parametrize("preset", ["yolov4", "yolov5"])
-def test_later_presets_train_evaluate_and_export_as_darknet_allows(preset: str, shapes_root: Path,
-                                                                  tmp_path: Path) -> None:
+def test_later_presets_train_evaluate_and_export_as_darknet_allows(preset: str, shapes_root: Path, tmp_path: Path,
+                                                                  run_script: RunScript) -> None:
     """The yolov4 preset (scale_x_y, AB's CIoU deltas, multi-anchor) and the yolov5 one (its decode, neighbour
     cells, kept collisions, balanced objectness) train: the loss falls, the box term with it, and the model is
     evaluated with its decode. pjreddie's darknet cannot decode either: exporting the head is refused, the
@@ -131,9 +135,9 @@ def test_later_presets_train_evaluate_and_export_as_darknet_allows(preset: str, 
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert set(saved["final_terms"]) == {"box", "obj_pos", "obj_neg", "cls", "total"}
     weights = tmp_path / "model.weights"
-    done = run_cli("scripts/export_darknet_weights.py", str(run_dir / "last.pt"), str(weights))
+    done = run_script("scripts/export_darknet_weights.py", str(run_dir / "last.pt"), str(weights))
     assert done.returncode == 2 and "model.decode" in done.stderr
-    done = run_cli("scripts/export_darknet_weights.py", str(run_dir / "last.pt"), str(weights), "--layers", "52")
+    done = run_script("scripts/export_darknet_weights.py", str(run_dir / "last.pt"), str(weights), "--layers", "52")
     assert done.returncode == 0, done.stderr
 
 
@@ -231,12 +235,14 @@ def test_a_softmax_model_is_scored_with_its_softmax(loss_cls: str, invariant: bo
     assert same_detections(plain, shifted) == invariant
 
 
-def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python ARGS`` in a new process, in the repository (where the commands run in this process, ``run_script``,
+    would not show what the test is about)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_train_and_eval_command_lines(shapes_root: Path, tmp_path: Path) -> None:
+def test_train_and_eval_command_lines(shapes_root: Path, tmp_path: Path, run_script: RunScript) -> None:
     """train.py writes its run folder; eval.py on the checkpoint reproduces the metrics training reported."""
     config_file = tmp_path / "tiny.yaml"
     data = config_to_dict(tiny_config(shapes_root, tmp_path / "runs", epochs=2, ema=True))
@@ -259,20 +265,20 @@ def test_train_and_eval_command_lines(shapes_root: Path, tmp_path: Path) -> None
 
     # Exported to darknet's format and evaluated from it (--config), the same weights give the same metrics.
     weights = tmp_path / "tiny.weights"
-    done = run_cli("scripts/export_darknet_weights.py", str(run_dir / "last.pt"), str(weights))
+    done = run_script("scripts/export_darknet_weights.py", str(run_dir / "last.pt"), str(weights))
     assert done.returncode == 0, done.stderr
-    done = run_cli("eval.py", "--config", str(config_file), "--set", f"model.pretrained={weights}",
-                   "--out", str(tmp_path / "eval_darknet"))
+    done = run_script("eval.py", "--config", str(config_file), "--set", f"model.pretrained={weights}",
+                      "--out", str(tmp_path / "eval_darknet"))
     assert done.returncode == 0, done.stderr
     assert "loaded all 47 of 47 convolutions" in done.stdout
     assert json.loads((tmp_path / "eval_darknet" / "eval_metrics.json").read_text()) == pytest.approx(trained,
                                                                                                       abs=1e-9)
-    done = run_cli("scripts/export_darknet_weights.py", str(run_dir / "last.pt"), str(weights), "--layers", "24")
-    done = run_cli("eval.py", "--config", str(config_file), "--set", f"model.pretrained={weights}")
+    done = run_script("scripts/export_darknet_weights.py", str(run_dir / "last.pt"), str(weights), "--layers", "24")
+    done = run_script("eval.py", "--config", str(config_file), "--set", f"model.pretrained={weights}")
     assert done.returncode == 2 and "holds 24 of the model's 47 convolutions: a backbone" in done.stderr
 
     # a second run of the same config gets a new folder, never the old one
-    done = run_cli("train.py", "--config", str(config_file), "--set", "train.max_steps=1")
+    done = run_script("train.py", "--config", str(config_file), "--set", "train.max_steps=1")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "runs" / "tiny-1" / "last.pt").exists()
     assert json.loads((run_dir / "metrics.json").read_text())["metrics"] == trained
@@ -284,59 +290,61 @@ def test_train_and_eval_command_lines(shapes_root: Path, tmp_path: Path) -> None
     ("loss.focal_alpha=2", "loss.focal_alpha"),
     ("trian.epochs=1", "did you mean 'train'"),
 ])
-def test_train_command_line_rejects_bad_config_with_status_2(override: str, named: str) -> None:
-    done = run_cli("train.py", "--config", "configs/shapes_nano.yaml", "--set", override)
+def test_train_command_line_rejects_bad_config_with_status_2(override: str, named: str,
+                                                             run_script: RunScript) -> None:
+    done = run_script("train.py", "--config", "configs/shapes_nano.yaml", "--set", override)
     assert done.returncode == 2
     assert named in done.stderr and "Traceback" not in done.stderr
 
 
-def test_train_command_line_names_a_missing_data_folder(tmp_path: Path) -> None:
-    done = run_cli("train.py", "--config", "configs/coco128.yaml", "--set", f"data.root={tmp_path / 'nowhere'}",
-                   f"train.out_dir={tmp_path}")
+def test_train_command_line_names_a_missing_data_folder(tmp_path: Path, run_script: RunScript) -> None:
+    done = run_script("train.py", "--config", "configs/coco128.yaml", "--set", f"data.root={tmp_path / 'nowhere'}",
+                      f"train.out_dir={tmp_path}")
     assert done.returncode == 2
     assert "nowhere" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "coco128").exists() and not list(tmp_path.iterdir())  # no stub folder left
 
 
-def test_a_run_that_fails_before_training_leaves_no_folder(shapes_root: Path, tmp_path: Path) -> None:
+def test_a_run_that_fails_before_training_leaves_no_folder(shapes_root: Path, tmp_path: Path,
+                                                           run_script: RunScript) -> None:
     """A missing data folder stops train.py before its first step: the folder it created goes, so the next run
     gets the name (not tiny-1); a --run-dir that existed before, or a study's folder, is never removed."""
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(config_to_dict(tiny_config(shapes_root, tmp_path / "runs", epochs=1))))
     missing = ("--set", "data.format=coco", f"data.root={tmp_path / 'nowhere'}")
     for _ in range(2):
-        done = run_cli("train.py", "--config", str(config_file), *missing)
+        done = run_script("train.py", "--config", str(config_file), *missing)
         assert done.returncode == 2 and "nowhere" in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert f"run folder: {tmp_path / 'runs' / 'tiny'}\n" in done.stdout  # the name again, not tiny-1
         assert not list((tmp_path / "runs").iterdir())
     given = tmp_path / "given"  # --run-dir: removed if train.py created it, kept if it existed
-    done = run_cli("train.py", "--config", str(config_file), "--run-dir", str(given), *missing)
+    done = run_script("train.py", "--config", str(config_file), "--run-dir", str(given), *missing)
     assert done.returncode == 2 and not given.exists()
     given.mkdir()
-    done = run_cli("train.py", "--config", str(config_file), "--run-dir", str(given), *missing)
+    done = run_script("train.py", "--config", str(config_file), "--run-dir", str(given), *missing)
     assert done.returncode == 2 and sorted(path.name for path in given.iterdir()) == ["command.txt", "config.yaml",
                                                                                      "status.json"]
     failed = RunStatus.read(given)  # what a study runner reads: the reason, not the printed text
     assert failed.state == "failed" and failed.exit_status == 2 and "nowhere: data.root does not exist" in failed.reason
 
-    done = run_cli("train.py", "--config", str(config_file), "--set", "train.max_steps=1")
+    done = run_script("train.py", "--config", str(config_file), "--set", "train.max_steps=1")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "runs" / "tiny" / "metrics.json").exists() and not (tmp_path / "runs" / "tiny-1").exists()
     # a resumed run that fails keeps its folder, though train.py's config.yaml and command.txt are all it wrote
-    done = run_cli("train.py", "--config", str(config_file), "--resume", str(tmp_path / "runs" / "tiny" / "last.pt"),
-                   *missing)
+    done = run_script("train.py", "--config", str(config_file), "--resume", str(tmp_path / "runs" / "tiny" / "last.pt"),
+                      *missing)
     assert done.returncode == 2 and (tmp_path / "runs" / "tiny" / "last.pt").exists()
 
 
-def test_eval_command_line_names_a_broken_checkpoint(tmp_path: Path) -> None:
+def test_eval_command_line_names_a_broken_checkpoint(tmp_path: Path, run_script: RunScript) -> None:
     broken = tmp_path / "best.pt"
     broken.write_bytes(b"not a checkpoint")
-    done = run_cli("eval.py", "--checkpoint", str(broken))
+    done = run_script("eval.py", "--checkpoint", str(broken))
     assert done.returncode == 2
     assert str(broken) in done.stderr and "Traceback" not in done.stderr
 
 
-def test_bad_data_trains_under_skip_and_stops_under_error(tmp_path: Path) -> None:
+def test_bad_data_trains_under_skip_and_stops_under_error(tmp_path: Path, run_script: RunScript) -> None:
     """The COCO set of tests/data/test_data.py with one of each bad input: training under skip drops and counts them
     (the list in the run folder); under error it stops naming the first; eval.py stops by default."""
     from test_data import build_bad_coco
@@ -353,7 +361,7 @@ def test_bad_data_trains_under_skip_and_stops_under_error(tmp_path: Path) -> Non
         "train": {"epochs": 1, "batch_size": 1, "eval_points": 1, "eval_at_start": False, "device": "cpu",
                   "out_dir": str(tmp_path / "runs")},
         "name": "bad"}))
-    done = run_cli("train.py", "--config", str(config_file))
+    done = run_script("train.py", "--config", str(config_file))
     assert done.returncode == 0, done.stderr
     assert "duplicate_image_id: 2" in done.stdout and "bad_box: 4" in done.stdout, done.stdout  # the summary
     listed = (tmp_path / "runs" / "bad" / "bad_inputs.txt").read_text().splitlines()
@@ -364,10 +372,10 @@ def test_bad_data_trains_under_skip_and_stops_under_error(tmp_path: Path) -> Non
     with pytest.raises(DataError, match=r"twin_a\.jpg: image id 30 in val\.json is shared by 2 images"):
         cfg = load_config(config_file, ["data.on_bad=error"])
         train(cfg, tmp_path / "runs")
-    done = run_cli("eval.py", "--checkpoint", str(tmp_path / "runs" / "bad" / "last.pt"))
+    done = run_script("eval.py", "--checkpoint", str(tmp_path / "runs" / "bad" / "last.pt"))
     assert done.returncode == 2 and "is shared by 2 images" in done.stderr and "Traceback" not in done.stderr
-    done = run_cli("eval.py", "--checkpoint", str(tmp_path / "runs" / "bad" / "last.pt"), "--set",
-                   "data.on_bad=skip")
+    done = run_script("eval.py", "--checkpoint", str(tmp_path / "runs" / "bad" / "last.pt"), "--set",
+                      "data.on_bad=skip")
     assert done.returncode == 0, done.stderr
 
 
