@@ -1,8 +1,8 @@
 """The house rules that keep each part in one room, checked on the source: imports point down the package's floors
-(FLOORS), at most 8 modules loose in it, the config readable without loss code; no function of the package longer than
-100 lines, no module reading another object's underscore attributes, no import circle in the package, one meaning
-per public name; entry points that import the installed package (no ``sys.path`` edits) and re-execute for the
-allocator settings before anything imports torch."""
+(FLOORS), at most 8 modules loose in it, the config readable without loss code and the study tools without torch; no
+function of the package longer than 100 lines, no module reading another object's underscore attributes, no import
+circle in the package, one meaning per public name; entry points that import the installed package (no ``sys.path``
+edits) and re-execute for the allocator settings before anything imports torch."""
 
 from __future__ import annotations
 
@@ -82,8 +82,9 @@ def test_the_package_has_no_import_circle():
 # The package's floors, lowest first: a module may import its own folder and the floors below its own, never a
 # folder of its own floor or above (each folder's __init__ docstring says what it owns and may import).
 FLOORS = (
-    {"allocator", "boxes", "decode", "checkpoint"},  # shared leaves: geometry, the grid, safe files
-    {"config"},  # what a run may be told; the loss components' declarations (no loss code)
+    {"allocator", "boxes", "checkpoint"},  # shared leaves: geometry, safe files
+    {"config"},  # what a run may be told (the decode rules too); the loss components' declarations (no loss code)
+    {"decode"},  # the one decode of head outputs, by the rules the config declares
     {"head"},  # the head description the loss, the evaluation and the model share
     {"losses", "model", "data", "eval"},  # independent of one another
     {"tensorboard", "darknet"},
@@ -122,6 +123,15 @@ def test_the_schema_loads_no_loss_code():
     """Reading a config (as the data transforms do) imports the components' declarations, not their functions."""
     code = ("import sys, yolo_loss.config.load, yolo_loss.data.transforms; "
             "print(sorted(m for m in sys.modules if m.startswith(('yolo_loss.losses', 'yolo_loss.model'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", (done.stdout, done.stderr)
+
+
+def test_the_study_tools_load_no_torch():
+    """A launcher, ``ablate.py --status`` and ``report.py`` read configs and run folders: they start without torch
+    (3-4 s of a new process on two cores, importing it and tearing it down)."""
+    code = ("import sys, yolo_loss.studies.runner, yolo_loss.studies.report, yolo_loss.config.load; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", (done.stdout, done.stderr)
 

@@ -25,13 +25,12 @@ import math
 import torch
 from torch import Tensor
 
+from yolo_loss.config.schema import DECODE_RULES, EXP_WH_RULES
+
 STRIDES = (8, 16, 32)  # the three levels' strides in input pixels: P3, P4, P5 (YOLOv3's)
 
 
 MAX_LOG_WH = math.log(1e3)
-DECODE_RULES = ("darknet", "yolov5", "linear")
-# The rules whose w, h are darknet's a * exp(tw): the ones a loss on tw (loss.wh) can regress.
-EXP_WH_RULES = ("darknet", "linear")
 
 
 def per_anchor_view(pred: Tensor, num_anchors: int) -> Tensor:

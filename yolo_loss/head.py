@@ -15,17 +15,13 @@ A head map of one level is ``Tensor[B, A * (5 + C), H, W]``, channels grouped pe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from yolo_loss.config.components import component
-from yolo_loss.decode import (DECODE_RULES, STRIDES, centre_margin, decode_cxcywh, decode_level,
-                               xy_sigmoid_target)
-
-if TYPE_CHECKING:
-    from yolo_loss.config.schema import Config, ModelConfig
+from yolo_loss.config.schema import DECODE_RULES, Config, ModelConfig
+from yolo_loss.decode import STRIDES, centre_margin, decode_cxcywh, decode_level, xy_sigmoid_target
 
 CLASS_ACTIVATIONS = ("sigmoid", "softmax")
 

@@ -18,11 +18,11 @@ import torch
 
 from yolo_loss.allocator import ALLOCATOR_ENV, ALLOCATOR_OPT_OUT
 from yolo_loss.checkpoint import load_checkpoint, save_checkpoint
+from yolo_loss.train.run_folder import recorded_processor
 from yolo_loss.train.runtime import (
     describe_cpu,
     make_run_dir,
     native_bfloat16,
-    recorded_processor,
     rng_state,
     seed_everything,
     select_device,

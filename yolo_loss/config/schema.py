@@ -19,7 +19,12 @@ from typing import Any
 
 from yolo_loss.config.components import (MULTI_ANCHOR_IOU_THRESH, RATIO_ANCHOR_T, HyperParam, assign_names,
                                          assigner, component, component_names, hyperparameters, modifier_problems)
-from yolo_loss.decode import EXP_WH_RULES
+
+# The decode rules a run may choose (model.decode), implemented in yolo_loss/decode.py; declared here so that reading
+# a config needs no torch (a study launcher reads every run's config).
+DECODE_RULES = ("darknet", "yolov5", "linear")
+# The rules whose w, h are darknet's a * exp(tw): the ones a loss on tw (loss.wh) can regress.
+EXP_WH_RULES = ("darknet", "linear")
 
 # YOLOv3 anchors in input pixels at 416 px: three per level, strides 8, 16, 32.
 YOLOV3_ANCHORS: list[list[float]] = [
@@ -83,7 +88,7 @@ class ModelConfig:
     # (x = i + s sig(tx) - (s - 1) / 2, w = a exp(tw)) with AlexeyAB's scale_x_y = s per level (strides 8, 16, 32;
     # yolov4.cfg: 1.2, 1.1, 1.05), YOLOv5's (x = i + 2 sig(tx) - 0.5, w = a (2 sig(tw))^2), or the YOLOv3 paper's
     # failed "linear x, y" (x = i + tx, w = a exp(tw); its x, y term is loss.xy=mse_linear).
-    decode: str = choice("darknet", "darknet", "yolov5", "linear")
+    decode: str = choice("darknet", *DECODE_RULES)
     scale_x_y: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
 
     def check(self) -> list[tuple[str, str]]:

@@ -39,8 +39,7 @@ from yolo_loss.studies.stats import (DEFAULT_MIN_EFFECT, METRICS, MIN_SEEDS, SIG
                              Judged, format_p, judge_family, t_quantile)
 from yolo_loss.studies.study import FAILED, RUN_INFO, STUDY_INFO, Choice, search_label
 from yolo_loss.train import run_folder
-from yolo_loss.train.run_folder import FLOAT32, RunMetrics
-from yolo_loss.train.runtime import recorded_processor
+from yolo_loss.train.run_folder import RunMetrics, recorded_processor
 
 
 

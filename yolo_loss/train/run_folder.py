@@ -3,7 +3,8 @@ reports and the findings read back. Nothing else names these files or parses wha
 
 A run folder holds, besides checkpoints (``last.pt``, ``best.pt``) and the TensorBoard event files:
 
-- ``config.yaml`` and ``command.txt``: the resolved config and the command line (:mod:`yolo_loss.train.runtime`);
+- ``config.yaml`` and ``command.txt``: the resolved config and the command line (:mod:`yolo_loss.train.runtime`;
+  :func:`recorded_processor` reads the processors back);
 - ``status.json`` (:class:`RunStatus`): where the run is, rewritten by ``train.py`` as it goes: ``running``,
   ``finished``, ``stopped`` at a step (a signal: resume from ``last.pt``) or ``failed`` with the reason and the
   exit status;
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 CONFIG = "config.yaml"
+COMMAND = "command.txt"
+RUN_START_FILES = (CONFIG, COMMAND)  # what train.py writes before it trains (yolo_loss.train.runtime)
 STATUS = "status.json"
 METRICS = "metrics.json"
 CHECKPOINT = "last.pt"
@@ -178,3 +181,19 @@ def failure_status(error: BaseException, run_dir: Path) -> RunStatus:
     except RunFolderError:
         previous = None
     return RunStatus(FAILED, previous.step if previous is not None else 0, reason, exit_status)
+
+
+def recorded_processor(run_dir: Path) -> str:
+    """The processors that trained in ``run_dir``, as ``write_config_and_command`` (:mod:`yolo_loss.train.runtime`)
+    recorded them in ``command.txt``: the ``describe_cpu`` part of each invocation's ``# host:`` line. One, or
+    several joined by ``" + "`` in the order they first trained it (a run resumed on another machine), so that such
+    a run differs from one trained on either alone. ``""`` when the file is absent, the run trained on CUDA, or it
+    was written before the processor was recorded; invocations that recorded none are left out."""
+    try:
+        lines = (Path(run_dir) / COMMAND).read_text().splitlines()
+    except OSError:
+        return ""
+    marker = ", device: cpu: "
+    processors = [line.split(marker, 1)[1].rsplit(" (", 1)[0]
+                  for line in lines if line.startswith("# host: ") and marker in line]
+    return " + ".join(dict.fromkeys(processors))

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from yolo_loss.train.run_folder import RUN_START_FILES
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 # cuBLAS needs a fixed workspace to give the same results on every run (CUDA docs, "Results reproducibility");
 # ":4096:8" is the larger of the two settings it documents.
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
 NUMPY_SEED_MODULUS = 2**32  # np.random.seed only takes seeds in [0, 2**32)
-RUN_START_FILES = ("config.yaml", "command.txt")  # what write_config_and_command puts in a run folder
 
 
 def select_device(name: str) -> torch.device:
@@ -205,22 +206,6 @@ def describe_device() -> str:
         return f"cpu: {describe_cpu()} ({os.cpu_count()} cores; CUDA not available)"
     names = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
     return f"cuda: {', '.join(names)}"
-
-
-def recorded_processor(run_dir: Path) -> str:
-    """The processors that trained in ``run_dir``, as :func:`write_config_and_command` recorded them in
-    ``command.txt`` (the :func:`describe_cpu` part of each invocation's ``# host:`` line): one, or several joined by
-    ``" + "`` in the order they first trained it (a run resumed on another machine), so that such a run differs
-    from one trained on either alone. ``""`` when the file is absent, the run trained on CUDA, or it was written
-    before the processor was recorded; invocations that recorded none are left out."""
-    try:
-        lines = (Path(run_dir) / RUN_START_FILES[1]).read_text().splitlines()
-    except OSError:
-        return ""
-    marker = ", device: cpu: "
-    processors = [line.split(marker, 1)[1].rsplit(" (", 1)[0]
-                  for line in lines if line.startswith("# host: ") and marker in line]
-    return " + ".join(dict.fromkeys(processors))
 
 
 def write_config_and_command(run_dir: Path, config_yaml: str, argv: list[str]) -> None:
