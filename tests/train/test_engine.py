@@ -247,6 +247,8 @@ def test_train_and_eval_command_lines(shapes_root: Path, tmp_path: Path, run_scr
     config_file = tmp_path / "tiny.yaml"
     data = config_to_dict(tiny_config(shapes_root, tmp_path / "runs", epochs=2, ema=True))
     config_file.write_text(yaml.safe_dump(data))
+    # train.py and eval.py as a user runs them, each a new process (the allocator's re-exec included); the
+    # commands after them run in this process (run_script)
     done = run_cli("train.py", "--config", str(config_file), "--set", "train.lr=0.005")
     assert done.returncode == 0, done.stderr
     run_dir = tmp_path / "runs" / "tiny"
